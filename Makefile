@@ -1,0 +1,41 @@
+# Every target sets up its own virtual environment, so each works on a fresh machine.
+PYTHON ?= python3
+VENV   ?= .venv
+PY     := $(VENV)/bin/python
+STAMP  := $(VENV)/.installed
+
+.PHONY: setup demo test test-fast lint typecheck bench clean
+
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -e '.[test]'
+	touch $(STAMP)
+
+setup: $(STAMP)
+
+## demo: start a local S3 server, seed it with a small model, download it with aibrix-download, show the result
+demo: $(STAMP)
+	$(PY) -m tests.demo
+
+## test: lint, type-check and run the whole test suite
+test: lint typecheck
+	$(PY) -m pytest -q -p no:cacheprovider
+
+## test-fast: the suite without the slow end-to-end tests
+test-fast: $(STAMP)
+	$(PY) -m pytest -q -m "not slow"
+
+lint: $(STAMP)
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check downloader sidecar runtime tests
+
+typecheck: $(STAMP)
+	$(VENV)/bin/mypy
+
+## bench: the download benchmark against s5cmd, boto3 and AIBrix (see BENCHMARKS.md)
+bench: $(STAMP)
+	$(PY) bench/run_bench.py
+
+clean:
+	rm -rf $(VENV) .demo build *.egg-info

@@ -1,0 +1,13 @@
+"""aibrix-download: model weights from object storage into a node-local directory.
+
+Public, read-only state API (used by the sidecar and the runtime):
+    read_manifest(model_dir) -> Manifest | None   the readiness signal: complete and verified
+    read_progress(model_dir) -> Progress | None   live progress of a running (or the last) download
+    is_ready(model_dir) -> bool                   manifest present and every file still in place
+"""
+
+from .state import Manifest, ManifestFile, Progress, is_ready, read_manifest, read_progress
+
+__version__ = "0.1.0"
+
+__all__ = ["Manifest", "ManifestFile", "Progress", "__version__", "is_ready", "read_manifest", "read_progress"]

@@ -1,0 +1,236 @@
+"""One download, start to finish: list, filter, check, lock, plan, fetch, verify, manifest.
+
+The order is what makes a half-written model invisible: the manifest is removed before any file of the
+model is touched and written again, atomically, only when every selected file is verified.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import TextIO
+
+from . import __version__
+from .config import Settings
+from .errors import Interrupted, NotFoundError
+from .plan import Plan, check_free_space, check_layout, dropped_load_critical, plan_downloads, safe_parts, select
+from .progress import Reporter, Stats, human_bytes
+from .sources import RemoteFile, Source, open_source
+from .state import DoneRecord, Journal, LocalStat, Manifest, ManifestFile, ModelTree, StateDir, read_manifest
+from .transfer import Engine, Halted
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Result:
+    model_dir: str
+    fetched_files: int
+    skipped_files: int
+    fetched_bytes: int  # bytes received from the network in this run
+    total_bytes: int
+    seconds: float
+
+
+def download(settings: Settings, cancel: threading.Event, out: TextIO, err: TextIO) -> Result:
+    started = time.monotonic()
+    source = open_source(settings)
+    try:
+        return _download(settings, source, cancel, out, err, started)
+    finally:
+        source.close()
+
+
+def _download(
+    settings: Settings, source: Source, cancel: threading.Event, out: TextIO, err: TextIO, started: float
+) -> Result:
+    model_dir = settings.model_dir
+    stats = Stats(source.display_uri, model_dir)
+    reporter = Reporter(stats, "none" if settings.dry_run else settings.progress, settings.progress_interval, err)
+
+    log.info("listing %s", source.display_uri)
+    listed = list(source.list(cancel))
+    if cancel.is_set():
+        raise Interrupted("signal", 130)
+    if not listed:
+        raise NotFoundError(source.display_uri, "no objects under this prefix")
+    selected, dropped = select(listed, settings.allow_suffixes, settings.include, settings.exclude)
+    if not selected:
+        raise NotFoundError(source.display_uri, f"the filter selected none of the {len(listed)} objects")
+    critical = dropped_load_critical(dropped)
+    if critical:
+        log.warning(
+            "the filter drops files a model usually needs to load: %s (widen --allow-file-suffix or --include)",
+            ", ".join(critical[:10]) + (" ..." if len(critical) > 10 else ""),
+        )
+    for warning in check_layout(selected):
+        log.warning("%s", warning)
+    log.info("%d of %d objects selected (%s)", len(selected), len(listed), human_bytes(sum(f.size for f in selected)))
+
+    tree = ModelTree(model_dir)
+    state = StateDir(model_dir)
+    try:
+        if settings.dry_run:
+            return _dry_run(settings, selected, dropped, tree, state, out, started)
+
+        tree.open_root(create=True)
+        state.ensure()
+        reporter.attach(state)
+        stats.set_phase("waiting")
+        reporter.tick()
+        last_note = [0.0]
+
+        def on_wait(waited: float, owner: str) -> None:
+            if waited - last_note[0] >= 30 or last_note[0] == 0.0:
+                last_note[0] = max(waited, 0.001)
+                log.info("waiting for %s, which is downloading this model (%.0fs so far)", owner, waited)
+
+        state.acquire_lock(cancel, settings.lock_timeout, on_wait)
+        try:
+            return _locked(settings, source, selected, tree, state, stats, reporter, cancel, started)
+        finally:
+            state.release_lock()
+    finally:
+        tree.close()
+
+
+def _local_stats(tree: ModelTree, files: Sequence[RemoteFile]) -> dict[str, LocalStat | None]:
+    return {f.rel_path: tree.lstat(safe_parts(f.key, f.rel_path)) for f in files}
+
+
+def _locked(
+    settings: Settings,
+    source: Source,
+    selected: list[RemoteFile],
+    tree: ModelTree,
+    state: StateDir,
+    stats: Stats,
+    reporter: Reporter,
+    cancel: threading.Event,
+    started: float,
+) -> Result:
+    records = state.read_done()
+    plan = plan_downloads(selected, records, _local_stats(tree, selected), force=settings.force_download)
+    total = sum(f.size for f in selected)
+    stats.set_totals(total, len(selected), plan.skip_bytes, len(plan.skip))
+
+    if not plan.fetch:
+        manifest = read_manifest(settings.model_dir)
+        if manifest is None or not _manifest_matches(manifest, selected):
+            _write_manifest(settings, source, selected, records, state)
+        stats.set_phase("ready")
+        reporter.tick(final=False)
+        log.info("%s is complete; nothing to fetch", settings.model_dir)
+        return Result(settings.model_dir, 0, len(plan.skip), 0, total, time.monotonic() - started)
+
+    # From here on files of the model change: readers must not see the old manifest.
+    state.remove_manifest()
+    journals = [] if settings.force_download else state.journals()
+    _check_space(settings, tree, plan, journals)
+
+    stats.set_phase("downloading")
+    log.info(
+        "fetching %d file(s), %s; %d already present", len(plan.fetch), human_bytes(plan.fetch_bytes), len(plan.skip)
+    )
+    reporter.start()
+    engine = Engine(source, tree, state, settings, stats, cancel)
+    try:
+        new_records = engine.run(plan.fetch, journals)
+    except Halted:
+        stats.set_phase("interrupted")
+        raise Interrupted("signal", 130) from None
+    except BaseException as exc:
+        stats.failed(str(exc))
+        raise
+    finally:
+        reporter.stop()
+
+    for rec in new_records:
+        records[rec.rel_path] = rec
+    _write_manifest(settings, source, selected, records, state)
+    _clean_leftovers(tree, state, selected)
+    stats.set_phase("ready")
+    reporter.tick()
+    return Result(
+        settings.model_dir,
+        len(plan.fetch),
+        len(plan.skip),
+        stats.snapshot().bytes_fetched,
+        total,
+        time.monotonic() - started,
+    )
+
+
+def _check_space(settings: Settings, tree: ModelTree, plan: Plan, journals: list[Journal]) -> None:
+    # A temp file that will be resumed is already allocated at full size.
+    allocated = {(j.header.rel_path, j.header.version) for j in journals}
+    needed = sum(f.size for f in plan.fetch if (f.rel_path, f.version) not in allocated)
+    check_free_space(settings.model_dir, needed, tree.free_bytes(), settings.reserve_space)
+
+
+def _manifest_matches(manifest: Manifest, selected: Sequence[RemoteFile]) -> bool:
+    have = {(f.path, f.version, f.size) for f in manifest.files}
+    want = {(f.rel_path, f.version, f.size) for f in selected}
+    return have == want
+
+
+def _write_manifest(
+    settings: Settings, source: Source, selected: Sequence[RemoteFile], records: dict[str, DoneRecord], state: StateDir
+) -> None:
+    files = []
+    for f in sorted(selected, key=lambda f: f.rel_path):
+        r = records[f.rel_path]
+        files.append(ManifestFile(f.rel_path, f.size, r.version, r.version_id, r.checksum, r.verified, r.mtime_ns))
+    manifest = Manifest(
+        source=source.display_uri,
+        model_dir=settings.model_dir,
+        created_at=time.time(),
+        tool=f"aibrix-download {__version__}",
+        files=tuple(files),
+    )
+    state.write_manifest(manifest)
+    log.info("manifest written: %d files, %s", len(files), human_bytes(manifest.total_bytes))
+
+
+def _clean_leftovers(tree: ModelTree, state: StateDir, selected: Sequence[RemoteFile]) -> None:
+    """Remove temp files and journals that no longer belong to anything (earlier crashes, changed objects)."""
+    for j in state.journals():
+        parts = tuple(j.header.rel_path.split("/"))
+        tree.remove_temp(parts, j.header.temp)
+        state.drop_journal(j.token)
+    dirs = {tuple(f.rel_path.split("/")[:-1]) for f in selected}
+    for d, name in list(tree.stale_temps(dirs, set())):
+        tree.remove_temp((*d, name), name)  # remove_temp takes the final path; its directory is d
+
+
+def _dry_run(
+    settings: Settings,
+    selected: list[RemoteFile],
+    dropped: list[RemoteFile],
+    tree: ModelTree,
+    state: StateDir,
+    out: TextIO,
+    started: float,
+) -> Result:
+    if os.path.isdir(settings.model_dir):
+        tree.open_root(create=False)
+        plan = plan_downloads(selected, state.read_done(), _local_stats(tree, selected), force=settings.force_download)
+    else:
+        plan = Plan(fetch=list(selected), skip=[])
+    skip = {f.rel_path for f in plan.skip}
+    width = max(len(f"{f.size}") for f in selected)
+    for f in sorted(selected, key=lambda f: f.rel_path):
+        status = "present" if f.rel_path in skip else "fetch"
+        out.write(f"{status:8} {f.size:>{width}}  {human_bytes(f.size):>10}  {f.rel_path}\n")
+    out.write(
+        f"total: {len(selected)} files, {plan.fetch_bytes + plan.skip_bytes} bytes; "
+        f"would fetch {len(plan.fetch)} files, {plan.fetch_bytes} bytes ({human_bytes(plan.fetch_bytes)}); "
+        f"{len(dropped)} objects filtered out\n"
+    )
+    return Result(
+        settings.model_dir, 0, len(plan.skip), 0, plan.fetch_bytes + plan.skip_bytes, time.monotonic() - started
+    )

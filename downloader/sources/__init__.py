@@ -1,0 +1,21 @@
+"""Storage backends behind one `Source` interface; `open_source` picks one for a URI."""
+
+from __future__ import annotations
+
+from ..config import Settings
+from ..errors import ConfigError
+from .base import Checksum, ObjectDetail, RangeReader, RemoteFile, Source
+
+
+def open_source(settings: Settings) -> Source:
+    scheme = settings.uri.scheme
+    if scheme in ("s3", "tos"):
+        from .s3 import S3Source
+
+        return S3Source(
+            settings.uri, settings.s3, connections=settings.num_threads, stall_timeout=settings.stall_timeout
+        )
+    raise ConfigError("--model-uri", settings.uri.display, f"no backend for {scheme}:// in this build")
+
+
+__all__ = ["Checksum", "ObjectDetail", "RangeReader", "RemoteFile", "Source", "open_source"]

@@ -1,0 +1,97 @@
+"""The one small interface every storage backend implements.
+
+A backend lists objects, describes one object's integrity facts, and opens a byte range pinned to the
+version seen at listing time. Only backend modules import SDKs; they translate SDK exceptions into
+`downloader.errors` (permanent) or `RetryableError` / `ObjectChangedError` (handled by the engine).
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from typing import Protocol
+
+
+@dataclass(frozen=True)
+class Checksum:
+    """A checksum the source publishes for an object.
+
+    `algorithm` is one of md5, sha1, sha256, crc32, crc32c, crc64nvme. `value` is the encoded digest as the
+    source gives it (hex for S3 ETags, base64 for S3 additional checksums). When `part_size` is set the
+    value is a composite: the digest of the concatenated per-part digests, over parts of that size
+    (the last one shorter), `parts` of them, the way S3 builds multipart ETags and COMPOSITE checksums.
+    """
+
+    algorithm: str
+    value: str
+    encoding: str  # "hex" or "base64"
+    part_size: int | None = None
+    parts: int | None = None
+
+    @property
+    def label(self) -> str:
+        kind = f"composite of {self.parts} parts" if self.part_size else "full object"
+        return f"{self.algorithm} ({kind})"
+
+
+@dataclass(frozen=True)
+class RemoteFile:
+    """One object as listed. `version` pins every later read (ETag for S3)."""
+
+    key: str
+    rel_path: str
+    size: int
+    version: str  # ETag (quoted as served) or generation / commit
+    version_id: str | None = None
+
+
+@dataclass(frozen=True)
+class ObjectDetail:
+    """What a HEAD-like call adds: the exact version to pin and the checksum to verify."""
+
+    size: int
+    version: str
+    version_id: str | None
+    checksums: tuple[Checksum, ...]  # every verifiable checksum published, most preferred first
+    unverifiable: str | None = None  # why no checksum can be verified, for the manifest and logs
+
+
+@dataclass
+class RangeReader:
+    """An open response body for bytes [start, end] of one object version."""
+
+    start: int
+    end: int  # inclusive
+    detail: ObjectDetail | None = None  # filled when the response itself carries integrity facts
+    _closed: bool = field(default=False, repr=False)
+
+    def readinto(self, buf: memoryview) -> int:  # pragma: no cover - interface
+        raise NotImplementedError
+
+    def close(self) -> None:  # pragma: no cover - interface
+        self._closed = True
+
+
+class Source(Protocol):
+    """A storage backend. Implementations must be safe to call from many threads at once."""
+
+    display_uri: str
+
+    def list(self, cancel: threading.Event) -> Iterator[RemoteFile]:
+        """Every object under the URI, with its path relative to the URI's prefix."""
+        ...
+
+    def describe(self, f: RemoteFile) -> ObjectDetail:
+        """Integrity facts of one object, pinned to the listed version."""
+        ...
+
+    def refresh(self, f: RemoteFile) -> RemoteFile | None:
+        """The object's current version (after it changed under us), or None if it is gone."""
+        ...
+
+    def open_range(self, f: RemoteFile, detail: ObjectDetail | None, start: int, end: int) -> RangeReader:
+        """Bytes [start, end] (inclusive) of exactly the listed version of `f`."""
+        ...
+
+    def close(self) -> None: ...

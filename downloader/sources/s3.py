@@ -1,0 +1,365 @@
+"""S3 and S3-compatible stores (tos://, MinIO, SeaweedFS, ...) through boto3.
+
+boto3 is the control plane (credentials chain, listing, HEAD); ranged GETs go through a second client with
+botocore's own retries off, because the engine retries per range and resumes a broken range where it
+stopped. Every GET carries If-Match on the ETag seen at listing, and Content-Range is checked.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import re
+import threading
+from collections.abc import Iterator, Mapping
+from email.utils import parsedate_to_datetime
+from typing import Any
+
+import boto3
+import botocore.exceptions as bce
+from botocore.config import Config
+
+from ..config import S3Settings
+from ..errors import (
+    AccessDeniedError,
+    NotFoundError,
+    ObjectChangedError,
+    RetryableError,
+    SourceError,
+    TransferError,
+)
+from ..uri import ModelUri
+from .base import Checksum, ObjectDetail, RangeReader, RemoteFile
+
+# Cheapest first: a CRC costs a fraction of a cryptographic hash per byte.
+_CHECKSUM_FIELDS = (
+    ("ChecksumCRC32C", "crc32c"),
+    ("ChecksumCRC64NVME", "crc64nvme"),
+    ("ChecksumCRC32", "crc32"),
+    ("ChecksumSHA256", "sha256"),
+    ("ChecksumSHA1", "sha1"),
+)
+_MD5_ETAG = re.compile(r'^"?([0-9a-fA-F]{32})(?:-(\d+))?"?$')
+_COMPOSITE = re.compile(r"^(.*)-(\d+)$")
+_THROTTLE_CODES = {
+    "SlowDown",
+    "Throttling",
+    "ThrottlingException",
+    "RequestLimitExceeded",
+    "TooManyRequests",
+    "RequestThrottled",
+    "ServiceUnavailable",
+    "InternalError",
+    "RequestTimeout",
+}
+
+
+class S3Source:
+    def __init__(self, uri: ModelUri, s3: S3Settings, *, connections: int, stall_timeout: float) -> None:
+        self.uri = uri
+        self.bucket = uri.bucket
+        self.display_uri = uri.display
+        session = boto3.session.Session(
+            aws_access_key_id=s3.access_key.reveal() if s3.access_key else None,
+            aws_secret_access_key=s3.secret_key.reveal() if s3.secret_key else None,
+            aws_session_token=s3.session_token.reveal() if s3.session_token else None,
+            region_name=s3.region or ("us-east-1" if s3.endpoint_url else None),
+        )
+        common: dict[str, Any] = {
+            "s3": {"addressing_style": s3.addressing_style},
+            # We verify checksums ourselves, part by part; botocore's whole-body validation cannot see ranges.
+            "response_checksum_validation": "when_required",
+            "request_checksum_calculation": "when_required",
+            "tcp_keepalive": True,
+            "user_agent_extra": "aibrix-download",
+        }
+        control = Config(
+            retries={"mode": "standard", "max_attempts": 6},
+            connect_timeout=10,
+            read_timeout=max(30.0, stall_timeout),
+            max_pool_connections=8,
+            **common,
+        )
+        data = Config(
+            retries={"total_max_attempts": 1},  # the engine retries each range itself
+            connect_timeout=min(10.0, stall_timeout),
+            read_timeout=stall_timeout,  # a socket read idle this long = a stalled range
+            max_pool_connections=connections + 4,
+            **common,
+        )
+        try:
+            self._control = session.client("s3", endpoint_url=s3.endpoint_url, config=control)
+            self._data = session.client("s3", endpoint_url=s3.endpoint_url, config=data)
+        except (bce.BotoCoreError, ValueError) as exc:
+            raise SourceError(self.display_uri, f"cannot set up the S3 client: {exc}") from None
+        self._part_size_cache: dict[tuple[str, str], int | None] = {}
+        self._lock = threading.Lock()
+
+    # ---------------------------------------------------------------------------------------- listing
+    def list(self, cancel: threading.Event) -> Iterator[RemoteFile]:
+        prefix = self.uri.prefix
+        dir_prefix = prefix.rstrip("/") + "/" if prefix else ""
+        found = False
+        paginator = self._control.get_paginator("list_objects_v2")
+        try:
+            for page in paginator.paginate(Bucket=self.bucket, Prefix=dir_prefix):
+                for obj in page.get("Contents", ()):
+                    key = obj["Key"]
+                    if key.endswith("/") and obj.get("Size", 0) == 0:
+                        continue  # folder marker
+                    found = True
+                    yield RemoteFile(
+                        key=key, rel_path=key[len(dir_prefix) :], size=int(obj["Size"]), version=obj["ETag"]
+                    )
+                if cancel.is_set():
+                    return
+        except bce.ClientError as exc:
+            raise self._client_error(exc, None, "listing") from None
+        except bce.NoCredentialsError:
+            raise AccessDeniedError(self.display_uri, _NO_CREDENTIALS) from None
+        except bce.BotoCoreError as exc:
+            raise TransferError(self.display_uri, f"listing failed: {exc}", attempts=6) from None
+        if found or not prefix or prefix.endswith("/"):
+            return
+        # s3://bucket/path/file.json names a single object.
+        try:
+            head = self._control.head_object(Bucket=self.bucket, Key=prefix)
+        except bce.ClientError as exc:
+            if _status(exc) == 404:
+                return
+            raise self._client_error(exc, prefix, "HEAD") from None
+        except bce.BotoCoreError as exc:
+            raise TransferError(self.display_uri, f"HEAD failed: {exc}", attempts=6) from None
+        yield RemoteFile(
+            key=prefix, rel_path=prefix.rsplit("/", 1)[-1], size=int(head["ContentLength"]), version=head["ETag"]
+        )
+
+    # ------------------------------------------------------------------------------------- integrity
+    def describe(self, f: RemoteFile) -> ObjectDetail:
+        try:
+            head = self._control.head_object(Bucket=self.bucket, Key=f.key, IfMatch=f.version, ChecksumMode="ENABLED")
+        except bce.ClientError as exc:
+            raise self._translate(exc, f.key) from None
+        except bce.BotoCoreError as exc:
+            raise RetryableError("connection", str(exc)) from None
+        return self._detail(f, head)
+
+    def _detail(self, f: RemoteFile, headers: Mapping[str, Any]) -> ObjectDetail:
+        size = int(headers.get("ContentLength", f.size)) if "ContentRange" not in headers else f.size
+        etag = str(headers.get("ETag", f.version))
+        version_id = headers.get("VersionId")
+        if version_id == "null":
+            version_id = None
+        m = _MD5_ETAG.match(etag)
+        multipart_parts = int(m.group(2)) if m and m.group(2) else None
+        is_multipart = multipart_parts is not None or (m is None and "-" in etag)
+        part_size = self._part_size(f, multipart_parts) if is_multipart else None
+        checksums: list[Checksum] = []
+        reasons: list[str] = []
+        for field, algorithm in _CHECKSUM_FIELDS:
+            value = headers.get(field)
+            if not value:
+                continue
+            cm = _COMPOSITE.match(str(value))
+            if cm:
+                parts = int(cm.group(2))
+                if part_size and parts == _parts_count(size, part_size):
+                    checksums.append(Checksum(algorithm, cm.group(1), "base64", part_size, parts))
+                else:
+                    reasons.append(f"{algorithm} is per-part and the part size is unknown")
+            elif is_multipart and algorithm in ("sha1", "sha256") and headers.get("ChecksumType") != "FULL_OBJECT":
+                # S3 only publishes SHA checksums of multipart objects as composites; a bare value here is
+                # not something we can interpret reliably.
+                reasons.append(f"{algorithm} of a multipart object without a part count")
+            else:
+                checksums.append(Checksum(algorithm, str(value), "base64"))
+        encrypted = headers.get("ServerSideEncryption") == "aws:kms" or headers.get("SSECustomerAlgorithm")
+        if m and not encrypted:
+            if multipart_parts is None:
+                checksums.append(Checksum("md5", m.group(1).lower(), "hex"))
+            elif part_size and multipart_parts == _parts_count(size, part_size):
+                checksums.append(Checksum("md5", m.group(1).lower(), "hex", part_size, multipart_parts))
+            else:
+                reasons.append("multipart ETag with unknown or uneven part size")
+        elif encrypted:
+            reasons.append("ETag of an SSE-KMS/SSE-C object is not an MD5")
+        else:
+            reasons.append("ETag is not an MD5")
+        return ObjectDetail(
+            size=size,
+            version=etag,
+            version_id=version_id,
+            checksums=tuple(checksums),
+            unverifiable=None if checksums else "; ".join(reasons) or "no checksum published",
+        )
+
+    def _part_size(self, f: RemoteFile, parts: int | None) -> int | None:
+        """Size of part 1 from HEAD ?partNumber=1, when all parts but the last have that size."""
+        cache_key = (f.key, f.version)
+        with self._lock:
+            if cache_key in self._part_size_cache:
+                return self._part_size_cache[cache_key]
+        part_size: int | None = None
+        try:
+            # No If-Match here: some S3-compatible servers compare it with the part's ETag. The version is
+            # pinned on every GET anyway; a wrong part size only makes verification fail, never pass.
+            head = self._control.head_object(Bucket=self.bucket, Key=f.key, PartNumber=1)
+            size1 = int(head["ContentLength"])
+            count = int(head.get("PartsCount") or parts or 0)
+            if size1 > 0 and count and count == _parts_count(f.size, size1):
+                part_size = size1
+        except bce.ClientError as exc:
+            if _status(exc) == 412:
+                raise ObjectChangedError(f.key, "ETag changed") from None
+        except bce.BotoCoreError:
+            part_size = None
+        with self._lock:
+            self._part_size_cache[cache_key] = part_size
+        return part_size
+
+    def refresh(self, f: RemoteFile) -> RemoteFile | None:
+        try:
+            head = self._control.head_object(Bucket=self.bucket, Key=f.key)
+        except bce.ClientError as exc:
+            if _status(exc) == 404:
+                return None
+            raise self._translate(exc, f.key) from None
+        except bce.BotoCoreError as exc:
+            raise RetryableError("connection", str(exc)) from None
+        return RemoteFile(key=f.key, rel_path=f.rel_path, size=int(head["ContentLength"]), version=head["ETag"])
+
+    # ---------------------------------------------------------------------------------------- reading
+    def open_range(self, f: RemoteFile, detail: ObjectDetail | None, start: int, end: int) -> RangeReader:
+        size = detail.size if detail else f.size
+        whole = start == 0 and end == size - 1
+        kwargs: dict[str, Any] = {
+            "Bucket": self.bucket,
+            "Key": f.key,
+            "IfMatch": detail.version if detail else f.version,
+        }
+        if detail and detail.version_id:
+            kwargs["VersionId"] = detail.version_id
+        if size > 0:
+            kwargs["Range"] = f"bytes={start}-{end}"
+        if whole:
+            kwargs["ChecksumMode"] = "ENABLED"
+        try:
+            resp = self._data.get_object(**kwargs)
+        except bce.ClientError as exc:
+            raise self._translate(exc, f.key) from None
+        except (bce.ReadTimeoutError, bce.ConnectTimeoutError) as exc:
+            raise RetryableError("timeout", str(exc)) from None
+        except bce.NoCredentialsError:
+            raise AccessDeniedError(self.display_uri, _NO_CREDENTIALS, key=f.key) from None
+        except bce.BotoCoreError as exc:
+            raise RetryableError("connection", str(exc)) from None
+        body = resp["Body"]
+        expected = f"bytes {start}-{end}/{size}"
+        if size > 0 and resp.get("ContentRange") != expected:
+            body.close()
+            raise RetryableError("bad-content-range", f"asked for {expected}, server sent {resp.get('ContentRange')!r}")
+        if int(resp.get("ContentLength", -1)) != end - start + 1:
+            body.close()
+            raise RetryableError(
+                "bad-length", f"Content-Length {resp.get('ContentLength')} for {end - start + 1} bytes"
+            )
+        got_detail = self._detail(f, {**resp, "ContentLength": size}) if whole and detail is None else None
+        return _S3RangeReader(start, end, got_detail, body)
+
+    def close(self) -> None:
+        for client in (self._control, self._data):
+            with contextlib.suppress(Exception):
+                client.close()
+
+    # ---------------------------------------------------------------------------------------- errors
+    def _translate(self, exc: bce.ClientError, key: str) -> Exception:
+        status = _status(exc)
+        code = exc.response.get("Error", {}).get("Code", "")
+        if status == 412 or code == "PreconditionFailed":
+            return ObjectChangedError(key, "ETag no longer matches (If-Match failed)")
+        if status == 416 or code == "InvalidRange":
+            return ObjectChangedError(key, "requested range is no longer valid")
+        if status in (429, 500, 502, 503, 504) or code in _THROTTLE_CODES:
+            kind = (
+                "throttled"
+                if status in (429, 503) or code in ("SlowDown", "Throttling", "TooManyRequests")
+                else "server-error"
+            )
+            return RetryableError(kind, f"HTTP {status} {code}", retry_after=_retry_after(exc))
+        return self._client_error(exc, key, "GET")
+
+    def _client_error(self, exc: bce.ClientError, key: str | None, what: str) -> SourceError:
+        status = _status(exc)
+        code = exc.response.get("Error", {}).get("Code", "") or str(status)
+        message = exc.response.get("Error", {}).get("Message", "")
+        reason = f"{what}: {code}" + (f" ({message})" if message else "")
+        if code == "NoSuchBucket":
+            return NotFoundError(self.display_uri, f"bucket {self.bucket!r} does not exist")
+        if status == 404 or code in ("NoSuchKey", "NotFound"):
+            return NotFoundError(self.display_uri, reason, key=key)
+        if status in (401, 403) or code in (
+            "AccessDenied",
+            "InvalidAccessKeyId",
+            "SignatureDoesNotMatch",
+            "ExpiredToken",
+        ):
+            return AccessDeniedError(self.display_uri, reason, key=key)
+        if status in (429, 500, 502, 503, 504):
+            return SourceError(self.display_uri, f"{reason}; still failing after retries", key=key)
+        return SourceError(self.display_uri, reason, key=key)
+
+
+_NO_CREDENTIALS = (
+    "no AWS credentials found: set AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY from a Secret, "
+    "or give the pod a role (IRSA / pod identity / instance profile)"
+)
+
+
+class _S3RangeReader(RangeReader):
+    def __init__(self, start: int, end: int, detail: ObjectDetail | None, body: Any) -> None:
+        super().__init__(start, end, detail)
+        self._body = body
+
+    def readinto(self, buf: memoryview) -> int:
+        try:
+            n: int = self._body.readinto(buf)
+        except bce.ReadTimeoutError as exc:
+            raise RetryableError("stall", f"no bytes for the stall timeout ({exc})") from None
+        except bce.IncompleteReadError as exc:
+            raise RetryableError("truncated", str(exc)) from None
+        except (bce.BotoCoreError, OSError, ValueError) as exc:
+            raise RetryableError("reset", f"{type(exc).__name__}: {exc}") from None
+        except Exception as exc:  # urllib3's ProtocolError and friends, which botocore does not wrap
+            if type(exc).__module__.startswith(("urllib3", "http.client")):
+                raise RetryableError("reset", f"{type(exc).__name__}: {exc}") from None
+            raise
+        return n
+
+    def close(self) -> None:
+        with contextlib.suppress(Exception):
+            self._body.close()
+
+
+def _status(exc: bce.ClientError) -> int:
+    return int(exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode", 0) or 0)
+
+
+def _retry_after(exc: bce.ClientError) -> float | None:
+    headers = exc.response.get("ResponseMetadata", {}).get("HTTPHeaders", {}) or {}
+    raw = headers.get("retry-after")
+    if not raw:
+        return None
+    try:
+        return max(0.0, float(raw))
+    except ValueError:
+        pass
+    try:
+        import time
+
+        return max(0.0, parsedate_to_datetime(raw).timestamp() - time.time())
+    except (TypeError, ValueError):
+        return None
+
+
+def _parts_count(size: int, part_size: int) -> int:
+    return max(1, math.ceil(size / part_size))

@@ -1,0 +1,586 @@
+"""The one module that knows the on-disk layout of a model directory.
+
+    <model dir>/                      files appear here only complete and verified (atomic rename)
+    <model dir>/<sub>/.<name>.<token>.aibrix-tmp   preallocated temporary file being filled
+    <model dir>/.aibrix/manifest.json  written last, atomically: THE readiness signal
+    <model dir>/.aibrix/done.jsonl     one line per verified file (resume without a manifest)
+    <model dir>/.aibrix/journal/<token>.jsonl  per temp file: header, then one line per finished range
+    <model dir>/.aibrix/progress.json  live progress, rewritten about once a second
+    <model dir>/.aibrix/lock           flock(2): one download per node; correctness never depends on it
+
+Public, read-only API for the sidecar and runtime: `read_manifest`, `read_progress`, `is_ready`.
+
+Every path below the model directory is opened relative to directory file descriptors with O_NOFOLLOW, so
+a symlink planted inside the target (even mid-download) is never followed out of it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import fcntl
+import json
+import os
+import secrets
+import socket
+import stat
+import threading
+import time
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+from .errors import Interrupted, LocalStorageError, UnsafePathError
+
+STATE_DIR_NAME = ".aibrix"
+MANIFEST_NAME = "manifest.json"
+PROGRESS_NAME = "progress.json"
+DONE_NAME = "done.jsonl"
+JOURNAL_DIR = "journal"
+LOCK_NAME = "lock"
+TEMP_SUFFIX = ".aibrix-tmp"
+MANIFEST_FORMAT = "aibrix-model-manifest/1"
+
+_DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
+
+
+# ---------------------------------------------------------------------------------------------- records
+
+
+@dataclass(frozen=True)
+class LocalStat:
+    size: int
+    mtime_ns: int
+    is_regular: bool
+
+
+@dataclass(frozen=True)
+class DoneRecord:
+    """A file we finished and verified: its version, size and the mtime it had when we renamed it."""
+
+    rel_path: str
+    version: str
+    version_id: str | None
+    size: int
+    mtime_ns: int
+    checksum: str | None  # "algorithm:value" that was verified, or None
+    verified: str  # what was checked, in words
+
+
+@dataclass(frozen=True)
+class ManifestFile:
+    path: str
+    size: int
+    version: str
+    version_id: str | None
+    checksum: str | None
+    verified: str
+    mtime_ns: int
+
+
+@dataclass(frozen=True)
+class Manifest:
+    source: str
+    model_dir: str
+    created_at: float
+    tool: str
+    files: tuple[ManifestFile, ...]
+    complete: bool = True
+    format: str = MANIFEST_FORMAT
+
+    @property
+    def total_bytes(self) -> int:
+        return sum(f.size for f in self.files)
+
+
+@dataclass
+class Progress:
+    """Live progress of a download, as the downloader last wrote it."""
+
+    phase: str  # pending, waiting, listing, downloading, verifying, ready, failed, interrupted
+    source: str
+    model_dir: str
+    pid: int
+    host: str
+    started_at: float
+    updated_at: float
+    bytes_total: int = 0
+    bytes_done: int = 0
+    bytes_fetched: int = 0  # bytes received from the network in this run (includes refetches)
+    files_total: int = 0
+    files_done: int = 0
+    rate_bps: float = 0.0
+    eta_seconds: float | None = None
+    retries: int = 0
+    errors_by_kind: dict[str, int] = field(default_factory=dict)
+    object_changes: int = 0
+    last_error: str | None = None
+    active_files: dict[str, dict[str, int]] = field(default_factory=dict)
+
+
+# ------------------------------------------------------------------------------------- public reading
+
+
+def state_dir(model_dir: str) -> str:
+    return os.path.join(model_dir, STATE_DIR_NAME)
+
+
+def read_manifest(model_dir: str) -> Manifest | None:
+    """The model manifest if the model is complete; None when absent or unreadable."""
+    data = _read_json(os.path.join(state_dir(model_dir), MANIFEST_NAME))
+    if not isinstance(data, dict) or data.get("format") != MANIFEST_FORMAT or data.get("complete") is not True:
+        return None
+    try:
+        files = tuple(ManifestFile(**f) for f in data["files"])
+        return Manifest(
+            source=data["source"],
+            model_dir=data["model_dir"],
+            created_at=float(data["created_at"]),
+            tool=data["tool"],
+            files=files,
+            complete=True,
+        )
+    except (KeyError, TypeError, ValueError):
+        return None
+
+
+def read_progress(model_dir: str) -> Progress | None:
+    data = _read_json(os.path.join(state_dir(model_dir), PROGRESS_NAME))
+    if not isinstance(data, dict):
+        return None
+    try:
+        return Progress(**data)
+    except TypeError:
+        return None
+
+
+def is_ready(model_dir: str) -> bool:
+    """True when the manifest says complete and every listed file is present with its recorded size."""
+    manifest = read_manifest(model_dir)
+    if manifest is None:
+        return False
+    for f in manifest.files:
+        try:
+            st = os.lstat(os.path.join(model_dir, f.path))
+        except OSError:
+            return False
+        if not stat.S_ISREG(st.st_mode) or st.st_size != f.size:
+            return False
+    return True
+
+
+def _read_json(path: str) -> Any:
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+    except OSError:
+        return None
+    try:
+        with os.fdopen(fd, "rb") as fh:
+            return json.loads(fh.read())
+    except (OSError, ValueError):
+        return None
+
+
+# ------------------------------------------------------------------------------------ the model tree
+
+
+class ModelTree:
+    """File operations below one model directory, never following symlinks out of it."""
+
+    def __init__(self, model_dir: str) -> None:
+        self.model_dir = model_dir
+        self._dirs: dict[tuple[str, ...], int] = {}
+        self._lock = threading.Lock()
+
+    # -- directories
+    def open_root(self, *, create: bool) -> None:
+        try:
+            if create:
+                os.makedirs(self.model_dir, exist_ok=True)
+            fd = os.open(self.model_dir, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+        except OSError as exc:
+            raise LocalStorageError(self.model_dir, _os_reason(exc)) from None
+        with self._lock:
+            self._dirs[()] = fd
+
+    def dir_fd(self, parts: Sequence[str], *, create: bool) -> int:
+        """Descriptor of the directory <model dir>/<parts...>, created when asked, symlinks refused."""
+        key = tuple(parts)
+        with self._lock:
+            fd = self._dirs.get(key)
+            if fd is not None:
+                return fd
+        parent = self.dir_fd(key[:-1], create=create)
+        name = key[-1]
+        try:
+            fd = os.open(name, _DIR_FLAGS, dir_fd=parent)
+        except FileNotFoundError:
+            if not create:
+                raise
+            with contextlib.suppress(FileExistsError):
+                os.mkdir(name, 0o755, dir_fd=parent)
+            fd = os.open(name, _DIR_FLAGS, dir_fd=parent)
+        except OSError as exc:
+            if exc.errno in (errno.ELOOP, errno.ENOTDIR):
+                raise UnsafePathError(
+                    "/".join(key), "a symlink or file stands where a directory should be; refusing to follow it"
+                ) from None
+            raise LocalStorageError(os.path.join(self.model_dir, *key), _os_reason(exc)) from None
+        with self._lock:
+            existing = self._dirs.get(key)
+            if existing is not None:
+                os.close(fd)
+                return existing
+            self._dirs[key] = fd
+        return fd
+
+    def close(self) -> None:
+        with self._lock:
+            for fd in self._dirs.values():
+                with contextlib.suppress(OSError):
+                    os.close(fd)
+            self._dirs.clear()
+
+    # -- files
+    def lstat(self, parts: Sequence[str]) -> LocalStat | None:
+        try:
+            parent = self.dir_fd(parts[:-1], create=False)
+            st = os.stat(parts[-1], dir_fd=parent, follow_symlinks=False)
+        except (FileNotFoundError, NotADirectoryError, UnsafePathError):
+            return None
+        except OSError:
+            return None
+        return LocalStat(st.st_size, st.st_mtime_ns, stat.S_ISREG(st.st_mode))
+
+    def create_temp(self, parts: Sequence[str], token: str, size: int) -> tuple[str, int]:
+        """Create and preallocate the temp file for `parts`; returns (temp name, fd open for writing)."""
+        parent = self.dir_fd(parts[:-1], create=True)
+        name = temp_name(parts[-1], token)
+        try:
+            fd = os.open(
+                name, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o644, dir_fd=parent
+            )
+        except OSError as exc:
+            raise LocalStorageError(os.path.join(self.model_dir, *parts[:-1], name), _os_reason(exc)) from None
+        try:
+            preallocate(fd, size)
+        except OSError as exc:
+            os.close(fd)
+            with contextlib.suppress(OSError):
+                os.unlink(name, dir_fd=parent)
+            raise LocalStorageError(os.path.join(self.model_dir, *parts), _os_reason(exc)) from None
+        return name, fd
+
+    def open_temp(self, parts: Sequence[str], name: str, size: int) -> int | None:
+        """Reopen an existing temp file for resuming; None if it is gone or not what we expect."""
+        try:
+            parent = self.dir_fd(parts[:-1], create=False)
+            fd = os.open(name, os.O_WRONLY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=parent)
+        except (OSError, UnsafePathError):
+            return None
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode) or st.st_size != size:
+            os.close(fd)
+            return None
+        return fd
+
+    def open_temp_for_reading(self, parts: Sequence[str], name: str) -> int:
+        parent = self.dir_fd(parts[:-1], create=False)
+        return os.open(name, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=parent)
+
+    def remove_temp(self, parts: Sequence[str], name: str) -> None:
+        with contextlib.suppress(OSError, UnsafePathError):
+            parent = self.dir_fd(parts[:-1], create=False)
+            os.unlink(name, dir_fd=parent)
+
+    def commit(self, parts: Sequence[str], name: str) -> int:
+        """Atomically move the finished temp file onto its final name; returns the final mtime_ns.
+
+        rename(2) replaces whatever is at the target, including a symlink, without following it.
+        """
+        parent = self.dir_fd(parts[:-1], create=False)
+        try:
+            os.rename(name, parts[-1], src_dir_fd=parent, dst_dir_fd=parent)
+            os.fsync(parent)
+            st = os.stat(parts[-1], dir_fd=parent, follow_symlinks=False)
+        except IsADirectoryError:
+            raise UnsafePathError("/".join(parts), "a directory stands where the file should go") from None
+        except OSError as exc:
+            raise LocalStorageError(os.path.join(self.model_dir, *parts), _os_reason(exc)) from None
+        return st.st_mtime_ns
+
+    def free_bytes(self) -> int:
+        st = os.statvfs(self.model_dir)
+        return st.f_bavail * st.f_frsize
+
+    def stale_temps(
+        self, dir_parts: set[tuple[str, ...]], keep: set[tuple[tuple[str, ...], str]]
+    ) -> Iterator[tuple[tuple[str, ...], str]]:
+        """Our temp files in the given directories that no live journal refers to."""
+        for d in sorted(dir_parts):
+            try:
+                fd = self.dir_fd(d, create=False)
+                names = os.listdir(fd)
+            except (OSError, UnsafePathError):
+                continue
+            for name in names:
+                if name.startswith(".") and name.endswith(TEMP_SUFFIX) and (d, name) not in keep:
+                    yield d, name
+
+
+def temp_name(final_name: str, token: str) -> str:
+    # Keep the temp name within NAME_MAX even for long final names.
+    stem = final_name if len(final_name.encode()) <= 200 else final_name.encode()[:200].decode(errors="ignore")
+    return f".{stem}.{token}{TEMP_SUFFIX}"
+
+
+def new_token() -> str:
+    return secrets.token_hex(8)
+
+
+def preallocate(fd: int, size: int) -> None:
+    """Reserve the blocks up front (fewer surprises mid-download); fall back where fallocate is unsupported."""
+    if size <= 0:
+        return
+    try:
+        os.posix_fallocate(fd, 0, size)
+    except OSError as exc:
+        if exc.errno in (errno.EOPNOTSUPP, errno.EINVAL, errno.ENOSYS):
+            os.ftruncate(fd, size)
+        else:
+            raise
+
+
+def _os_reason(exc: OSError) -> str:
+    if exc.errno == errno.ENOSPC:
+        return "no space left on device"
+    return exc.strerror or str(exc)
+
+
+# ------------------------------------------------------------------------------------ state directory
+
+
+@dataclass(frozen=True)
+class JournalHeader:
+    rel_path: str
+    key: str
+    version: str
+    version_id: str | None
+    size: int
+    temp: str
+    layout: str  # describes range boundaries; a journal is only reusable with the same layout
+
+
+@dataclass
+class Journal:
+    token: str
+    header: JournalHeader
+    done: dict[int, list[str]]  # range index -> per-part digests (hex) computed while streaming
+
+
+class StateDir:
+    """Bookkeeping files under <model dir>/.aibrix/."""
+
+    def __init__(self, model_dir: str) -> None:
+        self.model_dir = model_dir
+        self.path = state_dir(model_dir)
+        self.journal_path = os.path.join(self.path, JOURNAL_DIR)
+        self._lock_fd: int | None = None
+        self._append_lock = threading.Lock()
+
+    def ensure(self) -> None:
+        try:
+            for p in (self.path, self.journal_path):
+                os.makedirs(p, exist_ok=True)
+                if os.path.islink(p) or not os.path.isdir(p):
+                    raise UnsafePathError(p, "state directory is not a plain directory")
+        except OSError as exc:
+            raise LocalStorageError(self.path, _os_reason(exc)) from None
+
+    # -- lock
+    def acquire_lock(
+        self,
+        cancel: threading.Event,
+        timeout: float,
+        on_wait: Callable[[float, str], None],
+    ) -> None:
+        """Hold the node-wide lock for this model. Waits while another process holds it.
+
+        A lost lock (a filesystem that ignores flock) is safe: temp names are unique, files appear by
+        atomic rename, and the manifest is written only after every file is verified.
+        """
+        path = os.path.join(self.path, LOCK_NAME)
+        try:
+            fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o644)
+        except OSError as exc:
+            raise LocalStorageError(path, _os_reason(exc)) from None
+        started = time.monotonic()
+        while True:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except BlockingIOError:
+                waited = time.monotonic() - started
+                if timeout and waited > timeout:
+                    os.close(fd)
+                    raise LocalStorageError(
+                        path, f"another download of this model held the lock for over {timeout:.0f}s"
+                    ) from None
+                on_wait(waited, self._owner_text(fd))
+                if cancel.wait(0.5):
+                    os.close(fd)
+                    raise Interrupted("signal", 130) from None
+            except OSError as exc:
+                if exc.errno in (errno.ENOLCK, errno.EOPNOTSUPP):
+                    break  # a filesystem without locks: proceed, correctness does not depend on it
+                raise LocalStorageError(path, _os_reason(exc)) from None
+        owner = json.dumps({"pid": os.getpid(), "host": socket.gethostname(), "since": time.time()}).encode()
+        with contextlib.suppress(OSError):
+            os.ftruncate(fd, 0)
+            os.pwrite(fd, owner, 0)
+        self._lock_fd = fd
+
+    def _owner_text(self, fd: int) -> str:
+        try:
+            data = json.loads(os.pread(fd, 4096, 0) or b"{}")
+            return f"pid {data.get('pid')} on {data.get('host')}"
+        except (OSError, ValueError):
+            return "another process"
+
+    def release_lock(self) -> None:
+        if self._lock_fd is not None:
+            with contextlib.suppress(OSError):
+                fcntl.flock(self._lock_fd, fcntl.LOCK_UN)
+                os.close(self._lock_fd)
+            self._lock_fd = None
+
+    # -- done records
+    def read_done(self) -> dict[str, DoneRecord]:
+        records: dict[str, DoneRecord] = {}
+        manifest = read_manifest(self.model_dir)
+        if manifest is not None:
+            for f in manifest.files:
+                records[f.path] = DoneRecord(
+                    f.path, f.version, f.version_id, f.size, f.mtime_ns, f.checksum, f.verified
+                )
+        try:
+            with open(os.path.join(self.path, DONE_NAME), "rb") as fh:
+                for line in fh:
+                    try:
+                        rec = DoneRecord(**json.loads(line))
+                    except (ValueError, TypeError):
+                        continue  # a torn last line after a crash
+                    records[rec.rel_path] = rec
+        except OSError:
+            pass
+        return records
+
+    def append_done(self, record: DoneRecord) -> None:
+        self._append(os.path.join(self.path, DONE_NAME), asdict(record))
+
+    def _append(self, path: str, obj: dict[str, Any]) -> None:
+        line = (json.dumps(obj, separators=(",", ":")) + "\n").encode()
+        with self._append_lock:
+            fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o644)
+            try:
+                os.write(fd, line)  # one write(2) with O_APPEND: lines of concurrent writers never interleave
+            finally:
+                os.close(fd)
+
+    # -- journals
+    def journals(self) -> list[Journal]:
+        out = []
+        try:
+            names = sorted(os.listdir(self.journal_path))
+        except OSError:
+            return []
+        for name in names:
+            if not name.endswith(".jsonl"):
+                continue
+            token = name[: -len(".jsonl")]
+            journal = self._load_journal(token)
+            if journal is not None:
+                out.append(journal)
+        return out
+
+    def _load_journal(self, token: str) -> Journal | None:
+        try:
+            with open(os.path.join(self.journal_path, token + ".jsonl"), "rb") as fh:
+                lines = fh.read().splitlines()
+        except OSError:
+            return None
+        if not lines:
+            return None
+        try:
+            header = JournalHeader(**json.loads(lines[0]))
+        except (ValueError, TypeError):
+            return None
+        done: dict[int, list[str]] = {}
+        for line in lines[1:]:
+            try:
+                entry = json.loads(line)
+                done[int(entry["r"])] = [str(d) for d in entry.get("d", [])]
+            except (ValueError, TypeError, KeyError):
+                continue
+        return Journal(token, header, done)
+
+    def start_journal(self, token: str, header: JournalHeader) -> Journal:
+        path = os.path.join(self.journal_path, token + ".jsonl")
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(path)
+        self._append(path, asdict(header))
+        return Journal(token, header, {})
+
+    def record_range(self, token: str, index: int, digests: list[str]) -> None:
+        self._append(os.path.join(self.journal_path, token + ".jsonl"), {"r": index, "d": digests})
+
+    def drop_journal(self, token: str) -> None:
+        with contextlib.suppress(OSError):
+            os.unlink(os.path.join(self.journal_path, token + ".jsonl"))
+
+    # -- manifest and progress
+    def write_manifest(self, manifest: Manifest) -> None:
+        data = asdict(manifest)
+        data["total_bytes"] = manifest.total_bytes
+        data["file_count"] = len(manifest.files)
+        self._write_atomic(MANIFEST_NAME, json.dumps(data, indent=1).encode(), durable=True)
+
+    def remove_manifest(self) -> None:
+        path = os.path.join(self.path, MANIFEST_NAME)
+        try:
+            os.unlink(path)
+        except FileNotFoundError:
+            return
+        except OSError as exc:
+            raise LocalStorageError(path, _os_reason(exc)) from None
+        with contextlib.suppress(OSError):
+            fd = os.open(self.path, os.O_RDONLY | os.O_DIRECTORY)
+            os.fsync(fd)
+            os.close(fd)
+
+    def write_progress(self, progress: Progress) -> None:
+        with contextlib.suppress(OSError):
+            self._write_atomic(PROGRESS_NAME, json.dumps(asdict(progress)).encode(), durable=False)
+
+    def _write_atomic(self, name: str, data: bytes, *, durable: bool) -> None:
+        final = os.path.join(self.path, name)
+        tmp = os.path.join(self.path, f".{name}.{new_token()}.tmp")
+        try:
+            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o644)
+            try:
+                os.write(fd, data)
+                if durable:
+                    os.fsync(fd)
+            finally:
+                os.close(fd)
+            os.rename(tmp, final)
+            if durable:
+                dfd = os.open(self.path, os.O_RDONLY | os.O_DIRECTORY)
+                try:
+                    os.fsync(dfd)
+                finally:
+                    os.close(dfd)
+        except OSError as exc:
+            with contextlib.suppress(OSError):
+                os.unlink(tmp)
+            raise LocalStorageError(final, _os_reason(exc)) from None

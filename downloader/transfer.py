@@ -1,0 +1,473 @@
+"""The concurrent transfer engine.
+
+One pool of `num_threads` workers serves every file, so the number of connections in flight is bounded for
+the whole download. Large files are split into ranges that workers fetch concurrently; each range is
+written at its offset into a preallocated temporary file, its checksum parts are digested as the bytes
+stream past, and its completion is appended to the file's journal so a restarted run fetches only what is
+missing. A file appears under its final name only after it is complete and verified. Memory is bounded by
+num_threads x buffer_size, whatever the file sizes.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import random
+import threading
+import time
+from collections import deque
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import TypeVar
+
+from . import verify
+from .config import Settings
+from .errors import (
+    IntegrityError,
+    LocalStorageError,
+    NotFoundError,
+    ObjectChangedError,
+    RetryableError,
+    TransferError,
+)
+from .plan import ByteRange, safe_parts, split_ranges
+from .progress import Stats
+from .sources.base import Checksum, ObjectDetail, RemoteFile, Source
+from .state import DoneRecord, Journal, JournalHeader, ModelTree, StateDir, new_token
+
+log = logging.getLogger(__name__)
+
+MAX_OBJECT_RESTARTS = 3
+BACKOFF_BASE = 0.2
+BACKOFF_CAP = 20.0
+T = TypeVar("T")
+
+
+class Halted(Exception):
+    """The download is stopping (signal or another file's failure); drop this work item quietly."""
+
+
+class _Abandoned(Exception):
+    """This attempt of the file was abandoned (object changed, checksum failed); drop the range."""
+
+
+@dataclass
+class _Attempt:
+    """One try at one file: its temp file, its ranges and which of them are done."""
+
+    token: str
+    temp: str
+    fd: int
+    ranges: list[ByteRange]
+    journaled: bool
+    done: dict[int, list[str]] = field(default_factory=dict)
+    inflight: int = 0
+    abandoned: bool = False
+    closed: bool = False
+
+
+@dataclass
+class _Job:
+    f: RemoteFile
+    parts: tuple[str, ...]
+    detail: ObjectDetail | None = None
+    checksum: Checksum | None = None
+    strategy: str = "size"  # "stream": digests computed while streaming; "reread": full read at the end
+    attempt: _Attempt | None = None
+    restarts: int = 0
+    integrity_failures: int = 0
+    resumed: bool = False
+
+
+def choose_checksum(detail: ObjectDetail, multi_range: bool) -> tuple[Checksum | None, str]:
+    """Pick the checksum to verify and how: prefer one computed while streaming over a second full read."""
+    usable = [c for c in detail.checksums if verify.supported(c.algorithm)]
+    if not usable:
+        return None, "size"
+    if not multi_range:
+        return usable[0], "stream"
+    for c in usable:
+        if c.part_size:
+            return c, "stream"
+    return usable[0], "reread"
+
+
+def backoff_delay(attempt: int, retry_after: float | None, kind: str) -> float:
+    """Exponential backoff with full jitter; throttling waits at least a second or what the server asked."""
+    ceiling = min(BACKOFF_CAP, BACKOFF_BASE * (2 ** (attempt - 1)))
+    delay = random.uniform(ceiling / 2, ceiling)
+    if kind == "throttled":
+        delay = max(delay, 1.0)
+    if retry_after is not None:
+        delay = max(delay, min(retry_after, 60.0))
+    return delay
+
+
+class Engine:
+    def __init__(
+        self,
+        source: Source,
+        tree: ModelTree,
+        state: StateDir,
+        settings: Settings,
+        stats: Stats,
+        cancel: threading.Event,
+    ) -> None:
+        self.source = source
+        self.tree = tree
+        self.state = state
+        self.settings = settings
+        self.stats = stats
+        self.cancel = cancel
+        self._halt = threading.Event()
+        self._cv = threading.Condition()
+        self._queue: deque[tuple[_Job, _Attempt | None, ByteRange | None]] = deque()
+        self._outstanding = 0
+        self._error: BaseException | None = None
+        self._records: list[DoneRecord] = []
+        self._journals: dict[str, list[Journal]] = {}
+
+    # ------------------------------------------------------------------------------------------ driver
+    def run(self, files: Sequence[RemoteFile], journals: Sequence[Journal]) -> list[DoneRecord]:
+        for j in journals:
+            self._journals.setdefault(j.header.rel_path, []).append(j)
+        jobs = [_Job(f, safe_parts(f.key, f.rel_path)) for f in files]
+        self._outstanding = len(jobs)
+        self._queue.extend((job, None, None) for job in jobs)
+        workers = [
+            threading.Thread(target=self._worker, name=f"fetch-{i}", daemon=True)
+            for i in range(min(self.settings.num_threads, max(1, self._range_upper_bound(files))))
+        ]
+        for w in workers:
+            w.start()
+        halted_at: float | None = None
+        while any(w.is_alive() for w in workers):
+            for w in workers:
+                w.join(timeout=0.2)
+                if self.cancel.is_set() and not self._halt.is_set():
+                    self._halt.set()
+                    with self._cv:
+                        self._cv.notify_all()
+                if self._halt.is_set():
+                    halted_at = halted_at or time.monotonic()
+            # Workers blocked on a dead socket notice within the stall timeout; do not wait that long to exit.
+            if halted_at is not None and time.monotonic() - halted_at > 3.0:
+                break
+        if self._error is not None:
+            raise self._error
+        if self.cancel.is_set():
+            raise Halted()
+        return self._records
+
+    def _range_upper_bound(self, files: Sequence[RemoteFile]) -> int:
+        chunk = self.settings.part_chunksize
+        return sum(max(1, -(-f.size // chunk)) for f in files)
+
+    def _worker(self) -> None:
+        buf = bytearray(self.settings.buffer_size)
+        view = memoryview(buf)
+        while True:
+            with self._cv:
+                while not self._queue and self._outstanding > 0 and not self._halt.is_set():
+                    self._cv.wait(0.5)
+                if self._halt.is_set() or self._outstanding == 0:
+                    return
+                job, attempt, rng = self._queue.popleft()
+            try:
+                if rng is None:
+                    self._prepare(job, view)
+                else:
+                    assert attempt is not None
+                    self._run_range(job, attempt, rng, view)
+            except (Halted, _Abandoned):
+                continue
+            except BaseException as exc:
+                self._fail(exc)
+                return
+
+    def _fail(self, exc: BaseException) -> None:
+        with self._cv:
+            if self._error is None:
+                self._error = exc
+                self.stats.failed(str(exc))
+            self._halt.set()
+            self._cv.notify_all()
+
+    def _push_front(self, items: list[tuple[_Job, _Attempt | None, ByteRange | None]]) -> None:
+        with self._cv:
+            self._queue.extendleft(reversed(items))
+            self._cv.notify_all()
+
+    def _check_halt(self) -> None:
+        if self._halt.is_set():
+            raise Halted()
+
+    # ----------------------------------------------------------------------------------------- prepare
+    def _prepare(self, job: _Job, view: memoryview) -> None:
+        self._check_halt()
+        f = job.f
+        multi = f.size >= self.settings.part_threshold
+        part_size: int | None = None
+        if multi:
+            try:
+                job.detail = self._retrying(f.key, lambda: self.source.describe(f))
+            except ObjectChangedError as exc:
+                self._restart(job, None, exc)
+                return
+            if job.detail.size != f.size:
+                self._restart(job, None, ObjectChangedError(f.key, "size changed since listing"))
+                return
+            job.checksum, job.strategy = choose_checksum(job.detail, multi_range=True)
+            if job.checksum is not None and job.strategy == "stream":
+                part_size = job.checksum.part_size
+        ranges = split_ranges(f.size, self.settings.part_threshold, self.settings.part_chunksize, part_size)
+        attempt = self._open_attempt(job, ranges)
+        job.attempt = attempt
+        already = sum(r.length for r in ranges if r.index in attempt.done)
+        self.stats.file_started(f.rel_path, f.size, already)
+        if already:
+            job.resumed = True
+            log.info("resuming %s: %d of %d bytes already on disk", f.rel_path, already, f.size)
+        pending = [r for r in ranges if r.index not in attempt.done]
+        if not pending or f.size == 0:
+            self._finalize(job, attempt)
+        elif len(ranges) == 1:
+            self._run_range(job, attempt, ranges[0], view)
+        else:
+            self._push_front([(job, attempt, r) for r in pending])
+
+    def _layout(self, job: _Job, ranges: list[ByteRange]) -> str:
+        alg = job.checksum.algorithm if job.checksum and job.strategy == "stream" else "-"
+        part = job.checksum.part_size if job.checksum and job.checksum.part_size else 0
+        return f"v1 step={ranges[0].length} part={part} digest={alg}"
+
+    def _open_attempt(self, job: _Job, ranges: list[ByteRange]) -> _Attempt:
+        f = job.f
+        journaled = len(ranges) > 1
+        layout = self._layout(job, ranges)
+        if journaled and not self.settings.force_download:
+            candidates = sorted(self._journals.pop(f.rel_path, []), key=lambda j: len(j.done), reverse=True)
+            for j in candidates:
+                h = j.header
+                fd = None
+                if h.version == f.version and h.size == f.size and h.layout == layout:
+                    fd = self.tree.open_temp(job.parts, h.temp, f.size)
+                if fd is not None:
+                    for other in candidates:
+                        if other is not j:
+                            self._discard_journal(job.parts, other)
+                    valid = {i: d for i, d in j.done.items() if 0 <= i < len(ranges)}
+                    return _Attempt(j.token, h.temp, fd, ranges, True, done=valid)
+                self._discard_journal(job.parts, j)
+        token = new_token()
+        temp, fd = self.tree.create_temp(job.parts, token, f.size)
+        if journaled:
+            header = JournalHeader(
+                f.rel_path, f.key, f.version, job.detail.version_id if job.detail else None, f.size, temp, layout
+            )
+            self.state.start_journal(token, header)
+        return _Attempt(token, temp, fd, ranges, journaled)
+
+    def _discard_journal(self, parts: tuple[str, ...], j: Journal) -> None:
+        self.tree.remove_temp(parts, j.header.temp)
+        self.state.drop_journal(j.token)
+
+    # ------------------------------------------------------------------------------------------ ranges
+    def _run_range(self, job: _Job, attempt: _Attempt, r: ByteRange, view: memoryview) -> None:
+        with self._cv:
+            if attempt.abandoned:
+                return
+            attempt.inflight += 1
+        try:
+            digests = self._fetch_range(job, attempt, r, view)
+        except ObjectChangedError as exc:
+            self._restart(job, attempt, exc)
+            return
+        finally:
+            with self._cv:
+                attempt.inflight -= 1
+            self._maybe_cleanup(attempt, job.parts)
+        with self._cv:
+            if attempt.abandoned:
+                return
+            attempt.done[r.index] = digests
+            finished = len(attempt.done) == len(attempt.ranges)
+        if attempt.journaled:
+            self.state.record_range(attempt.token, r.index, digests)
+        if finished:
+            self._finalize(job, attempt)
+
+    def _fetch_range(self, job: _Job, attempt: _Attempt, r: ByteRange, view: memoryview) -> list[str]:
+        f = job.f
+        hasher = self._range_hasher(job, r)
+        pos = r.start
+        tries = 0
+        while True:
+            self._check_halt()
+            if attempt.abandoned:
+                raise _Abandoned()
+            try:
+                reader = self.source.open_range(f, job.detail, pos, r.end)
+                try:
+                    if job.detail is None and reader.detail is not None:
+                        job.detail = reader.detail
+                        job.checksum, job.strategy = choose_checksum(reader.detail, multi_range=False)
+                        hasher = self._range_hasher(job, r)
+                    while pos <= r.end:
+                        if self._halt.is_set():
+                            raise Halted()
+                        if attempt.abandoned:
+                            raise _Abandoned()
+                        want = min(len(view), r.end - pos + 1)
+                        n = reader.readinto(view[:want])
+                        if n <= 0:
+                            raise RetryableError("truncated", f"body ended at byte {pos} of range {r.start}-{r.end}")
+                        self._write(attempt, job, view[:n], pos)
+                        if hasher is not None:
+                            hasher.update(view[:n])
+                        pos += n
+                        self.stats.add_bytes(f.rel_path, n)
+                finally:
+                    reader.close()
+                return hasher.finish() if hasher is not None else []
+            except RetryableError as exc:
+                tries += 1
+                message = f"{f.rel_path} bytes {pos}-{r.end}: {exc}"
+                self.stats.retry(exc.kind, message)
+                if tries >= self.settings.max_attempts:
+                    raise TransferError(f.key, str(exc), attempts=tries) from None
+                delay = backoff_delay(tries, exc.retry_after, exc.kind)
+                log.warning(
+                    "retrying %s in %.1fs (attempt %d of %d)", message, delay, tries + 1, self.settings.max_attempts
+                )
+                if self._halt.wait(delay):
+                    raise Halted() from None
+
+    def _range_hasher(self, job: _Job, r: ByteRange) -> verify.RangeHasher | None:
+        if job.checksum is None or job.strategy != "stream":
+            return None
+        return verify.RangeHasher(job.checksum.algorithm, r.start, r.end, job.checksum.part_size)
+
+    def _write(self, attempt: _Attempt, job: _Job, data: memoryview, offset: int) -> None:
+        try:
+            while len(data):
+                written = os.pwrite(attempt.fd, data, offset)
+                data = data[written:]
+                offset += written
+        except OSError as exc:
+            if attempt.abandoned:
+                raise _Abandoned() from None
+            reason = "no space left on device" if exc.errno == 28 else (exc.strerror or str(exc))
+            raise LocalStorageError(os.path.join(self.tree.model_dir, *job.parts), reason) from None
+
+    def _retrying(self, key: str, fn: Callable[[], T]) -> T:
+        tries = 0
+        while True:
+            self._check_halt()
+            try:
+                return fn()
+            except RetryableError as exc:
+                tries += 1
+                self.stats.retry(exc.kind, f"{key}: {exc}")
+                if tries >= self.settings.max_attempts:
+                    raise TransferError(key, str(exc), attempts=tries) from None
+                if self._halt.wait(backoff_delay(tries, exc.retry_after, exc.kind)):
+                    raise Halted() from None
+
+    # ----------------------------------------------------------------------------------- finish a file
+    def _finalize(self, job: _Job, attempt: _Attempt) -> None:
+        f = job.f
+        try:
+            verified, checksum_text = self._verify(job, attempt)
+        except IntegrityError as exc:
+            job.integrity_failures += 1
+            if job.integrity_failures > 1:
+                raise
+            log.warning("%s; fetching the file again", exc)
+            self.stats.retry("checksum", str(exc))
+            self._restart(job, attempt, None)
+            return
+        try:
+            os.fdatasync(attempt.fd)  # the bytes are durable before the name appears
+        except OSError as exc:
+            raise LocalStorageError(os.path.join(self.tree.model_dir, *job.parts), exc.strerror or str(exc)) from None
+        os.close(attempt.fd)
+        attempt.closed = True
+        mtime_ns = self.tree.commit(job.parts, attempt.temp)
+        version_id = job.detail.version_id if job.detail else None
+        record = DoneRecord(f.rel_path, f.version, version_id, f.size, mtime_ns, checksum_text, verified)
+        self.state.append_done(record)
+        if attempt.journaled:
+            self.state.drop_journal(attempt.token)
+        self.stats.file_done(f.rel_path)
+        log.debug("done %s (%s)", f.rel_path, verified)
+        with self._cv:
+            self._records.append(record)
+            self._outstanding -= 1
+            self._cv.notify_all()
+
+    def _verify(self, job: _Job, attempt: _Attempt) -> tuple[str, str | None]:
+        f = job.f
+        size = os.fstat(attempt.fd).st_size
+        if size != f.size:
+            raise IntegrityError(f.key, "size", str(f.size), str(size))
+        c = job.checksum
+        if c is None or f.size == 0:
+            reason = job.detail.unverifiable if job.detail and job.detail.unverifiable else "no checksum published"
+            return (f"size only ({reason})" if f.size else "size (empty file)"), None
+        if job.strategy == "stream":
+            digests = [d for r in attempt.ranges for d in attempt.done[r.index]]
+            actual = verify.composite_value(c, digests)
+        else:
+            self.stats.set_phase("verifying")
+            fd = self.tree.open_temp_for_reading(job.parts, attempt.temp)
+            try:
+                actual = verify.encode(verify.digest_file(fd, c.algorithm, f.size, self._halt), c.encoding)
+            finally:
+                os.close(fd)
+                self.stats.set_phase("downloading")
+        verify.check(f.key, c, actual)
+        return f"size and {c.label}", f"{c.algorithm}:{c.value}" + (f"-{c.parts}" if c.parts else "")
+
+    def _restart(self, job: _Job, attempt: _Attempt | None, changed: ObjectChangedError | None) -> None:
+        """Start the file over from nothing: its object changed, or its bytes failed the checksum."""
+        if attempt is not None:
+            with self._cv:
+                if attempt.abandoned or job.attempt is not attempt:
+                    return  # another worker already restarted this attempt
+                attempt.abandoned = True
+            self._maybe_cleanup(attempt, job.parts)
+        self.stats.file_reset(job.f.rel_path)
+        if changed is not None:
+            job.restarts += 1
+            self.stats.object_changed(str(changed))
+            if job.restarts > MAX_OBJECT_RESTARTS:
+                raise TransferError(
+                    job.f.key, f"object changed {job.restarts} times during download", attempts=job.restarts
+                )
+            fresh = self._retrying(job.f.key, lambda: self._refresh(job.f))
+            log.warning("%s; starting this file over (new version %s)", changed, fresh.version)
+            job.f = fresh
+        job.detail = None
+        job.checksum = None
+        job.strategy = "size"
+        job.attempt = None
+        self._push_front([(job, None, None)])
+
+    def _refresh(self, f: RemoteFile) -> RemoteFile:
+        fresh = self.source.refresh(f)
+        if fresh is None:
+            raise NotFoundError(self.source.display_uri, "object disappeared during the download", key=f.key)
+        return fresh
+
+    def _maybe_cleanup(self, attempt: _Attempt, parts: tuple[str, ...]) -> None:
+        with self._cv:
+            if not attempt.abandoned or attempt.inflight > 0 or attempt.closed:
+                return
+            attempt.closed = True
+        with contextlib.suppress(OSError):
+            os.close(attempt.fd)
+        self.tree.remove_temp(parts, attempt.temp)
+        if attempt.journaled:
+            self.state.drop_journal(attempt.token)

@@ -1,0 +1,166 @@
+"""Checksums: hashers for every algorithm a source may publish, per-part hashing while bytes stream past,
+composite (multipart) digests, and the full-file pass used only when nothing cheaper is possible."""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import importlib
+import os
+import threading
+import zlib
+from collections.abc import Callable
+from typing import Any, Protocol
+
+from .errors import IntegrityError, Interrupted
+from .sources.base import Checksum
+
+
+class Hasher(Protocol):
+    def update(self, data: bytes | memoryview, /) -> None: ...
+    def digest(self) -> bytes: ...
+
+
+class _Crc32:
+    def __init__(self) -> None:
+        self._crc = 0
+
+    def update(self, data: bytes | memoryview, /) -> None:
+        self._crc = zlib.crc32(data, self._crc)
+
+    def digest(self) -> bytes:
+        return self._crc.to_bytes(4, "big")
+
+
+class _Crc32c:
+    def __init__(self) -> None:
+        module: Any = importlib.import_module("google_crc32c")
+        self._h: Any = module.Checksum()
+
+    def update(self, data: bytes | memoryview, /) -> None:
+        self._h.update(bytes(data) if isinstance(data, memoryview) else data)
+
+    def digest(self) -> bytes:
+        return bytes(self._h.digest())
+
+
+class _Crc64Nvme:
+    def __init__(self) -> None:
+        module: Any = importlib.import_module("awscrt.checksums")
+        self._fn: Any = module.crc64nvme
+        self._crc = 0
+
+    def update(self, data: bytes | memoryview, /) -> None:
+        self._crc = self._fn(data, self._crc)
+
+    def digest(self) -> bytes:
+        return int(self._crc).to_bytes(8, "big")
+
+
+def _factory(algorithm: str) -> Callable[[], Hasher] | None:
+    if algorithm in ("md5", "sha1", "sha256"):
+        name = algorithm
+        return lambda: hashlib.new(name)
+    if algorithm == "crc32":
+        return _Crc32
+    if algorithm == "crc32c":
+        try:
+            import google_crc32c  # noqa: F401
+        except ImportError:
+            return None
+        return _Crc32c
+    if algorithm == "crc64nvme":
+        try:
+            from awscrt import checksums  # noqa: F401
+        except ImportError:
+            return None
+        return _Crc64Nvme
+    return None
+
+
+def supported(algorithm: str) -> bool:
+    return _factory(algorithm) is not None
+
+
+def new_hasher(algorithm: str) -> Hasher:
+    factory = _factory(algorithm)
+    if factory is None:
+        raise ValueError(f"no implementation for checksum {algorithm}")
+    return factory()
+
+
+def encode(raw: bytes, encoding: str) -> str:
+    return raw.hex() if encoding == "hex" else base64.b64encode(raw).decode()
+
+
+class RangeHasher:
+    """Digests of the checksum parts inside one byte range, computed as the bytes stream past.
+
+    The range [start, end] covers whole parts of `part_size` (the last part of the object may be short),
+    or the whole object when `part_size` is None. Digests are kept across retries of the range, so a
+    connection reset does not force the range to start over.
+    """
+
+    def __init__(self, algorithm: str, start: int, end: int, part_size: int | None) -> None:
+        self.algorithm = algorithm
+        self.part_size = part_size
+        self.pos = start
+        self.end = end
+        self.digests: list[str] = []
+        self._hasher = new_hasher(algorithm)
+        self._boundary = self._next_boundary(start)
+
+    def _next_boundary(self, pos: int) -> int:
+        if self.part_size is None:
+            return self.end + 1
+        return min(self.end + 1, (pos // self.part_size + 1) * self.part_size)
+
+    def update(self, data: memoryview) -> None:
+        while len(data):
+            take = min(len(data), self._boundary - self.pos)
+            self._hasher.update(data[:take])
+            self.pos += take
+            data = data[take:]
+            if self.pos == self._boundary:
+                self.digests.append(self._hasher.digest().hex())
+                self._hasher = new_hasher(self.algorithm)
+                self._boundary = self._next_boundary(self.pos)
+
+    def finish(self) -> list[str]:
+        if self.pos <= self.end:
+            raise RuntimeError("range hasher finished early")
+        if self.end < 0 and not self.digests:  # empty object
+            self.digests.append(self._hasher.digest().hex())
+        return self.digests
+
+
+def composite_value(checksum: Checksum, part_digests: list[str]) -> str:
+    """The value S3 publishes for a multipart object: digest of the concatenated part digests."""
+    if len(part_digests) == 1 and checksum.parts is None:
+        return encode(bytes.fromhex(part_digests[0]), checksum.encoding)
+    outer = new_hasher(checksum.algorithm)
+    for d in part_digests:
+        outer.update(bytes.fromhex(d))
+    return encode(outer.digest(), checksum.encoding)
+
+
+def digest_file(fd: int, algorithm: str, size: int, cancel: threading.Event, block: int = 4 * 1024 * 1024) -> bytes:
+    """A second full read; used only for full-object checksums of files fetched in several ranges."""
+    h = new_hasher(algorithm)
+    buf = bytearray(block)
+    view = memoryview(buf)
+    offset = 0
+    while offset < size:
+        if cancel.is_set():
+            raise Interrupted("signal", 130)
+        n = os.preadv(fd, [view[: min(block, size - offset)]], offset)
+        if n <= 0:
+            break
+        h.update(view[:n])
+        offset += n
+    return h.digest()
+
+
+def check(key: str, checksum: Checksum, actual: str) -> None:
+    if actual != checksum.value:
+        raise IntegrityError(key, checksum.label, checksum.value, actual)
