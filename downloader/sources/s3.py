@@ -247,7 +247,9 @@ class S3Source:
             resp = self._data.get_object(**kwargs)
         except bce.ClientError as exc:
             raise self._translate(exc, f.key) from None
-        except (bce.ReadTimeoutError, bce.ConnectTimeoutError) as exc:
+        except bce.ReadTimeoutError as exc:
+            raise RetryableError("stall", f"no answer within the stall timeout ({exc})") from None
+        except bce.ConnectTimeoutError as exc:
             raise RetryableError("timeout", str(exc)) from None
         except bce.NoCredentialsError:
             raise AccessDeniedError(self.display_uri, _NO_CREDENTIALS, key=f.key) from None

@@ -1,0 +1,256 @@
+"""Faults between the downloader and a real S3 server: a fault-injecting proxy in front of moto."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from downloader import read_manifest, read_progress
+from tests.conftest import S3Server, popen_cli, read_tree, run_cli
+from tests.faultproxy import (
+    Callback,
+    Delay,
+    FaultProxy,
+    FlipBit,
+    RequestRecord,
+    Reset,
+    RewriteHeader,
+    Rule,
+    Stall,
+    Status,
+    Truncate,
+)
+from tests.synthetic import MiB, random_bytes, upload
+
+pytestmark = pytest.mark.slow
+
+SHARD = "weights.safetensors"
+# 1 MiB ranges over a 12 MiB shard: 12 ranged GETs, 4 connections.
+RANGED = ["--part-threshold", "2MiB", "--part-chunksize", "1MiB", "--num-threads", "4", "--max-attempts", "6"]
+
+
+@pytest.fixture
+def proxy(s3_server: S3Server) -> Iterator[FaultProxy]:
+    with FaultProxy(s3_server.host, s3_server.port) as p:
+        yield p
+
+
+@pytest.fixture
+def shard_model(s3: object, bucket: str) -> tuple[str, dict[str, bytes]]:
+    files = {SHARD: random_bytes(12 * MiB, 7), "config.json": b'{"model_type": "demo"}'}
+    upload(s3, bucket, "m", files)  # single-part uploads: the ETag is the MD5 of the object
+    return bucket, files
+
+
+def object_get_bytes(proxy: FaultProxy, key_suffix: str) -> int:
+    return sum(r.body_bytes for r in proxy.log if r.method == "GET" and r.path.split("?")[0].endswith(key_suffix))
+
+
+def download(proxy: FaultProxy, bucket: str, local: Path, *extra: str, **env: str):  # type: ignore[no-untyped-def]
+    return run_cli(["--model-uri", f"s3://{bucket}/m/", "--local-dir", str(local), *RANGED, *extra], proxy.url, **env)
+
+
+def test_throttling_is_retried_with_backoff(proxy: FaultProxy, shard_model, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    bucket, files = shard_model
+    rule = proxy.add_rule(Rule(Status(503, retry_after="1"), match_method="GET", only_ranged=True, times=3))
+    started = time.monotonic()
+    r = download(proxy, bucket, tmp_path)
+    assert r.returncode == 0, r.stderr
+    assert rule.fired == 3
+    assert time.monotonic() - started >= 1.0  # Retry-After was honoured
+    assert read_tree(str(tmp_path / "m")) == files
+    progress = read_progress(str(tmp_path / "m"))
+    assert progress is not None and progress.errors_by_kind.get("throttled", 0) >= 3
+
+
+@pytest.mark.parametrize(
+    "action, kind",
+    [
+        (Reset(after_bytes=300_000), "reset"),
+        (Truncate(after_bytes=200_000), "truncated"),
+        (RewriteHeader("Content-Range", "bytes 0-9/10"), "bad-content-range"),
+    ],
+)
+def test_broken_responses_are_retried(proxy: FaultProxy, shard_model, tmp_path, action, kind) -> None:  # type: ignore[no-untyped-def]
+    bucket, files = shard_model
+    rule = proxy.add_rule(Rule(action, match_method="GET", only_ranged=True, times=3, skip=2))
+    r = download(proxy, bucket, tmp_path)
+    assert r.returncode == 0, r.stderr
+    assert rule.fired == 3
+    assert read_tree(str(tmp_path / "m")) == files
+    progress = read_progress(str(tmp_path / "m"))
+    assert progress is not None and progress.errors_by_kind.get(kind, 0) >= 1, progress
+
+
+def test_a_reset_range_resumes_where_it_broke(proxy: FaultProxy, shard_model, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    bucket, files = shard_model
+    proxy.add_rule(Rule(Reset(after_bytes=700_000), match_method="GET", only_ranged=True, times=1))
+    r = download(proxy, bucket, tmp_path)
+    assert r.returncode == 0, r.stderr
+    # The broken range asks for its remaining bytes only: nothing is fetched twice (beyond what was in flight
+    # in the proxy's buffer when it reset the connection).
+    assert object_get_bytes(proxy, SHARD) <= len(files[SHARD]) + 200_000
+    assert read_tree(str(tmp_path / "m")) == files
+
+
+def test_stalled_range_is_abandoned_and_retried(proxy: FaultProxy, shard_model, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    bucket, files = shard_model
+    rule = proxy.add_rule(Rule(Stall(seconds=60, after_bytes=10_000), match_method="GET", only_ranged=True, times=1))
+    started = time.monotonic()
+    r = download(proxy, bucket, tmp_path, "--stall-timeout", "1.5")
+    assert r.returncode == 0, r.stderr
+    assert rule.fired == 1
+    assert time.monotonic() - started < 30
+    progress = read_progress(str(tmp_path / "m"))
+    assert progress is not None and progress.errors_by_kind.get("stall") == 1
+    assert read_tree(str(tmp_path / "m")) == files
+
+
+def test_flipped_bit_is_caught_and_the_file_fetched_again(proxy: FaultProxy, shard_model, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    bucket, files = shard_model
+    rule = proxy.add_rule(
+        Rule(FlipBit(offset=4321, bit=3), match_method="GET", match_path=SHARD, only_ranged=True, times=1, skip=5)
+    )
+    r = download(proxy, bucket, tmp_path)
+    assert r.returncode == 0, r.stderr
+    assert rule.fired == 1
+    assert "(full object) mismatch" in r.stderr  # moto publishes CRC32 too; the cheapest checksum is used
+    assert read_tree(str(tmp_path / "m")) == files
+    manifest = read_manifest(str(tmp_path / "m"))
+    assert manifest is not None
+    assert {f.path: f.verified for f in manifest.files}[SHARD] in (
+        "size and crc32 (full object)",
+        "size and md5 (full object)",
+    )
+
+
+def test_persistent_corruption_fails_without_manifest(proxy: FaultProxy, shard_model, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    bucket, _ = shard_model
+    proxy.add_rule(Rule(FlipBit(offset=99), match_method="GET", match_path=SHARD, only_ranged=True, times=-1))
+    r = download(proxy, bucket, tmp_path)
+    assert r.returncode == 5, r.stderr
+    assert "mismatch" in r.stderr and SHARD in r.stderr
+    assert read_manifest(str(tmp_path / "m")) is None
+    assert not (tmp_path / "m" / SHARD).exists()  # a corrupt file never gets its final name
+
+
+def test_server_errors_that_never_stop_fail_clearly(proxy: FaultProxy, shard_model, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    bucket, _ = shard_model
+    proxy.add_rule(Rule(Status(500), match_method="GET", match_path=SHARD, only_ranged=True, times=-1))
+    r = download(proxy, bucket, tmp_path, "--max-attempts", "3")
+    assert r.returncode == 4, r.stderr
+    assert "giving up after 3 attempt(s)" in r.stderr and SHARD in r.stderr
+    assert "Traceback" not in r.stderr
+    assert read_manifest(str(tmp_path / "m")) is None
+
+
+def test_object_replaced_mid_download_starts_that_file_over(proxy: FaultProxy, s3, shard_model, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    bucket, files = shard_model
+    new_content = random_bytes(12 * MiB, 99)
+
+    def replace(_record: RequestRecord) -> None:
+        s3.put_object(Bucket=bucket, Key=f"m/{SHARD}", Body=new_content)
+
+    proxy.add_rule(Rule(Callback(replace), match_method="GET", match_path=SHARD, only_ranged=True, times=1, skip=4))
+    r = download(proxy, bucket, tmp_path)
+    assert r.returncode == 0, r.stderr
+    assert "changed during download" in r.stderr
+    assert read_tree(str(tmp_path / "m")) == {**files, SHARD: new_content}
+    progress = read_progress(str(tmp_path / "m"))
+    assert progress is not None and progress.object_changes == 1
+
+
+def journal_ranges(model_dir: Path) -> int:
+    total = 0
+    jdir = model_dir / ".aibrix" / "journal"
+    for name in os.listdir(jdir) if jdir.exists() else []:
+        total += max(0, len((jdir / name).read_bytes().splitlines()) - 1)
+    return total
+
+
+def test_kill_9_then_resume_fetches_only_what_is_missing(proxy: FaultProxy, shard_model, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    bucket, files = shard_model
+    size = len(files[SHARD])
+    proxy.add_rule(Rule(Delay(0.25), match_method="GET", only_ranged=True, times=-1))
+    proc = popen_cli(["--model-uri", f"s3://{bucket}/m/", "--local-dir", str(tmp_path), *RANGED], proxy.url)
+    model_dir = tmp_path / "m"
+    deadline = time.monotonic() + 60
+    while journal_ranges(model_dir) < 4 and time.monotonic() < deadline and proc.poll() is None:
+        time.sleep(0.05)
+    proc.kill()  # SIGKILL: no cleanup of any kind
+    proc.wait()
+    assert proc.returncode == -signal.SIGKILL
+    assert read_manifest(str(model_dir)) is None
+    assert not (model_dir / SHARD).exists()
+    done_ranges = journal_ranges(model_dir)
+    assert 4 <= done_ranges < 12
+    missing = size - done_ranges * MiB
+
+    proxy.clear_rules()
+    proxy.reset_counters()
+    r = download(proxy, bucket, tmp_path)
+    assert r.returncode == 0, r.stderr
+    assert f"resuming {SHARD}: {done_ranges * MiB} of {size} bytes already on disk" in r.stderr
+    assert object_get_bytes(proxy, SHARD) == missing  # exactly the ranges the journal did not have
+    assert read_tree(str(model_dir)) == files
+    leftovers = [n for n in os.listdir(model_dir) if n.endswith(".aibrix-tmp")]
+    assert leftovers == []
+
+
+def test_sigterm_stops_cleanly_and_the_next_run_resumes(proxy: FaultProxy, shard_model, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    bucket, files = shard_model
+    proxy.add_rule(Rule(Delay(0.25), match_method="GET", only_ranged=True, times=-1))
+    proc = popen_cli(["--model-uri", f"s3://{bucket}/m/", "--local-dir", str(tmp_path), *RANGED], proxy.url)
+    model_dir = tmp_path / "m"
+    deadline = time.monotonic() + 60
+    while journal_ranges(model_dir) < 2 and time.monotonic() < deadline:
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=30)
+    assert proc.returncode == 143, err
+    assert "interrupted by SIGTERM" in err
+    progress = read_progress(str(model_dir))
+    assert progress is not None and progress.phase == "interrupted"
+    assert read_manifest(str(model_dir)) is None
+
+    proxy.clear_rules()
+    r = download(proxy, bucket, tmp_path)
+    assert r.returncode == 0, r.stderr
+    assert "resuming" in r.stderr
+    assert read_tree(str(model_dir)) == files
+
+
+def test_rerun_sends_no_object_requests(proxy: FaultProxy, shard_model, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    bucket, _ = shard_model
+    assert download(proxy, bucket, tmp_path).returncode == 0
+    proxy.reset_counters()
+    r = download(proxy, bucket, tmp_path)
+    assert r.returncode == 0, r.stderr
+    requests = [(rec.method, rec.path.split("?")[0]) for rec in proxy.log]
+    assert requests == [("GET", f"/{bucket}")]  # one listing, nothing else
+
+
+def test_concurrent_processes_fetch_each_byte_once(proxy: FaultProxy, shard_model, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    bucket, files = shard_model
+    model_bytes = sum(map(len, files.values()))
+    proxy.add_rule(Rule(Delay(0.05), match_method="GET", only_ranged=True, times=-1))
+    procs = [
+        popen_cli(["--model-uri", f"s3://{bucket}/m/", "--local-dir", str(tmp_path), *RANGED], proxy.url)
+        for _ in range(4)
+    ]
+    outs = [p.communicate(timeout=120) for p in procs]
+    for p, (out, err) in zip(procs, outs, strict=False):
+        assert p.returncode == 0, err
+        assert out.strip() == str(tmp_path / "m")
+    assert sum(1 for _, err in outs if "waiting for pid" in err) >= 1
+    object_bytes = object_get_bytes(proxy, SHARD) + object_get_bytes(proxy, "config.json")
+    assert object_bytes <= 1.05 * model_bytes
+    assert read_tree(str(tmp_path / "m")) == files
+    manifest = json.loads((tmp_path / "m" / ".aibrix" / "manifest.json").read_text())
+    assert manifest["file_count"] == 2
