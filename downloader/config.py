@@ -45,6 +45,7 @@ KNOWN_ENV = {
     "DOWNLOADER_RESERVE_SPACE",
     "DOWNLOADER_S3_ADDRESSING_STYLE",
     "DOWNLOADER_LOG_LEVEL",
+    "DOWNLOADER_LOCAL_MODE",
     # Accepted for AIBrix compatibility; they tune boto3 internals we do not use (see README).
     "DOWNLOADER_S3_MAX_IO_QUEUE",
     "DOWNLOADER_S3_IO_CHUNKSIZE",
@@ -103,6 +104,21 @@ class S3Settings:
 
 
 @dataclass(frozen=True)
+class GcsSettings:
+    emulator_host: str | None = None  # STORAGE_EMULATOR_HOST, e.g. http://127.0.0.1:4443 (anonymous access)
+    project: str | None = None  # GOOGLE_CLOUD_PROJECT
+    # Credentials: Application Default Credentials (workload identity, GOOGLE_APPLICATION_CREDENTIALS),
+    # resolved by google-auth itself.
+
+
+@dataclass(frozen=True)
+class HfSettings:
+    endpoint: str = "https://huggingface.co"  # HF_ENDPOINT or a mirror
+    token: Secret | None = None  # HF_TOKEN
+    revision: str = "main"  # @revision in the URI > hf_revision > HF_REVISION > main
+
+
+@dataclass(frozen=True)
 class Settings:
     uri: ModelUri
     local_dir: str
@@ -124,6 +140,9 @@ class Settings:
     reserve_space: int = 0
     log_level: str = "INFO"
     s3: S3Settings = field(default_factory=S3Settings)
+    gcs: GcsSettings = field(default_factory=GcsSettings)
+    hf: HfSettings = field(default_factory=HfSettings)
+    local_mode: str = "copy"  # file:// sources: "copy" the files, or "link" (use them in place)
     warnings: tuple[str, ...] = ()
 
     @property
@@ -289,6 +308,7 @@ def build_arg_parser() -> argparse.ArgumentParser:
     p.add_argument("--endpoint-url", help="S3-compatible endpoint [AWS_ENDPOINT_URL]")
     p.add_argument("--region", help="[AWS_REGION, AWS_DEFAULT_REGION]")
     p.add_argument("--s3-addressing-style", help="auto, path or virtual [DOWNLOADER_S3_ADDRESSING_STYLE]")
+    p.add_argument("--local-mode", help="file:// sources: copy or link (use in place) [DOWNLOADER_LOCAL_MODE, copy]")
     p.add_argument("--log-level", help="debug, info, warning, error [DOWNLOADER_LOG_LEVEL, info]")
     return p
 
@@ -365,12 +385,6 @@ def settings_from(args: argparse.Namespace, env: Mapping[str, str]) -> Settings:
         warnings.append(f"ignoring unknown environment variable {name}")
 
     uri = parse_model_uri(args.model_uri)
-    if uri.scheme not in ("s3", "tos"):
-        raise ConfigError(
-            "--model-uri",
-            uri.display,
-            f"{uri.scheme} sources are not supported by this build yet (s3:// and tos:// are)",
-        )
 
     local_dir = _first(args.local_dir, env.get("DOWNLOADER_LOCAL_DIR"), DEFAULT_LOCAL_DIR)
     if "\x00" in local_dir:
@@ -437,6 +451,13 @@ def settings_from(args: argparse.Namespace, env: Mapping[str, str]) -> Settings:
     )
 
     s3 = _s3_settings(args, extra, env, uri)
+    gcs = GcsSettings(
+        emulator_host=_first(env.get("STORAGE_EMULATOR_HOST")),
+        project=_first(env.get("GOOGLE_CLOUD_PROJECT"), env.get("GCLOUD_PROJECT")),
+    )
+    hf = _hf_settings(extra, env, uri)
+    raw = _first(args.local_mode, env.get("DOWNLOADER_LOCAL_MODE"), "copy")
+    local_mode = parse_choice("--local-mode" if args.local_mode else "DOWNLOADER_LOCAL_MODE", raw, ("copy", "link"))
 
     return Settings(
         uri=uri,
@@ -459,7 +480,23 @@ def settings_from(args: argparse.Namespace, env: Mapping[str, str]) -> Settings:
         reserve_space=reserve_space,
         log_level=log_level.upper(),
         s3=s3,
+        gcs=gcs,
+        hf=hf,
+        local_mode=local_mode,
         warnings=tuple(warnings),
+    )
+
+
+def _hf_settings(extra: Mapping[str, Any], env: Mapping[str, str], uri: ModelUri) -> HfSettings:
+    endpoint = str(_first(extra.get("hf_endpoint"), env.get("HF_ENDPOINT"), "https://huggingface.co")).strip()
+    if not re.match(r"^https?://[^/\s]+", endpoint):
+        raise ConfigError("HF_ENDPOINT", endpoint, "must start with http:// or https:// and name a host")
+    token = _first(extra.get("hf_token"), env.get("HF_TOKEN"), env.get("HUGGING_FACE_HUB_TOKEN"))
+    revision = str(_first(uri.revision, extra.get("hf_revision"), env.get("HF_REVISION"), "main")).strip()
+    if not revision or any(c in revision for c in "\x00\n ") or ".." in revision:
+        raise ConfigError("revision", revision, "is not a valid branch, tag or commit")
+    return HfSettings(
+        endpoint=endpoint.rstrip("/"), token=Secret(str(token)) if token is not None else None, revision=revision
     )
 
 

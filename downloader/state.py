@@ -257,9 +257,7 @@ class ModelTree:
         parent = self.dir_fd(parts[:-1], create=True)
         name = temp_name(parts[-1], token)
         try:
-            fd = os.open(
-                name, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o644, dir_fd=parent
-            )
+            fd = os.open(name, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o644, dir_fd=parent)
         except OSError as exc:
             raise LocalStorageError(os.path.join(self.model_dir, *parts[:-1], name), _os_reason(exc)) from None
         try:
@@ -275,7 +273,7 @@ class ModelTree:
         """Reopen an existing temp file for resuming; None if it is gone or not what we expect."""
         try:
             parent = self.dir_fd(parts[:-1], create=False)
-            fd = os.open(name, os.O_WRONLY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=parent)
+            fd = os.open(name, os.O_RDWR | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=parent)
         except (OSError, UnsafePathError):
             return None
         st = os.fstat(fd)
@@ -284,27 +282,29 @@ class ModelTree:
             return None
         return fd
 
-    def open_temp_for_reading(self, parts: Sequence[str], name: str) -> int:
-        parent = self.dir_fd(parts[:-1], create=False)
-        return os.open(name, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=parent)
-
     def remove_temp(self, parts: Sequence[str], name: str) -> None:
         with contextlib.suppress(OSError, UnsafePathError):
             parent = self.dir_fd(parts[:-1], create=False)
             os.unlink(name, dir_fd=parent)
 
-    def commit(self, parts: Sequence[str], name: str) -> int:
+    def commit(self, parts: Sequence[str], name: str) -> int | None:
         """Atomically move the finished temp file onto its final name; returns the final mtime_ns.
 
-        rename(2) replaces whatever is at the target, including a symlink, without following it.
+        rename(2) replaces whatever is at the target, including a symlink, without following it. Returns
+        None when the temp file is gone: another process (that did not respect the lock) finished it.
         """
         parent = self.dir_fd(parts[:-1], create=False)
         try:
             os.rename(name, parts[-1], src_dir_fd=parent, dst_dir_fd=parent)
-            os.fsync(parent)
-            st = os.stat(parts[-1], dir_fd=parent, follow_symlinks=False)
+        except FileNotFoundError:
+            return None
         except IsADirectoryError:
             raise UnsafePathError("/".join(parts), "a directory stands where the file should go") from None
+        except OSError as exc:
+            raise LocalStorageError(os.path.join(self.model_dir, *parts), _os_reason(exc)) from None
+        try:
+            os.fsync(parent)
+            st = os.stat(parts[-1], dir_fd=parent, follow_symlinks=False)
         except OSError as exc:
             raise LocalStorageError(os.path.join(self.model_dir, *parts), _os_reason(exc)) from None
         return st.st_mtime_ns
@@ -478,10 +478,16 @@ class StateDir:
     def append_done(self, record: DoneRecord) -> None:
         self._append(os.path.join(self.path, DONE_NAME), asdict(record))
 
-    def _append(self, path: str, obj: dict[str, Any]) -> None:
+    def _append(self, path: str, obj: dict[str, Any], *, create: bool = True) -> None:
         line = (json.dumps(obj, separators=(",", ":")) + "\n").encode()
+        flags = os.O_WRONLY | os.O_APPEND | os.O_NOFOLLOW | os.O_CLOEXEC | (os.O_CREAT if create else 0)
         with self._append_lock:
-            fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o644)
+            try:
+                fd = os.open(path, flags, 0o644)
+            except FileNotFoundError:
+                if create:
+                    raise
+                return  # the journal was dropped (its file finished elsewhere); nothing to record
             try:
                 os.write(fd, line)  # one write(2) with O_APPEND: lines of concurrent writers never interleave
             finally:
@@ -532,7 +538,7 @@ class StateDir:
         return Journal(token, header, {})
 
     def record_range(self, token: str, index: int, digests: list[str]) -> None:
-        self._append(os.path.join(self.journal_path, token + ".jsonl"), {"r": index, "d": digests})
+        self._append(os.path.join(self.journal_path, token + ".jsonl"), {"r": index, "d": digests}, create=False)
 
     def drop_journal(self, token: str) -> None:
         with contextlib.suppress(OSError):

@@ -31,7 +31,7 @@ from .errors import (
     RetryableError,
     TransferError,
 )
-from .plan import ByteRange, safe_parts, split_ranges
+from .plan import ByteRange, is_complete_on_disk, safe_parts, split_ranges
 from .progress import Stats
 from .sources.base import Checksum, ObjectDetail, RemoteFile, Source
 from .state import DoneRecord, Journal, JournalHeader, ModelTree, StateDir, new_token
@@ -73,7 +73,9 @@ class _Job:
     parts: tuple[str, ...]
     detail: ObjectDetail | None = None
     checksum: Checksum | None = None
-    strategy: str = "size"  # "stream": digests computed while streaming; "reread": full read at the end
+    # "stream": part digests computed while streaming; "combine": range CRCs combined at the end;
+    # "reread": a full second read at the end; "size": no checksum to verify
+    strategy: str = "size"
     attempt: _Attempt | None = None
     restarts: int = 0
     integrity_failures: int = 0
@@ -87,9 +89,11 @@ def choose_checksum(detail: ObjectDetail, multi_range: bool) -> tuple[Checksum |
         return None, "size"
     if not multi_range:
         return usable[0], "stream"
-    for c in usable:
+    for c in usable:  # cheapest first
         if c.part_size:
-            return c, "stream"
+            return c, "stream"  # per-part digests while streaming, combined as the source did
+        if c.algorithm in verify.COMBINABLE:
+            return c, "combine"  # one CRC per range while streaming, combined mathematically
     return usable[0], "reread"
 
 
@@ -220,7 +224,7 @@ class Engine:
                 return
             job.checksum, job.strategy = choose_checksum(job.detail, multi_range=True)
             if job.checksum is not None and job.strategy == "stream":
-                part_size = job.checksum.part_size
+                part_size = job.checksum.part_size  # ranges aligned to the source's parts
         ranges = split_ranges(f.size, self.settings.part_threshold, self.settings.part_chunksize, part_size)
         attempt = self._open_attempt(job, ranges)
         job.attempt = attempt
@@ -238,7 +242,7 @@ class Engine:
             self._push_front([(job, attempt, r) for r in pending])
 
     def _layout(self, job: _Job, ranges: list[ByteRange]) -> str:
-        alg = job.checksum.algorithm if job.checksum and job.strategy == "stream" else "-"
+        alg = job.checksum.algorithm if job.checksum and job.strategy in ("stream", "combine") else "-"
         part = job.checksum.part_size if job.checksum and job.checksum.part_size else 0
         return f"v1 step={ranges[0].length} part={part} digest={alg}"
 
@@ -345,7 +349,7 @@ class Engine:
                     raise Halted() from None
 
     def _range_hasher(self, job: _Job, r: ByteRange) -> verify.RangeHasher | None:
-        if job.checksum is None or job.strategy != "stream":
+        if job.checksum is None or job.strategy not in ("stream", "combine"):
             return None
         return verify.RangeHasher(job.checksum.algorithm, r.start, r.end, job.checksum.part_size)
 
@@ -395,9 +399,18 @@ class Engine:
         os.close(attempt.fd)
         attempt.closed = True
         mtime_ns = self.tree.commit(job.parts, attempt.temp)
-        version_id = job.detail.version_id if job.detail else None
-        record = DoneRecord(f.rel_path, f.version, version_id, f.size, mtime_ns, checksum_text, verified)
-        self.state.append_done(record)
+        if mtime_ns is None:
+            # Our temp file vanished: a process that did not see our lock finished this file and cleaned up.
+            adopted = self.state.read_done().get(f.rel_path)
+            if adopted is None or not is_complete_on_disk(f, adopted, self.tree.lstat(job.parts)):
+                log.warning("%s: temporary file vanished; fetching the file again", f.rel_path)
+                self._restart(job, None, None)
+                return
+            record = adopted
+        else:
+            version_id = job.detail.version_id if job.detail else None
+            record = DoneRecord(f.rel_path, f.version, version_id, f.size, mtime_ns, checksum_text, verified)
+            self.state.append_done(record)
         if attempt.journaled:
             self.state.drop_journal(attempt.token)
         self.stats.file_done(f.rel_path)
@@ -419,14 +432,13 @@ class Engine:
         if job.strategy == "stream":
             digests = [d for r in attempt.ranges for d in attempt.done[r.index]]
             actual = verify.composite_value(c, digests)
+        elif job.strategy == "combine":
+            crcs = [attempt.done[r.index][0] for r in attempt.ranges]
+            raw = verify.combine_range_crcs(c.algorithm, crcs, [r.length for r in attempt.ranges])
+            actual = verify.encode(raw, c.encoding)
         else:
-            self.stats.set_phase("verifying")
-            fd = self.tree.open_temp_for_reading(job.parts, attempt.temp)
-            try:
-                actual = verify.encode(verify.digest_file(fd, c.algorithm, f.size, self._halt), c.encoding)
-            finally:
-                os.close(fd)
-                self.stats.set_phase("downloading")
+            # A second read (normally from the page cache), through the descriptor we hold.
+            actual = verify.encode(verify.digest_file(attempt.fd, c.algorithm, f.size, self._halt), c.encoding)
         verify.check(f.key, c, actual)
         return f"size and {c.label}", f"{c.algorithm}:{c.value}" + (f"-{c.parts}" if c.parts else "")
 

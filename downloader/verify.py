@@ -144,6 +144,57 @@ def composite_value(checksum: Checksum, part_digests: list[str]) -> str:
     return encode(outer.digest(), checksum.encoding)
 
 
+# ---- CRC combination (zlib's crc32_combine, for any reflected 32-bit CRC) --------------------------------
+# crc(A || B) = crc(A) * x^(8 * len(B)) mod P  xor  crc(B): ranges fetched out of order are verified against
+# a full-object CRC without reading the file a second time.
+_POLYS = {"crc32": 0xEDB88320, "crc32c": 0x82F63B78}
+COMBINABLE = frozenset(_POLYS)
+
+
+def _multmodp(a: int, b: int, poly: int) -> int:
+    m = 1 << 31
+    p = 0
+    while True:
+        if a & m:
+            p ^= b
+            if (a & (m - 1)) == 0:
+                break
+        m >>= 1
+        b = (b >> 1) ^ poly if b & 1 else b >> 1
+    return p
+
+
+def _x2n_table(poly: int) -> list[int]:
+    table = [1 << 30]  # x^1
+    for _ in range(31):
+        table.append(_multmodp(table[-1], table[-1], poly))
+    return table
+
+
+_X2N = {name: _x2n_table(poly) for name, poly in _POLYS.items()}
+
+
+def crc_combine(algorithm: str, crc1: int, crc2: int, len2: int) -> int:
+    poly = _POLYS[algorithm]
+    table = _X2N[algorithm]
+    p = 1 << 31  # x^0
+    n, k = len2, 3  # x^(8 * len2) = x^(len2 * 2^3)
+    while n:
+        if n & 1:
+            p = _multmodp(table[k & 31], p, poly)
+        n >>= 1
+        k += 1
+    return _multmodp(p, crc1, poly) ^ crc2
+
+
+def combine_range_crcs(algorithm: str, digests: list[str], lengths: list[int]) -> bytes:
+    """Full-object CRC from the CRCs of consecutive ranges (hex, big-endian) and their lengths."""
+    crc = int(digests[0], 16)
+    for d, length in zip(digests[1:], lengths[1:], strict=True):
+        crc = crc_combine(algorithm, crc, int(d, 16), length)
+    return crc.to_bytes(4, "big")
+
+
 def digest_file(fd: int, algorithm: str, size: int, cancel: threading.Event, block: int = 4 * 1024 * 1024) -> bytes:
     """A second full read; used only for full-object checksums of files fetched in several ranges."""
     h = new_hasher(algorithm)

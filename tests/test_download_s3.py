@@ -270,3 +270,46 @@ def test_progress_file_and_lines(s3_server: S3Server, model, tmp_path) -> None: 
     progress = json.loads((tmp_path / "llama-demo" / ".aibrix" / "progress.json").read_text())
     assert progress["phase"] == "ready"
     assert progress["bytes_done"] == progress["bytes_total"] == sum(map(len, expected_classic(files).values()))
+
+
+@pytest.mark.slow
+def test_listing_pages_and_many_small_files(s3_server: S3Server, s3, bucket, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    files = {f"shards/{i:04d}.json": f'{{"i": {i}}}'.encode() for i in range(1105)}  # more than one listing page
+    upload(s3, bucket, "many", files)
+    r = download(s3_server, f"s3://{bucket}/many/", str(tmp_path), "--num-threads", "16")
+    assert r.returncode == 0, r.stderr
+    assert read_tree(str(tmp_path / "many")) == files
+
+
+def test_progress_bar_on_a_terminal(s3_server: S3Server, model, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    import pty
+    import subprocess
+    import sys
+
+    from tests.conftest import REPO, cli_env
+
+    bucket, _ = model
+    controller, terminal = pty.openpty()
+    args = ["--model-uri", f"s3://{bucket}/org/llama-demo/", "--local-dir", str(tmp_path), *RANGED]
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "downloader", *args],
+        env=cli_env(s3_server.url),
+        stdout=subprocess.PIPE,
+        stderr=terminal,
+        cwd=REPO,
+    )
+    os.close(terminal)
+    out, _ = proc.communicate(timeout=120)
+    seen = b""
+    while True:
+        try:
+            chunk = os.read(controller, 65536)
+        except OSError:
+            break
+        if not chunk:
+            break
+        seen += chunk
+    os.close(controller)
+    assert proc.returncode == 0, seen.decode(errors="replace")
+    assert out.decode().strip() == str(tmp_path / "llama-demo")  # stdout stays clean for scripts
+    assert b"\r[" in seen and b"#" in seen and b"100.0%" in seen  # a bar redrawn in place

@@ -254,3 +254,25 @@ def test_concurrent_processes_fetch_each_byte_once(proxy: FaultProxy, shard_mode
     assert read_tree(str(tmp_path / "m")) == files
     manifest = json.loads((tmp_path / "m" / ".aibrix" / "manifest.json").read_text())
     assert manifest["file_count"] == 2
+
+
+def test_a_lost_lock_is_still_safe(proxy: FaultProxy, shard_model, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    """Some filesystems ignore flock: two processes then download at once and both must end correct."""
+    bucket, files = shard_model
+    proxy.add_rule(Rule(Delay(0.2), match_method="GET", only_ranged=True, times=-1))
+    args = ["--model-uri", f"s3://{bucket}/m/", "--local-dir", str(tmp_path), *RANGED]
+    first = popen_cli(args, proxy.url)
+    model_dir = tmp_path / "m"
+    deadline = time.monotonic() + 60
+    while journal_ranges(model_dir) < 2 and time.monotonic() < deadline:
+        time.sleep(0.05)
+    os.unlink(model_dir / ".aibrix" / "lock")  # the second process gets a lock of its own: no exclusion
+    second = popen_cli(args, proxy.url)
+    for p in (first, second):
+        _, err = p.communicate(timeout=120)
+        assert p.returncode == 0, err
+    assert read_tree(str(model_dir)) == files
+    assert read_manifest(str(model_dir)) is not None
+    assert [n for n in os.listdir(model_dir) if n.endswith(".aibrix-tmp")] == []
+    r = download(proxy, bucket, tmp_path)
+    assert r.returncode == 0 and "nothing to fetch" in r.stderr

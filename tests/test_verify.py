@@ -59,3 +59,20 @@ def test_second_read_digest(tmp_path) -> None:  # type: ignore[no-untyped-def]
 
 def test_empty_object() -> None:
     assert stream(b"", 0, -1, None, "md5") == [hashlib.md5(b"").hexdigest()]
+
+
+def test_crc_combination_matches_a_whole_file_crc() -> None:
+    import zlib
+
+    import google_crc32c
+
+    from downloader.verify import combine_range_crcs
+
+    data = random_bytes(5 * MiB + 123, 6)
+    cuts = [0, 1, 1000, 2 * MiB, 5 * MiB, len(data)]
+    pieces = [data[a:b] for a, b in zip(cuts, cuts[1:], strict=False)]
+    lengths = [len(p) for p in pieces]
+    crc32s = [zlib.crc32(p).to_bytes(4, "big").hex() for p in pieces]
+    assert combine_range_crcs("crc32", crc32s, lengths) == zlib.crc32(data).to_bytes(4, "big")
+    crc32cs = [google_crc32c.Checksum(p).digest().hex() for p in pieces]
+    assert combine_range_crcs("crc32c", crc32cs, lengths) == google_crc32c.Checksum(data).digest()

@@ -9,13 +9,12 @@ from .base import Checksum, ObjectDetail, RangeReader, RemoteFile, Source
 
 def open_source(settings: Settings) -> Source:
     scheme = settings.uri.scheme
+    connections, stall = settings.num_threads, settings.stall_timeout
     if scheme in ("s3", "tos"):
         from .s3 import S3Source
 
-        return S3Source(
-            settings.uri, settings.s3, connections=settings.num_threads, stall_timeout=settings.stall_timeout
-        )
-    raise ConfigError("--model-uri", settings.uri.display, f"no backend for {scheme}:// in this build")
+        return S3Source(settings.uri, settings.s3, connections=connections, stall_timeout=stall)
+    raise ConfigError("--model-uri", settings.uri.display, f"no backend for {scheme}:// in this build yet")
 
 
 __all__ = ["Checksum", "ObjectDetail", "RangeReader", "RemoteFile", "Source", "open_source"]
