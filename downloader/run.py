@@ -113,6 +113,8 @@ def _locked(
     cancel: threading.Event,
     started: float,
 ) -> Result:
+    if settings.uri.scheme == "file" and settings.local_mode == "link":
+        return _link_in_place(settings, source, selected, tree, state, stats, reporter, started)
     records = state.read_done()
     plan = plan_downloads(selected, records, _local_stats(tree, selected), force=settings.force_download)
     total = sum(f.size for f in selected)
@@ -163,6 +165,34 @@ def _locked(
         total,
         time.monotonic() - started,
     )
+
+
+def _link_in_place(
+    settings: Settings,
+    source: Source,
+    selected: list[RemoteFile],
+    tree: ModelTree,
+    state: StateDir,
+    stats: Stats,
+    reporter: Reporter,
+    started: float,
+) -> Result:
+    """--local-mode link: no bytes copied; the model directory holds symlinks to the source files."""
+    state.remove_manifest()
+    files = []
+    for f in sorted(selected, key=lambda f: f.rel_path):
+        tree.link(safe_parts(f.key, f.rel_path), f.key)
+        files.append(ManifestFile(f.rel_path, f.size, f.version, None, None, "linked in place (size checked)", 0, True))
+    total = sum(f.size for f in selected)
+    stats.set_totals(total, len(selected), total, len(selected))
+    manifest = Manifest(
+        source.display_uri, settings.model_dir, time.time(), f"aibrix-download {__version__}", tuple(files)
+    )
+    state.write_manifest(manifest)
+    stats.set_phase("ready")
+    reporter.tick()
+    log.info("linked %d files in place from %s", len(files), source.display_uri)
+    return Result(settings.model_dir, 0, len(selected), 0, total, time.monotonic() - started)
 
 
 def _check_space(settings: Settings, tree: ModelTree, plan: Plan, journals: list[Journal]) -> None:

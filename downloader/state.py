@@ -76,6 +76,7 @@ class ManifestFile:
     checksum: str | None
     verified: str
     mtime_ns: int
+    linked: bool = False  # a symlink to the source file, used in place (file:// sources, --local-mode link)
 
 
 @dataclass(frozen=True)
@@ -161,7 +162,8 @@ def is_ready(model_dir: str) -> bool:
         return False
     for f in manifest.files:
         try:
-            st = os.lstat(os.path.join(model_dir, f.path))
+            path = os.path.join(model_dir, f.path)
+            st = os.stat(path) if f.linked else os.lstat(path)
         except OSError:
             return False
         if not stat.S_ISREG(st.st_mode) or st.st_size != f.size:
@@ -308,6 +310,20 @@ class ModelTree:
         except OSError as exc:
             raise LocalStorageError(os.path.join(self.model_dir, *parts), _os_reason(exc)) from None
         return st.st_mtime_ns
+
+    def link(self, parts: Sequence[str], target: str) -> None:
+        """Atomically place a symlink to `target` at <model dir>/<parts> (used-in-place local files)."""
+        parent = self.dir_fd(parts[:-1], create=True)
+        tmp = temp_name(parts[-1], new_token())
+        try:
+            os.symlink(target, tmp, dir_fd=parent)
+            os.rename(tmp, parts[-1], src_dir_fd=parent, dst_dir_fd=parent)
+        except IsADirectoryError:
+            with contextlib.suppress(OSError):
+                os.unlink(tmp, dir_fd=parent)
+            raise UnsafePathError("/".join(parts), "a directory stands where the link should go") from None
+        except OSError as exc:
+            raise LocalStorageError(os.path.join(self.model_dir, *parts), _os_reason(exc)) from None
 
     def free_bytes(self) -> int:
         st = os.statvfs(self.model_dir)

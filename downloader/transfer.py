@@ -39,6 +39,7 @@ from .state import DoneRecord, Journal, JournalHeader, ModelTree, StateDir, new_
 log = logging.getLogger(__name__)
 
 MAX_OBJECT_RESTARTS = 3
+KERNEL_COPY_STEP = 16 * 1024 * 1024  # per copy_file_range call: keeps progress and cancellation responsive
 BACKOFF_BASE = 0.2
 BACKOFF_CAP = 20.0
 T = TypeVar("T")
@@ -323,13 +324,24 @@ class Engine:
                             raise Halted()
                         if attempt.abandoned:
                             raise _Abandoned()
-                        want = min(len(view), r.end - pos + 1)
-                        n = reader.readinto(view[:want])
+                        copied = None
+                        if hasher is None:
+                            try:
+                                copied = reader.copy_into(attempt.fd, pos, min(KERNEL_COPY_STEP, r.end - pos + 1))
+                            except OSError as exc:
+                                raise LocalStorageError(
+                                    os.path.join(self.tree.model_dir, *job.parts), exc.strerror or str(exc)
+                                ) from None
+                        if copied is not None:
+                            n = copied
+                        else:
+                            n = reader.readinto(view[: min(len(view), r.end - pos + 1)])
+                            if n > 0:
+                                self._write(attempt, job, view[:n], pos)
+                                if hasher is not None:
+                                    hasher.update(view[:n])
                         if n <= 0:
                             raise RetryableError("truncated", f"body ended at byte {pos} of range {r.start}-{r.end}")
-                        self._write(attempt, job, view[:n], pos)
-                        if hasher is not None:
-                            hasher.update(view[:n])
                         pos += n
                         self.stats.add_bytes(f.rel_path, n)
                 finally:

@@ -14,7 +14,11 @@ def open_source(settings: Settings) -> Source:
         from .s3 import S3Source
 
         return S3Source(settings.uri, settings.s3, connections=connections, stall_timeout=stall)
-    raise ConfigError("--model-uri", settings.uri.display, f"no backend for {scheme}:// in this build yet")
+    if scheme == "file":
+        from .local import LocalSource
+
+        return LocalSource(settings.uri)
+    raise ConfigError("--model-uri", settings.uri.display, f"no backend for {scheme}://")
 
 
 __all__ = ["Checksum", "ObjectDetail", "RangeReader", "RemoteFile", "Source", "open_source"]

@@ -69,6 +69,14 @@ class RangeReader:
     def readinto(self, buf: memoryview) -> int:  # pragma: no cover - interface
         raise NotImplementedError
 
+    def copy_into(self, fd: int, offset: int, count: int) -> int | None:
+        """Copy up to `count` bytes straight into `fd` at `offset` in the kernel (copy_file_range).
+
+        Returns the number of bytes copied, or None when this reader cannot (the engine then uses readinto).
+        Used only when no checksum has to see the bytes.
+        """
+        return None
+
     def close(self) -> None:  # pragma: no cover - interface
         self._closed = True
 
