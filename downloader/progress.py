@@ -174,7 +174,7 @@ class Reporter:
         self._thread.start()
 
     def _run(self) -> None:
-        while not self._stop.wait(0.5 if self.mode == "bar" else 1.0):
+        while not self._stop.wait(0.5):
             self.tick()
 
     def tick(self, final: bool = False) -> None:

@@ -1,0 +1,1 @@
+"""aibrix-sidecar: Kubernetes probes and Prometheus metrics for a model download and its engine."""

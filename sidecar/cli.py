@@ -1,0 +1,66 @@
+"""`aibrix-sidecar`: parse settings, configure logging, start the monitor and the HTTP server.
+
+Exit codes: 143 / 130 after a graceful stop on SIGTERM / SIGINT, 2 for configuration errors.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import socket
+import sys
+from collections.abc import Sequence
+
+import uvicorn
+
+from downloader.errors import ConfigError
+
+from .app import create_app
+from .config import load_settings
+from .monitor import Monitor
+
+log = logging.getLogger("sidecar")
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    logging.basicConfig(stream=sys.stderr, level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
+    try:
+        settings = load_settings(sys.argv[1:] if argv is None else argv, os.environ)
+    except ConfigError as exc:
+        log.error("%s", exc)
+        return exc.exit_code
+    logging.getLogger().setLevel(settings.log_level)
+    logging.getLogger("httpx").setLevel(logging.WARNING)
+
+    # Bind first, so that port 0 works and the real address is in the log.
+    family = socket.AF_INET6 if ":" in settings.host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        sock.bind((settings.host, settings.port))
+    except OSError as exc:
+        log.error("cannot listen on %s:%d: %s", settings.host, settings.port, exc.strerror)
+        return 2
+    host, port = sock.getsockname()[:2]
+
+    monitor = Monitor(settings)
+    monitor.start()
+    app = create_app(monitor)
+    config = uvicorn.Config(app, log_level="warning", access_log=False, lifespan="off")
+    server = uvicorn.Server(config)
+    # uvicorn restores these after its graceful shutdown and re-raises the signal it caught; ours records it
+    # instead of dying, so the download child is stopped before we exit.
+    received: list[int] = []
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, lambda signum, _frame: received.append(signum))
+    log.info("aibrix-sidecar listening on http://%s:%d watching %s", host, port, settings.model_dir)
+    try:
+        server.run(sockets=[sock])
+    finally:
+        monitor.stop()
+    return 128 + received[0] if received else 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,122 @@
+"""Sidecar settings: flags > environment > defaults, parsed once. The only sidecar module reading the environment."""
+
+from __future__ import annotations
+
+import argparse
+import re
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+
+from downloader.config import load_settings as load_download_settings
+from downloader.config import parse_choice, parse_int, parse_seconds
+from downloader.errors import ConfigError
+
+
+@dataclass(frozen=True)
+class SidecarSettings:
+    host: str = "0.0.0.0"
+    port: int = 8080
+    model_dir: str | None = None
+    download_args: tuple[str, ...] = ()  # when set, the sidecar runs `aibrix-download` with these itself
+    engine_url: str | None = None
+    engine_metrics_path: str = "/metrics"
+    engine_timeout: float = 2.0
+    expected_ray_nodes: int = 0
+    ray_dashboard_url: str = "http://127.0.0.1:8265"
+    stall_timeout: float = 300.0
+    poll_interval: float = 1.0
+    log_level: str = "INFO"
+
+
+def build_arg_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="aibrix-sidecar",
+        description="Probes and metrics for a model download and its engine. Everything after `--` is passed "
+        "to aibrix-download, which the sidecar then runs itself (native-sidecar mode).",
+    )
+    p.add_argument("--host", help="bind address [SIDECAR_HOST, 0.0.0.0]")
+    p.add_argument("--port", help="bind port; 0 picks a free one [SIDECAR_PORT, 8080]")
+    p.add_argument("--model-dir", help="model directory to watch [SIDECAR_MODEL_DIR]; implied by download args")
+    p.add_argument("--engine-url", help="engine base URL, e.g. http://localhost:8000 [INFERENCE_ENGINE_ENDPOINT]")
+    p.add_argument("--engine-metrics-path", help="engine metrics path passed through [METRIC_SCRAPE_PATH, /metrics]")
+    p.add_argument("--engine-timeout", help="seconds for each engine probe [SIDECAR_ENGINE_TIMEOUT, 2]")
+    p.add_argument(
+        "--expected-ray-nodes", help="ready only when this many Ray nodes are alive [SIDECAR_EXPECTED_RAY_NODES]"
+    )
+    p.add_argument("--ray-dashboard-url", help="Ray dashboard [SIDECAR_RAY_DASHBOARD_URL, http://127.0.0.1:8265]")
+    p.add_argument(
+        "--stall-timeout",
+        help="liveness fails after a download makes no progress this long [SIDECAR_STALL_TIMEOUT, 300]",
+    )
+    p.add_argument("--poll-interval", help="seconds between engine/Ray/progress polls [SIDECAR_POLL_INTERVAL, 1]")
+    p.add_argument("--log-level", help="debug, info, warning, error [SIDECAR_LOG_LEVEL, info]")
+    return p
+
+
+def _pick(flag: str | None, env: Mapping[str, str], *names: str) -> tuple[str | None, str]:
+    if flag is not None:
+        return flag, ""
+    for name in names:
+        value = env.get(name)
+        if value is not None and value.strip():
+            return value.strip(), name
+    return None, ""
+
+
+def _url(setting: str, raw: str) -> str:
+    if not re.match(r"^https?://[^/\s]+", raw):
+        raise ConfigError(setting, raw, "must start with http:// or https:// and name a host")
+    return raw.rstrip("/")
+
+
+def load_settings(argv: Sequence[str], env: Mapping[str, str]) -> SidecarSettings:
+    argv = list(argv)
+    download_args: tuple[str, ...] = ()
+    if "--" in argv:
+        cut = argv.index("--")
+        argv, download_args = argv[:cut], tuple(argv[cut + 1 :])
+    args = build_arg_parser().parse_args(argv)
+
+    model_dir, _ = _pick(args.model_dir, env, "SIDECAR_MODEL_DIR")
+    if download_args:
+        # The downloader's own parser decides where the model lands: one source of truth.
+        model_dir = load_download_settings(download_args, env).model_dir
+    if model_dir is None:
+        raise ConfigError("--model-dir", None, "set the model directory (or pass aibrix-download arguments after --)")
+
+    raw, name = _pick(args.host, env, "SIDECAR_HOST")
+    host = raw or "0.0.0.0"
+    raw, name = _pick(args.port, env, "SIDECAR_PORT")
+    port = parse_int(name or "--port", raw, minimum=0, maximum=65535) if raw is not None else 8080
+    raw, name = _pick(args.engine_url, env, "INFERENCE_ENGINE_ENDPOINT")
+    engine_url = _url(name or "--engine-url", raw) if raw else None
+    raw, _ = _pick(args.engine_metrics_path, env, "METRIC_SCRAPE_PATH")
+    metrics_path = raw or "/metrics"
+    if not metrics_path.startswith("/"):
+        raise ConfigError("METRIC_SCRAPE_PATH", metrics_path, "must start with /")
+    raw, name = _pick(args.engine_timeout, env, "SIDECAR_ENGINE_TIMEOUT")
+    engine_timeout = parse_seconds(name or "--engine-timeout", raw, minimum=0.05, maximum=60) if raw else 2.0
+    raw, name = _pick(args.expected_ray_nodes, env, "SIDECAR_EXPECTED_RAY_NODES")
+    ray_nodes = parse_int(name or "--expected-ray-nodes", raw, minimum=0, maximum=100000) if raw else 0
+    raw, name = _pick(args.ray_dashboard_url, env, "SIDECAR_RAY_DASHBOARD_URL")
+    ray_url = _url(name or "--ray-dashboard-url", raw) if raw else "http://127.0.0.1:8265"
+    raw, name = _pick(args.stall_timeout, env, "SIDECAR_STALL_TIMEOUT")
+    stall = parse_seconds(name or "--stall-timeout", raw, minimum=0.5) if raw else 300.0
+    raw, name = _pick(args.poll_interval, env, "SIDECAR_POLL_INTERVAL")
+    poll = parse_seconds(name or "--poll-interval", raw, minimum=0.05, maximum=60) if raw else 1.0
+    raw, name = _pick(args.log_level, env, "SIDECAR_LOG_LEVEL")
+    level = parse_choice(name or "--log-level", raw or "info", ("debug", "info", "warning", "error")).upper()
+    return SidecarSettings(
+        host=host,
+        port=port,
+        model_dir=model_dir,
+        download_args=download_args,
+        engine_url=engine_url,
+        engine_metrics_path=metrics_path,
+        engine_timeout=engine_timeout,
+        expected_ray_nodes=ray_nodes,
+        ray_dashboard_url=ray_url,
+        stall_timeout=stall,
+        poll_interval=poll,
+        log_level=level,
+    )

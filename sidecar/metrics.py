@@ -1,0 +1,85 @@
+"""Prometheus text for the download, the readiness verdict, and the engine's own metrics passed through."""
+
+from __future__ import annotations
+
+import time
+
+from prometheus_client import CollectorRegistry, generate_latest
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+from prometheus_client.registry import Collector
+
+from .monitor import Monitor
+
+PHASES = ("pending", "downloading", "verifying", "ready", "failed")
+
+
+class DownloadCollector(Collector):
+    def __init__(self, monitor: Monitor) -> None:
+        self.monitor = monitor
+
+    def collect(self):  # type: ignore[no-untyped-def]
+        progress, complete, manifest, verdict = self.monitor.snapshot()
+        total = progress.bytes_total if progress else (manifest.total_bytes if manifest else 0)
+        done = progress.bytes_done if progress else (manifest.total_bytes if manifest and complete else 0)
+
+        def gauge(name: str, doc: str, value: float) -> GaugeMetricFamily:
+            return GaugeMetricFamily(name, doc, value=value)
+
+        yield gauge("aibrix_download_bytes_total", "Bytes of the selected model files", total)
+        yield gauge("aibrix_download_bytes_done", "Bytes of the model on disk and verified or in progress", done)
+        yield CounterMetricFamily(
+            "aibrix_download_bytes_fetched",
+            "Bytes received from the source by the current (or last) download run",
+            value=progress.bytes_fetched if progress else 0,
+        )
+        files_total = progress.files_total if progress else (len(manifest.files) if manifest else 0)
+        files_done = progress.files_done if progress else (len(manifest.files) if manifest and complete else 0)
+        yield gauge("aibrix_download_files_total", "Model files selected", files_total)
+        yield gauge("aibrix_download_files_done", "Model files complete and verified", files_done)
+        duration = 0.0
+        if progress is not None:
+            end = progress.updated_at if progress.phase in ("ready", "failed", "interrupted") else time.time()
+            duration = max(0.0, end - progress.started_at)
+        yield gauge("aibrix_download_duration_seconds", "Seconds the current (or last) download has run", duration)
+        yield gauge(
+            "aibrix_download_throughput_bytes_per_second",
+            "Current download rate",
+            progress.rate_bps if progress and progress.phase == "downloading" else 0.0,
+        )
+        yield CounterMetricFamily(
+            "aibrix_download_retries", "Retried requests", value=progress.retries if progress else 0
+        )
+        errors = CounterMetricFamily("aibrix_download_errors", "Transient errors by kind", labels=["kind"])
+        for kind, count in sorted((progress.errors_by_kind if progress else {}).items()):
+            errors.add_metric([kind], count)
+        yield errors
+        phase = GaugeMetricFamily("aibrix_download_phase", "1 for the current phase", labels=["phase"])
+        for name in PHASES:
+            phase.add_metric([name], 1.0 if verdict.phase == name else 0.0)
+        yield phase
+        yield gauge("aibrix_model_complete", "1 when the manifest says complete and verified", 1.0 if complete else 0.0)
+        yield gauge("aibrix_ready", "1 when /readyz answers 200", 1.0 if verdict.ok else 0.0)
+        if self.monitor.settings.engine_url:
+            yield gauge(
+                "aibrix_engine_up", "1 when the engine's /health answers 200", 1.0 if self.monitor.engine_up else 0.0
+            )
+        if self.monitor.settings.expected_ray_nodes:
+            yield gauge("aibrix_ray_alive_nodes", "Alive Ray nodes", float(self.monitor.ray_alive or 0))
+            yield gauge(
+                "aibrix_ray_expected_nodes", "Ray nodes required", float(self.monitor.settings.expected_ray_nodes)
+            )
+
+
+def render(monitor: Monitor, registry: CollectorRegistry) -> bytes:
+    ours = generate_latest(registry)
+    engine = monitor.engine_metrics()
+    if engine:
+        # The engine's metrics keep their own names (vllm:...), as AIBrix's sidecar passes them through.
+        return ours + b"\n" + engine.encode()
+    return ours
+
+
+def make_registry(monitor: Monitor) -> CollectorRegistry:
+    registry = CollectorRegistry(auto_describe=False)
+    registry.register(DownloadCollector(monitor))
+    return registry

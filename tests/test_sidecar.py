@@ -1,0 +1,281 @@
+"""The sidecar as a real process on 127.0.0.1, driving or watching a real download."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+
+import httpx
+import pytest
+from prometheus_client.parser import text_string_to_metric_families
+
+from tests.conftest import REPO, S3Server, cli_env, read_tree, run_cli
+from tests.faultproxy import Delay, FaultProxy, Rule, Stall
+from tests.synthetic import MiB, random_bytes, upload
+
+SECRET = "testing-secret-key"  # conftest's AWS_SECRET_ACCESS_KEY: must never be echoed
+RANGED = ["--part-threshold", "2MiB", "--part-chunksize", "1MiB", "--num-threads", "4"]
+
+
+class Sidecar:
+    def __init__(self, args: list[str], endpoint: str, **env: str) -> None:
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "sidecar", "--host", "127.0.0.1", "--port", "0", "--poll-interval", "0.2", *args],
+            env=cli_env(endpoint, **env),
+            stderr=subprocess.PIPE,
+            stdout=subprocess.DEVNULL,
+            text=True,
+            cwd=REPO,
+        )
+        self.log: list[str] = []
+        deadline = time.monotonic() + 30
+        self.url = ""
+        assert self.proc.stderr is not None
+        while time.monotonic() < deadline:
+            line = self.proc.stderr.readline()
+            if not line:
+                break
+            self.log.append(line)
+            m = re.search(r"listening on (http://\S+)", line)
+            if m:
+                self.url = m.group(1)
+                break
+        assert self.url, "".join(self.log)
+        threading.Thread(target=self._drain, daemon=True).start()
+        self.http = httpx.Client(base_url=self.url, timeout=10)
+
+    def _drain(self) -> None:
+        assert self.proc.stderr is not None
+        for line in self.proc.stderr:
+            self.log.append(line)
+
+    def get(self, path: str) -> httpx.Response:
+        return self.http.get(path)
+
+    def close(self) -> int:
+        self.http.close()
+        self.proc.terminate()
+        return self.proc.wait(timeout=30)
+
+
+@pytest.fixture
+def proxy(s3_server: S3Server) -> Iterator[FaultProxy]:
+    with FaultProxy(s3_server.host, s3_server.port) as p:
+        yield p
+
+
+@pytest.fixture
+def model(s3: object, bucket: str) -> tuple[str, dict[str, bytes]]:
+    files = {
+        "model-00001-of-00002.safetensors": random_bytes(6 * MiB, 1),
+        "model-00002-of-00002.safetensors": random_bytes(6 * MiB, 2),
+        "config.json": b'{"model_type": "demo"}',
+    }
+    upload(s3, bucket, "m", files)
+    return bucket, files
+
+
+def wait_for(predicate, timeout: float = 30.0, interval: float = 0.1):  # type: ignore[no-untyped-def]
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(interval)
+    raise AssertionError("condition not met in time")
+
+
+@pytest.mark.slow
+def test_native_sidecar_runs_the_download_and_turns_ready_when_the_manifest_lands(
+    proxy: FaultProxy, model, tmp_path: Path
+) -> None:  # type: ignore[no-untyped-def]
+    bucket, files = model
+    proxy.add_rule(Rule(Delay(0.3), match_method="GET", only_ranged=True, times=-1))
+    manifest = tmp_path / "m" / ".aibrix" / "manifest.json"
+    sidecar = Sidecar(["--", "--model-uri", f"s3://{bucket}/m/", "--local-dir", str(tmp_path), *RANGED], proxy.url)
+    try:
+        seen_503 = False
+        percents: list[float] = []
+        deadline = time.monotonic() + 90
+        while time.monotonic() < deadline:
+            before = manifest.exists()
+            r = sidecar.get("/readyz")
+            after = manifest.exists()
+            status = sidecar.get("/status").json()
+            if status.get("percent") is not None:
+                percents.append(status["percent"])
+            if r.status_code == 200:
+                assert after  # never ready before the manifest exists
+                break
+            assert r.status_code == 503
+            assert not before  # a manifest that already existed must have made this 200
+            seen_503 = True
+            body = r.json()
+            assert body["ok"] is False and body["phase"] in ("pending", "downloading", "verifying")
+            if body["phase"] == "downloading":
+                assert re.match(r"downloading \d+% \(\S+/\S+ GB, \S+ GB/s, ETA \S+\)", body["reason"]), body
+            time.sleep(0.05)
+        else:
+            raise AssertionError("never became ready:\n" + "".join(sidecar.log))
+        percents.append(sidecar.get("/status").json()["percent"])
+        assert seen_503
+        assert percents == sorted(percents) and percents[-1] == 100.0  # monotonic progress to 100 %
+        assert sidecar.get("/ready").status_code == 200
+        assert sidecar.get("/healthz").status_code == 200
+        status = sidecar.get("/status").json()
+        assert status["phase"] == "ready" and status["model_path"] == str(tmp_path / "m")
+        assert status["source"] == f"s3://{bucket}/m/"
+        assert read_tree(str(tmp_path / "m")) == files
+
+        families = {f.name: f for f in text_string_to_metric_families(sidecar.get("/metrics").text)}
+        on_disk = sum(os.path.getsize(tmp_path / "m" / name) for name in files)
+        assert families["aibrix_download_bytes_done"].samples[0].value == on_disk
+        assert families["aibrix_download_bytes_total"].samples[0].value == on_disk
+        assert families["aibrix_download_files_done"].samples[0].value == len(files)
+        assert families["aibrix_ready"].samples[0].value == 1.0
+        phases = {s.labels["phase"]: s.value for s in families["aibrix_download_phase"].samples}
+        assert phases["ready"] == 1.0 and phases["downloading"] == 0.0
+        for path in ("/status", "/metrics", "/readyz", "/healthz"):
+            assert SECRET not in sidecar.get(path).text
+    finally:
+        assert sidecar.close() == 143  # SIGTERM: a graceful stop
+
+
+@pytest.mark.slow
+def test_a_stalled_download_fails_liveness(proxy: FaultProxy, model, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    bucket, _ = model
+    proxy.add_rule(Rule(Stall(seconds=120, after_bytes=64 * 1024), match_method="GET", only_ranged=True, times=-1))
+    sidecar = Sidecar(
+        ["--stall-timeout", "2", "--", "--model-uri", f"s3://{bucket}/m/", "--local-dir", str(tmp_path), *RANGED],
+        proxy.url,
+        DOWNLOADER_STALL_TIMEOUT="600",
+    )
+    try:
+        assert wait_for(lambda: sidecar.get("/status").json().get("phase") == "downloading", timeout=30)
+        assert sidecar.get("/healthz").status_code == 200
+        started = time.monotonic()
+        r = wait_for(lambda: (resp := sidecar.get("/healthz")).status_code == 503 and resp, timeout=20)
+        assert time.monotonic() - started < 8
+        assert "no download progress" in r.json()["reason"]
+        assert sidecar.get("/readyz").status_code == 503
+    finally:
+        proxy.stop()
+        sidecar.close()
+
+
+class _Engine(BaseHTTPRequestHandler):
+    healthy = True
+
+    def do_GET(self) -> None:
+        if self.path == "/health":
+            code, body = (200, b"") if type(self).healthy else (503, b"unhealthy")
+        elif self.path == "/metrics":
+            code, body = 200, b"# TYPE vllm:num_requests_running gauge\nvllm:num_requests_running 3.0\n"
+        else:
+            code, body = 404, b""
+        self.send_response(code)
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, format: str, *args: object) -> None:
+        pass
+
+
+class _Dashboard(BaseHTTPRequestHandler):
+    states = ["ALIVE"]
+
+    def do_GET(self) -> None:
+        nodes = [{"node_id": f"n{i}", "state": s} for i, s in enumerate(type(self).states)]
+        body = json.dumps({"result": True, "msg": "", "data": {"result": {"total": len(nodes), "result": nodes}}})
+        self.send_response(200)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body.encode())
+
+    def log_message(self, format: str, *args: object) -> None:
+        pass
+
+
+def serve(handler: type[BaseHTTPRequestHandler], port: int = 0) -> ThreadingHTTPServer:
+    server = ThreadingHTTPServer(("127.0.0.1", port), handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    return server
+
+
+def test_readiness_waits_for_the_engine_and_the_ray_cluster(s3_server: S3Server, model, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    bucket, _ = model
+    r = run_cli(["--model-uri", f"s3://{bucket}/m/", "--local-dir", str(tmp_path)], s3_server.url)
+    assert r.returncode == 0, r.stderr
+    # an engine address where nothing listens yet
+    probe = serve(_Engine)
+    engine_port = probe.server_address[1]
+    probe.shutdown()
+    probe.server_close()
+    _Dashboard.states = ["ALIVE", "DEAD"]
+    dashboard = serve(_Dashboard)
+    sidecar = Sidecar(
+        ["--model-dir", str(tmp_path / "m"), "--engine-url", f"http://127.0.0.1:{engine_port}",
+         "--expected-ray-nodes", "2", "--ray-dashboard-url", f"http://127.0.0.1:{dashboard.server_address[1]}"],
+        s3_server.url,
+    )  # fmt: skip
+    engine = None
+    try:
+        r = sidecar.get("/readyz")
+        assert r.status_code == 503 and r.json()["reason"].startswith("engine not answering"), r.json()
+        assert r.json()["phase"] == "ready"  # the model itself is complete
+        engine = serve(_Engine, engine_port)
+        r = wait_for(lambda: (x := sidecar.get("/readyz")).json()["reason"].startswith("ray") and x)
+        assert r.status_code == 503 and r.json()["reason"] == "ray: 1 of 2 nodes"  # dead nodes do not count
+        _Dashboard.states = ["ALIVE", "ALIVE"]
+        assert wait_for(lambda: sidecar.get("/readyz").status_code == 200)
+        text = sidecar.get("/metrics").text
+        assert "vllm:num_requests_running 3.0" in text  # the engine's metrics, names unchanged
+        families = {f.name: f for f in text_string_to_metric_families(text)}
+        assert families["aibrix_engine_up"].samples[0].value == 1.0
+        assert families["aibrix_ray_alive_nodes"].samples[0].value == 2.0
+        _Engine.healthy = False
+        r = wait_for(lambda: (x := sidecar.get("/readyz")).status_code == 503 and x)
+        assert "503" in r.json()["reason"]
+    finally:
+        _Engine.healthy = True
+        sidecar.close()
+        dashboard.shutdown()
+        if engine is not None:
+            engine.shutdown()
+
+
+def test_read_only_surface_and_config_errors(tmp_path: Path, s3_server: S3Server) -> None:
+    sidecar = Sidecar(["--model-dir", str(tmp_path / "nothing")], s3_server.url)
+    try:
+        r = sidecar.get("/readyz")
+        assert r.status_code == 503 and r.json() == {
+            "ok": False,
+            "phase": "pending",
+            "reason": "model not downloaded yet",
+        }
+        assert sidecar.get("/healthz").status_code == 200
+        assert sidecar.http.post("/readyz").status_code == 405
+        assert sidecar.http.put("/status").status_code == 405
+        assert sidecar.get("/docs").status_code == 404 and sidecar.get("/openapi.json").status_code == 404
+        assert sidecar.get("/../../etc/passwd").status_code == 404
+    finally:
+        sidecar.close()
+    p = subprocess.run(
+        [sys.executable, "-m", "sidecar", "--port", "99999", "--model-dir", "/x"],
+        capture_output=True,
+        text=True,
+        cwd=REPO,
+    )
+    assert p.returncode == 2 and "--port" in p.stderr
+    p = subprocess.run([sys.executable, "-m", "sidecar"], capture_output=True, text=True, cwd=REPO)
+    assert p.returncode == 2 and "--model-dir" in p.stderr
