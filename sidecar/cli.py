@@ -1,6 +1,7 @@
 """`aibrix-sidecar`: parse settings, configure logging, start the monitor and the HTTP server.
 
-Exit codes: 143 / 130 after a graceful stop on SIGTERM / SIGINT, 2 for configuration errors.
+Exit codes: 143 / 130 after a graceful stop on SIGTERM / SIGINT, 2 for configuration errors, 1 when the
+download it ran failed (native-sidecar mode), so that Kubernetes restarts it and the download resumes.
 """
 
 from __future__ import annotations
@@ -10,6 +11,8 @@ import os
 import signal
 import socket
 import sys
+import threading
+import time
 from collections.abc import Sequence
 
 import uvicorn
@@ -55,10 +58,22 @@ def main(argv: Sequence[str] | None = None) -> int:
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda signum, _frame: received.append(signum))
     log.info("aibrix-sidecar listening on http://%s:%d watching %s", host, port, settings.model_dir)
+    failed = threading.Event()
+    if settings.download_args and settings.exit_on_failure_after >= 0:
+
+        def exit_after_failure() -> None:
+            monitor.download_failed.wait()
+            time.sleep(settings.exit_on_failure_after)  # long enough for probes and people to see the failure
+            failed.set()
+            server.should_exit = True
+
+        threading.Thread(target=exit_after_failure, name="exit-on-failure", daemon=True).start()
     try:
         server.run(sockets=[sock])
     finally:
         monitor.stop()
+    if failed.is_set():
+        return 1
     return 128 + received[0] if received else 0
 
 

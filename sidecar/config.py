@@ -25,6 +25,7 @@ class SidecarSettings:
     ray_dashboard_url: str = "http://127.0.0.1:8265"
     stall_timeout: float = 300.0
     poll_interval: float = 1.0
+    exit_on_failure_after: float = 10.0  # native mode: seconds after a failed download before exiting (-1: never)
     log_level: str = "INFO"
 
 
@@ -49,6 +50,11 @@ def build_arg_parser() -> argparse.ArgumentParser:
         help="liveness fails after a download makes no progress this long [SIDECAR_STALL_TIMEOUT, 300]",
     )
     p.add_argument("--poll-interval", help="seconds between engine/Ray/progress polls [SIDECAR_POLL_INTERVAL, 1]")
+    p.add_argument(
+        "--exit-on-failure-after",
+        help="native mode: exit 1 this many seconds after the download failed, so Kubernetes restarts the "
+        "container and the download resumes (probes do not run during startup); -1 = stay up [10]",
+    )
     p.add_argument("--log-level", help="debug, info, warning, error [SIDECAR_LOG_LEVEL, info]")
     return p
 
@@ -104,6 +110,8 @@ def load_settings(argv: Sequence[str], env: Mapping[str, str]) -> SidecarSetting
     stall = parse_seconds(name or "--stall-timeout", raw, minimum=0.5) if raw else 300.0
     raw, name = _pick(args.poll_interval, env, "SIDECAR_POLL_INTERVAL")
     poll = parse_seconds(name or "--poll-interval", raw, minimum=0.05, maximum=60) if raw else 1.0
+    raw, name = _pick(args.exit_on_failure_after, env, "SIDECAR_EXIT_ON_FAILURE_AFTER")
+    exit_after = parse_seconds(name or "--exit-on-failure-after", raw, minimum=-1) if raw else 10.0
     raw, name = _pick(args.log_level, env, "SIDECAR_LOG_LEVEL")
     level = parse_choice(name or "--log-level", raw or "info", ("debug", "info", "warning", "error")).upper()
     return SidecarSettings(
@@ -118,5 +126,6 @@ def load_settings(argv: Sequence[str], env: Mapping[str, str]) -> SidecarSetting
         ray_dashboard_url=ray_url,
         stall_timeout=stall,
         poll_interval=poll,
+        exit_on_failure_after=exit_after,
         log_level=level,
     )

@@ -83,6 +83,7 @@ class Monitor:
         self.ray_detail = "not configured"
         # native-sidecar mode: the download child
         self._child: subprocess.Popen[bytes] | None = None
+        self.download_failed = threading.Event()  # set when the download child failed (native-sidecar mode)
         self.child_failed: str | None = None
         self.child_exit: int | None = None
 
@@ -131,7 +132,8 @@ class Monitor:
         if code == 0:
             log.info("download finished")
         elif not self._stop.is_set():
-            log.error("download failed (exit code %d); liveness now fails so Kubernetes restarts us to resume", code)
+            log.error("download failed (exit code %d); the next start of this container resumes it", code)
+            self.download_failed.set()
 
     # ---------------------------------------------------------------------------------------- polls
     def poll_once(self) -> None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import socket
 import subprocess
 import sys
 import threading
@@ -216,11 +217,10 @@ def test_readiness_waits_for_the_engine_and_the_ray_cluster(s3_server: S3Server,
     bucket, _ = model
     r = run_cli(["--model-uri", f"s3://{bucket}/m/", "--local-dir", str(tmp_path)], s3_server.url)
     assert r.returncode == 0, r.stderr
-    # an engine address where nothing listens yet
-    probe = serve(_Engine)
-    engine_port = probe.server_address[1]
-    probe.shutdown()
-    probe.server_close()
+    # an engine address where nothing listens yet: bound (so no one else gets the port) but not listening
+    placeholder = socket.socket()
+    placeholder.bind(("127.0.0.1", 0))
+    engine_port = placeholder.getsockname()[1]
     _Dashboard.states = ["ALIVE", "DEAD"]
     dashboard = serve(_Dashboard)
     sidecar = Sidecar(
@@ -233,6 +233,7 @@ def test_readiness_waits_for_the_engine_and_the_ray_cluster(s3_server: S3Server,
         r = sidecar.get("/readyz")
         assert r.status_code == 503 and r.json()["reason"].startswith("engine not answering"), r.json()
         assert r.json()["phase"] == "ready"  # the model itself is complete
+        placeholder.close()
         engine = serve(_Engine, engine_port)
         r = wait_for(lambda: (x := sidecar.get("/readyz")).json()["reason"].startswith("ray") and x)
         assert r.status_code == 503 and r.json()["reason"] == "ray: 1 of 2 nodes"  # dead nodes do not count
@@ -279,3 +280,26 @@ def test_read_only_surface_and_config_errors(tmp_path: Path, s3_server: S3Server
     assert p.returncode == 2 and "--port" in p.stderr
     p = subprocess.run([sys.executable, "-m", "sidecar"], capture_output=True, text=True, cwd=REPO)
     assert p.returncode == 2 and "--model-dir" in p.stderr
+
+
+def test_native_sidecar_exits_when_its_download_fails(s3_server: S3Server, tmp_path: Path) -> None:
+    sidecar = Sidecar(
+        [
+            "--exit-on-failure-after",
+            "1",
+            "--",
+            "--model-uri",
+            "s3://no-such-bucket-xyz/m/",
+            "--local-dir",
+            str(tmp_path),
+        ],
+        s3_server.url,
+    )
+    try:
+        r = wait_for(lambda: (x := sidecar.get("/healthz")).status_code == 503 and x, timeout=20)
+        assert "download failed: aibrix-download exited with code 3" in r.json()["reason"]
+        assert sidecar.proc.wait(timeout=20) == 1  # so that Kubernetes restarts the container
+    finally:
+        sidecar.http.close()
+        if sidecar.proc.poll() is None:
+            sidecar.proc.kill()
