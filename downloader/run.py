@@ -45,6 +45,23 @@ def download(settings: Settings, cancel: threading.Event, out: TextIO, err: Text
         source.close()
 
 
+@dataclass
+class _Run:
+    """What every step of one download needs."""
+
+    settings: Settings
+    source: Source
+    tree: ModelTree
+    state: StateDir
+    stats: Stats
+    reporter: Reporter
+    cancel: threading.Event
+    started: float
+
+    def result(self, fetched: int, skipped: int, fetched_bytes: int, total: int) -> Result:
+        return Result(self.settings.model_dir, fetched, skipped, fetched_bytes, total, time.monotonic() - self.started)
+
+
 def _download(
     settings: Settings, source: Source, cancel: threading.Event, out: TextIO, err: TextIO, started: float
 ) -> Result:
@@ -90,9 +107,19 @@ def _download(
                 log.info("waiting for %s, which is downloading this model (%.0fs so far)", owner, waited)
 
         state.acquire_lock(cancel, settings.lock_timeout, on_wait)
+        run = _Run(settings, source, tree, state, stats, reporter, cancel, started)
         try:
-            return _locked(settings, source, selected, tree, state, stats, reporter, cancel, started)
+            if settings.uri.scheme == "file" and settings.local_mode == "link":
+                return _link_in_place(run, selected)
+            return _fetch(run, selected)
+        except Interrupted:
+            stats.set_phase("interrupted")
+            raise
+        except BaseException as exc:
+            stats.failed(str(exc))  # progress.json says why, for the sidecar and for people
+            raise
         finally:
+            reporter.tick()
             state.release_lock()
     finally:
         tree.close()
@@ -102,97 +129,60 @@ def _local_stats(tree: ModelTree, files: Sequence[RemoteFile]) -> dict[str, Loca
     return {f.rel_path: tree.lstat(safe_parts(f.key, f.rel_path)) for f in files}
 
 
-def _locked(
-    settings: Settings,
-    source: Source,
-    selected: list[RemoteFile],
-    tree: ModelTree,
-    state: StateDir,
-    stats: Stats,
-    reporter: Reporter,
-    cancel: threading.Event,
-    started: float,
-) -> Result:
-    if settings.uri.scheme == "file" and settings.local_mode == "link":
-        return _link_in_place(settings, source, selected, tree, state, stats, reporter, started)
+def _fetch(run: _Run, selected: list[RemoteFile]) -> Result:
+    settings, state, stats = run.settings, run.state, run.stats
     records = state.read_done()
-    plan = plan_downloads(selected, records, _local_stats(tree, selected), force=settings.force_download)
+    plan = plan_downloads(selected, records, _local_stats(run.tree, selected), force=settings.force_download)
     total = sum(f.size for f in selected)
     stats.set_totals(total, len(selected), plan.skip_bytes, len(plan.skip))
 
     if not plan.fetch:
         manifest = read_manifest(settings.model_dir)
         if manifest is None or not _manifest_matches(manifest, selected):
-            _write_manifest(settings, source, selected, records, state)
+            _write_manifest(run, selected, records)
         stats.set_phase("ready")
-        reporter.tick(final=False)
         log.info("%s is complete; nothing to fetch", settings.model_dir)
-        return Result(settings.model_dir, 0, len(plan.skip), 0, total, time.monotonic() - started)
+        return run.result(0, len(plan.skip), 0, total)
 
     # From here on files of the model change: readers must not see the old manifest.
     state.remove_manifest()
     journals = [] if settings.force_download else state.journals()
-    _check_space(settings, tree, plan, journals)
+    _check_space(settings, run.tree, plan, journals)
 
     stats.set_phase("downloading")
     log.info(
         "fetching %d file(s), %s; %d already present", len(plan.fetch), human_bytes(plan.fetch_bytes), len(plan.skip)
     )
-    reporter.start()
-    engine = Engine(source, tree, state, settings, stats, cancel)
+    run.reporter.start()
+    engine = Engine(run.source, run.tree, state, settings, stats, run.cancel)
     try:
         new_records = engine.run(plan.fetch, journals)
     except Halted:
-        stats.set_phase("interrupted")
         raise Interrupted("signal", 130) from None
-    except BaseException as exc:
-        stats.failed(str(exc))
-        raise
     finally:
-        reporter.stop()
+        run.reporter.stop()
 
     for rec in new_records:
         records[rec.rel_path] = rec
-    _write_manifest(settings, source, selected, records, state)
-    _clean_leftovers(tree, state, selected)
+    _write_manifest(run, selected, records)
+    _clean_leftovers(run.tree, state, selected)
     stats.set_phase("ready")
-    reporter.tick()
-    return Result(
-        settings.model_dir,
-        len(plan.fetch),
-        len(plan.skip),
-        stats.snapshot().bytes_fetched,
-        total,
-        time.monotonic() - started,
-    )
+    return run.result(len(plan.fetch), len(plan.skip), stats.snapshot().bytes_fetched, total)
 
 
-def _link_in_place(
-    settings: Settings,
-    source: Source,
-    selected: list[RemoteFile],
-    tree: ModelTree,
-    state: StateDir,
-    stats: Stats,
-    reporter: Reporter,
-    started: float,
-) -> Result:
+def _link_in_place(run: _Run, selected: list[RemoteFile]) -> Result:
     """--local-mode link: no bytes copied; the model directory holds symlinks to the source files."""
-    state.remove_manifest()
+    run.state.remove_manifest()
     files = []
     for f in sorted(selected, key=lambda f: f.rel_path):
-        tree.link(safe_parts(f.key, f.rel_path), f.key)
+        run.tree.link(safe_parts(f.key, f.rel_path), f.key)
         files.append(ManifestFile(f.rel_path, f.size, f.version, None, None, "linked in place (size checked)", 0, True))
     total = sum(f.size for f in selected)
-    stats.set_totals(total, len(selected), total, len(selected))
-    manifest = Manifest(
-        source.display_uri, settings.model_dir, time.time(), f"aibrix-download {__version__}", tuple(files)
-    )
-    state.write_manifest(manifest)
-    stats.set_phase("ready")
-    reporter.tick()
-    log.info("linked %d files in place from %s", len(files), source.display_uri)
-    return Result(settings.model_dir, 0, len(selected), 0, total, time.monotonic() - started)
+    run.stats.set_totals(total, len(selected), total, len(selected))
+    run.state.write_manifest(_manifest(run, files))
+    run.stats.set_phase("ready")
+    log.info("linked %d files in place from %s", len(files), run.source.display_uri)
+    return run.result(0, len(selected), 0, total)
 
 
 def _check_space(settings: Settings, tree: ModelTree, plan: Plan, journals: list[Journal]) -> None:
@@ -208,21 +198,23 @@ def _manifest_matches(manifest: Manifest, selected: Sequence[RemoteFile]) -> boo
     return have == want
 
 
-def _write_manifest(
-    settings: Settings, source: Source, selected: Sequence[RemoteFile], records: dict[str, DoneRecord], state: StateDir
-) -> None:
-    files = []
-    for f in sorted(selected, key=lambda f: f.rel_path):
-        r = records[f.rel_path]
-        files.append(ManifestFile(f.rel_path, f.size, r.version, r.version_id, r.checksum, r.verified, r.mtime_ns))
-    manifest = Manifest(
-        source=source.display_uri,
-        model_dir=settings.model_dir,
+def _manifest(run: _Run, files: Sequence[ManifestFile]) -> Manifest:
+    return Manifest(
+        source=run.source.display_uri,
+        model_dir=run.settings.model_dir,
         created_at=time.time(),
         tool=f"aibrix-download {__version__}",
         files=tuple(files),
     )
-    state.write_manifest(manifest)
+
+
+def _write_manifest(run: _Run, selected: Sequence[RemoteFile], records: dict[str, DoneRecord]) -> None:
+    files = []
+    for f in sorted(selected, key=lambda f: f.rel_path):
+        r = records[f.rel_path]
+        files.append(ManifestFile(f.rel_path, f.size, r.version, r.version_id, r.checksum, r.verified, r.mtime_ns))
+    manifest = _manifest(run, files)
+    run.state.write_manifest(manifest)
     log.info("manifest written: %d files, %s", len(files), human_bytes(manifest.total_bytes))
 
 

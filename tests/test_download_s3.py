@@ -7,7 +7,7 @@ import os
 
 import pytest
 
-from downloader import is_ready, read_manifest
+from downloader import is_ready, read_manifest, read_progress
 from tests.conftest import S3Server, read_tree, run_cli
 from tests.synthetic import MiB, model_files, upload
 
@@ -217,6 +217,8 @@ def test_free_space_checked_before_fetching(s3_server: S3Server, model, tmp_path
     model_dir = tmp_path / "llama-demo"
     assert read_tree(str(model_dir)) == {}
     assert read_manifest(str(model_dir)) is None
+    progress = read_progress(str(model_dir))  # the sidecar can tell why
+    assert progress is not None and progress.phase == "failed" and "not enough free space" in str(progress.last_error)
 
 
 @pytest.mark.parametrize(
