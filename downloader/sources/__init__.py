@@ -14,6 +14,14 @@ def open_source(settings: Settings) -> Source:
         from .s3 import S3Source
 
         return S3Source(settings.uri, settings.s3, connections=connections, stall_timeout=stall)
+    if scheme == "gs":
+        from .gcs import GcsSource
+
+        return GcsSource(settings.uri, settings.gcs, connections=connections, stall_timeout=stall)
+    if scheme == "hf":
+        from .hf import HfSource
+
+        return HfSource(settings.uri, settings.hf, connections=connections, stall_timeout=stall)
     if scheme == "file":
         from .local import LocalSource
 

@@ -8,8 +8,10 @@ version seen at listing time. Only backend modules import SDKs; they translate S
 from __future__ import annotations
 
 import threading
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
+from email.utils import parsedate_to_datetime
 from typing import Protocol
 
 
@@ -79,6 +81,20 @@ class RangeReader:
 
     def close(self) -> None:  # pragma: no cover - interface
         self._closed = True
+
+
+def parse_retry_after(raw: str | None) -> float | None:
+    """Seconds to wait from a Retry-After header (delta-seconds or an HTTP date); None when absent or bad."""
+    if not raw:
+        return None
+    try:
+        return max(0.0, float(raw))
+    except ValueError:
+        pass
+    try:
+        return max(0.0, parsedate_to_datetime(raw).timestamp() - time.time())
+    except (TypeError, ValueError):
+        return None
 
 
 class Source(Protocol):

@@ -12,7 +12,6 @@ import math
 import re
 import threading
 from collections.abc import Iterator, Mapping
-from email.utils import parsedate_to_datetime
 from typing import Any
 
 import boto3
@@ -29,7 +28,7 @@ from ..errors import (
     TransferError,
 )
 from ..uri import ModelUri
-from .base import Checksum, ObjectDetail, RangeReader, RemoteFile
+from .base import Checksum, ObjectDetail, RangeReader, RemoteFile, parse_retry_after
 
 # Cheapest first: a CRC costs a fraction of a cryptographic hash per byte.
 _CHECKSUM_FIELDS = (
@@ -348,19 +347,7 @@ def _status(exc: bce.ClientError) -> int:
 
 def _retry_after(exc: bce.ClientError) -> float | None:
     headers = exc.response.get("ResponseMetadata", {}).get("HTTPHeaders", {}) or {}
-    raw = headers.get("retry-after")
-    if not raw:
-        return None
-    try:
-        return max(0.0, float(raw))
-    except ValueError:
-        pass
-    try:
-        import time
-
-        return max(0.0, parsedate_to_datetime(raw).timestamp() - time.time())
-    except (TypeError, ValueError):
-        return None
+    return parse_retry_after(headers.get("retry-after"))
 
 
 def _parts_count(size: int, part_size: int) -> int:

@@ -1,0 +1,521 @@
+"""Hugging Face Hub repositories (`hf://org/name[@revision]` or a bare `org/name`), and Hub mirrors.
+
+huggingface_hub is the control plane: the revision is resolved to a commit hash once (`model_info`), and the
+file list with sizes and LFS sha256 comes from `list_repo_tree` at that commit. Every later request is
+pinned to the commit (`/{repo}/resolve/{commit}/{path}`), never to the branch, so a branch that moves
+during the download changes nothing: the model is exactly that commit's files.
+
+Bytes go through urllib3 with a pool of `connections`: one HEAD per large file reads the Hub's metadata
+(`X-Linked-Etag`, `X-Linked-Size`, `X-Repo-Commit`) and the redirect to the storage host, then the ranges
+are fetched from that URL directly. The token (`Authorization: Bearer`) is sent only to the endpoint's own
+origin, never to a redirect target elsewhere, and never appears in a log line or an error message.
+
+A file's version is what the Hub publishes as its ETag: the sha256 of an LFS file, the git blob id of a
+small one. Both change exactly when the content changes, so a new commit that leaves a file alone does not
+fetch it again, and a resumed file keeps its finished ranges across commits. The commit goes into
+`version_id` (recorded in the manifest). LFS files are verified with their sha256; small non-LFS files
+publish only a git blob id (a sha1 over a `blob <size>` header), so their size is checked.
+"""
+
+from __future__ import annotations
+
+import builtins
+import logging
+import re
+import threading
+import time
+from collections.abc import Callable, Iterator, Mapping
+from dataclasses import dataclass
+from typing import Any, TypeVar
+from urllib.parse import quote, urljoin, urlsplit
+
+import urllib3
+from huggingface_hub import HfApi
+from huggingface_hub import constants as hf_constants
+from huggingface_hub.hf_api import RepoFile
+
+from .. import __version__
+from ..config import HfSettings
+from ..errors import (
+    AccessDeniedError,
+    DownloaderError,
+    NotFoundError,
+    ObjectChangedError,
+    RetryableError,
+    SourceError,
+    TransferError,
+)
+from ..uri import ModelUri
+from .base import Checksum, ObjectDetail, RangeReader, RemoteFile, parse_retry_after
+
+log = logging.getLogger(__name__)
+
+T = TypeVar("T")
+
+LIST_ATTEMPTS = 5
+MAX_REDIRECTS = 5
+_SHA256 = re.compile(r"^[0-9a-f]{64}$")
+_GIT_OID = re.compile(r"^[0-9a-f]{40}$")
+_URL_QUERY = re.compile(r"\?[^\s'\"<>)]*")
+_NON_LFS = "not an LFS file: the Hub publishes only its git blob id; size checked"
+_REDIRECTS = (301, 302, 303, 307, 308)
+_TRANSPORT_MODULES = ("httpx", "httpcore", "h11", "h2", "requests", "urllib3", "ssl", "socket", "anyio")
+
+
+_Listing = tuple[str, list[RemoteFile]]  # commit, files (aliases: the class's `list` shadows the builtin)
+_Progress = list[float]
+
+
+@dataclass(frozen=True)
+class _Entry:
+    """What the listing says about one file at the pinned commit."""
+
+    size: int
+    version: str  # sha256 (LFS) or git blob id: the ETag the Hub serves for it
+    sha256: str | None  # LFS files only
+
+
+def _origin(url: str) -> tuple[str, str, int]:
+    parts = urlsplit(url)
+    scheme = parts.scheme.lower()
+    return scheme, (parts.hostname or "").lower(), parts.port or (443 if scheme == "https" else 80)
+
+
+def _norm_etag(raw: str | None) -> str | None:
+    if not raw:
+        return None
+    value = raw.strip()
+    if value.startswith("W/"):
+        value = value[2:]
+    return value.strip('"').lower() or None
+
+
+class HfSource:
+    def __init__(self, uri: ModelUri, hf: HfSettings, *, connections: int, stall_timeout: float) -> None:
+        self.repo = uri.bucket
+        self.revision = hf.revision
+        self.endpoint = hf.endpoint.rstrip("/")
+        self.display_uri = f"hf://{self.repo}@{self.revision}"
+        self._token = hf.token.reveal() if hf.token else None
+        self._endpoint_origin = _origin(self.endpoint)
+        self._stall = stall_timeout
+        # huggingface_hub 2.x builds its User-Agent with "agent detection": a GET of {HF_ENDPOINT at import}
+        # /api/agent-harnesses and a cache file under $HF_HOME. An init container needs neither the request
+        # (possibly to huggingface.co while a mirror is configured) nor the write.
+        hf_constants.HF_HUB_DISABLE_TELEMETRY = True
+        # token=False: only the token from the settings (HF_TOKEN, hf_token) is used, never a cached login.
+        self._api = HfApi(
+            endpoint=self.endpoint,
+            token=self._token if self._token else False,
+            library_name="aibrix-download",
+            library_version=__version__,
+        )
+        self._pool = urllib3.PoolManager(
+            num_pools=8,
+            maxsize=connections + 4,
+            block=False,
+            retries=False,  # the engine retries each range and resumes it where it stopped
+            timeout=urllib3.Timeout(connect=min(10.0, stall_timeout), read=stall_timeout),
+        )
+        self._user_agent = f"aibrix-download/{__version__}"
+        self._commit: str | None = None
+        self._entries: dict[tuple[str, str], _Entry] = {}
+        self._locations: dict[tuple[str, str], str] = {}  # (key, version) -> URL the bytes come from
+        self._lock = threading.Lock()
+
+    # ---------------------------------------------------------------------------------------- listing
+    def list(self, cancel: threading.Event) -> Iterator[RemoteFile]:
+        listed = self._list_with_retries(cancel)
+        if listed is None:
+            return  # cancelled; the caller notices
+        commit, files = listed
+        with self._lock:
+            self._commit = commit
+        if commit != self.revision:
+            log.info("%s: revision %s is commit %s; every file is pinned to it", self.repo, self.revision, commit)
+        for f in files:
+            if cancel.is_set():
+                return
+            yield f
+
+    def _list_with_retries(self, cancel: threading.Event) -> _Listing | None:
+        attempt = 0
+        while True:
+            attempt += 1
+            try:
+                return self._watched(cancel, self._list_once)
+            except RetryableError as exc:
+                if attempt >= LIST_ATTEMPTS:
+                    raise TransferError(self.display_uri, f"listing failed: {exc}", attempts=attempt) from None
+                delay = min(30.0, 2.0 ** (attempt - 1))
+                if exc.retry_after is not None:
+                    delay = max(delay, min(exc.retry_after, 60.0))
+                log.warning("listing %s failed (%s); retrying in %.0fs", self.display_uri, exc, delay)
+                if cancel.wait(delay):
+                    return None
+
+    def _watched(self, cancel: threading.Event, fn: Callable[[_Progress], T]) -> T | None:
+        """Run a control-plane call in a helper thread, so a signal or a silent server cannot hang the run.
+
+        huggingface_hub's session has no timeout for the tree listing and sleeps between its own retries;
+        `fn` marks progress (every listed entry), and no progress for max(30s, stall timeout) is a stall.
+        """
+        progress = [time.monotonic()]
+        box: dict[str, Any] = {}
+
+        def run() -> None:
+            try:
+                box["value"] = fn(progress)
+            except BaseException as exc:
+                box["error"] = exc
+
+        thread = threading.Thread(target=run, name="hf-listing", daemon=True)
+        thread.start()
+        limit = max(30.0, self._stall)
+        while thread.is_alive():
+            thread.join(0.2)
+            if cancel.is_set():
+                return None
+            if thread.is_alive() and time.monotonic() - progress[0] > limit:
+                raise RetryableError("stall", f"no answer from the Hub API at {self.endpoint} for {limit:.0f}s")
+        if "error" in box:
+            raise self._translate_api(box["error"])
+        value: T = box["value"]
+        return value
+
+    def _list_once(self, progress: _Progress) -> _Listing:
+        info = self._api.model_info(self.repo, revision=self.revision, timeout=max(30.0, self._stall))
+        commit = str(info.sha or "")
+        if not _GIT_OID.match(commit):
+            raise SourceError(self.display_uri, "the Hub API did not return a commit hash for the revision")
+        progress[0] = time.monotonic()
+        files: builtins.list[RemoteFile] = []
+        entries: dict[tuple[str, str], _Entry] = {}
+        for item in self._api.list_repo_tree(self.repo, recursive=True, revision=commit):
+            progress[0] = time.monotonic()
+            if not isinstance(item, RepoFile):
+                continue  # a folder
+            lfs = item.lfs
+            sha256 = str(lfs.sha256).lower() if lfs is not None and getattr(lfs, "sha256", None) else None
+            version = sha256 or str(item.blob_id).lower()
+            size = int(lfs.size) if lfs is not None and getattr(lfs, "size", None) is not None else int(item.size)
+            path = str(item.path)
+            entries[(path, version)] = _Entry(size, version, sha256)
+            files.append(RemoteFile(key=path, rel_path=path, size=size, version=version, version_id=commit))
+        with self._lock:
+            self._entries.update(entries)
+        return commit, files
+
+    # ------------------------------------------------------------------------------------- integrity
+    def describe(self, f: RemoteFile) -> ObjectDetail:
+        location, headers = self._resolve(f, "HEAD")
+        self._check_served(f, headers)
+        size = f.size
+        raw_size = headers.get("X-Linked-Size") or (headers.get("Content-Length") if location is None else None)
+        if raw_size and raw_size.isdigit():
+            size = int(raw_size)
+        with self._lock:
+            self._locations[(f.key, f.version)] = location or self._resolve_url(f)
+        return self._detail(f, size)
+
+    def _detail(self, f: RemoteFile, size: int) -> ObjectDetail:
+        entry = self._entry(f)
+        if entry.sha256:
+            return ObjectDetail(size, f.version, self._pinned(f), (Checksum("sha256", entry.sha256, "hex"),))
+        return ObjectDetail(size, f.version, self._pinned(f), (), unverifiable=_NON_LFS)
+
+    def refresh(self, f: RemoteFile) -> RemoteFile | None:
+        """The file at the pinned commit as the Hub serves it now (it should never differ from the listing)."""
+        try:
+            location, headers = self._resolve(f, "HEAD")
+        except NotFoundError:
+            return None
+        version = _norm_etag(headers.get("X-Linked-Etag") or headers.get("ETag")) or f.version
+        raw_size = headers.get("X-Linked-Size") or (headers.get("Content-Length") if location is None else None)
+        size = int(raw_size) if raw_size and raw_size.isdigit() else f.size
+        sha256 = version if _SHA256.match(version) else None
+        with self._lock:
+            self._entries[(f.key, version)] = _Entry(size, version, sha256)
+            self._locations.pop((f.key, f.version), None)
+        return RemoteFile(key=f.key, rel_path=f.rel_path, size=size, version=version, version_id=f.version_id)
+
+    # ---------------------------------------------------------------------------------------- reading
+    def open_range(self, f: RemoteFile, detail: ObjectDetail | None, start: int, end: int) -> RangeReader:
+        size = detail.size if detail else f.size
+        whole = start == 0 and end == size - 1
+        headers = {"Range": f"bytes={start}-{end}"} if size > 0 else {}
+        with self._lock:
+            location = self._locations.get((f.key, f.version))
+        if location is None:
+            resp, url = self._get_resolving(f, headers)
+        else:
+            resp = self._request("GET", location, headers, f.key)
+            url = location
+            if resp.status in (401, 403, 404, 410) and _origin(location) != self._endpoint_origin:
+                # A signed storage URL expired (they last about an hour; a large model takes longer): ask the
+                # Hub for a fresh one once. A fresh URL that is refused again is a real error.
+                _discard(resp)
+                log.info("%s: storage URL refused (HTTP %d); resolving it again", f.key, resp.status)
+                with self._lock:
+                    self._locations.pop((f.key, f.version), None)
+                resp, url = self._get_resolving(f, headers)
+        try:
+            if resp.status >= 300:
+                raise self._status_error(resp, f.key, url)
+            self._check_range(resp, start, end, size, whole)
+        except BaseException:
+            _discard(resp)
+            raise
+        got = self._detail(f, size) if whole and detail is None else None
+        return _HfRangeReader(start, end, got, resp, self._scrub)
+
+    def _get_resolving(self, f: RemoteFile, headers: Mapping[str, str]) -> tuple[urllib3.BaseHTTPResponse, str]:
+        """GET through the Hub's resolve URL; a redirect to the storage host is remembered for later ranges.
+        Returns the response (any status; the caller checks it) and the URL it came from."""
+        url = self._resolve_url(f)
+        for _ in range(MAX_REDIRECTS):
+            resp = self._request("GET", url, headers, f.key)
+            if resp.status in _REDIRECTS and resp.headers.get("Location"):
+                target = urljoin(url, resp.headers["Location"])
+                hub_headers = resp.headers.copy()  # case-insensitive, like the original
+                _discard(resp)
+                if _origin(target) == self._endpoint_origin:
+                    url = target
+                    continue
+                self._check_served(f, hub_headers)
+                with self._lock:
+                    self._locations[(f.key, f.version)] = target
+                return self._request("GET", target, headers, f.key), target
+            if resp.status < 300:
+                try:
+                    self._check_served(f, resp.headers)
+                except BaseException:
+                    _discard(resp)
+                    raise
+            return resp, url
+        raise SourceError(self.display_uri, f"more than {MAX_REDIRECTS} redirects on the Hub", key=f.key)
+
+    def _resolve(self, f: RemoteFile, method: str) -> tuple[str | None, Mapping[str, str]]:
+        """HEAD the resolve URL, following redirects that stay on the endpoint. Returns the storage URL when
+        the Hub redirects elsewhere (None when it serves the bytes itself) and the Hub's headers."""
+        url = self._resolve_url(f)
+        for _ in range(MAX_REDIRECTS):
+            resp = self._request(method, url, {}, f.key)
+            headers = resp.headers.copy()  # case-insensitive: huggingface.co sends lowercase names
+            if resp.status in _REDIRECTS and headers.get("Location"):
+                _discard(resp)
+                target = urljoin(url, headers["Location"])
+                if _origin(target) == self._endpoint_origin:
+                    url = target
+                    continue
+                return target, headers
+            if resp.status < 300:
+                _discard(resp)
+                return (None if url == self._resolve_url(f) else url), headers
+            error = self._status_error(resp, f.key, url)
+            _discard(resp)
+            raise error
+        raise SourceError(self.display_uri, f"more than {MAX_REDIRECTS} redirects on the Hub", key=f.key)
+
+    def _check_served(self, f: RemoteFile, headers: Mapping[str, str]) -> None:
+        """The Hub's answer for the pinned URL must be the listed commit and content."""
+        served = (headers.get("X-Repo-Commit") or "").lower()
+        pinned = self._pinned(f)
+        if served and pinned and served != pinned:
+            raise SourceError(
+                self.display_uri, f"the endpoint served commit {served} for pinned commit {pinned}", key=f.key
+            )
+        linked = _norm_etag(headers.get("X-Linked-Etag"))
+        etag = linked or _norm_etag(headers.get("ETag"))
+        # Compare only ETags in the Hub's own formats; a mirror that sends its own kind is checked by size.
+        if etag and (_SHA256.match(etag) or _GIT_OID.match(etag)) and etag != f.version:
+            raise ObjectChangedError(f.key, f"the Hub serves ETag {etag}, listed as {f.version}")
+
+    @staticmethod
+    def _check_range(resp: urllib3.BaseHTTPResponse, start: int, end: int, size: int, whole: bool) -> None:
+        length = resp.headers.get("Content-Length")
+        if size == 0:
+            return
+        if resp.status == 200:
+            if not whole:
+                raise RetryableError("bad-content-range", f"asked for bytes {start}-{end}, server sent the whole file")
+            if length is not None and length != str(size):
+                raise RetryableError("bad-length", f"Content-Length {length} for a {size}-byte file")
+            return
+        expected = f"bytes {start}-{end}/{size}"
+        got = resp.headers.get("Content-Range")
+        if got != expected:
+            raise RetryableError("bad-content-range", f"asked for {expected}, server sent {got!r}")
+        if length is not None and length != str(end - start + 1):
+            raise RetryableError("bad-length", f"Content-Length {length} for {end - start + 1} bytes")
+
+    def close(self) -> None:
+        self._pool.clear()
+
+    # ---------------------------------------------------------------------------------------- helpers
+    def _entry(self, f: RemoteFile) -> _Entry:
+        with self._lock:
+            entry = self._entries.get((f.key, f.version))
+        if entry is None:
+            sha256 = f.version if _SHA256.match(f.version) else None
+            entry = _Entry(f.size, f.version, sha256)
+        return entry
+
+    def _pinned(self, f: RemoteFile) -> str | None:
+        return f.version_id or self._commit
+
+    def _resolve_url(self, f: RemoteFile) -> str:
+        commit = self._pinned(f)
+        if commit is None:  # pragma: no cover - the engine lists before it reads
+            raise SourceError(self.display_uri, "no commit resolved yet", key=f.key)
+        return f"{self.endpoint}/{self.repo}/resolve/{commit}/{quote(f.key, safe='/')}"
+
+    def _request(self, method: str, url: str, headers: Mapping[str, str], key: str) -> urllib3.BaseHTTPResponse:
+        send = {"User-Agent": self._user_agent, "Accept-Encoding": "identity", **headers}
+        if self._token and _origin(url) == self._endpoint_origin:
+            send["Authorization"] = f"Bearer {self._token}"  # the endpoint only; never a redirect target
+        host = urlsplit(url).netloc
+        try:
+            return self._pool.request(
+                method, url, headers=send, redirect=False, retries=False, preload_content=False, decode_content=False
+            )
+        except urllib3.exceptions.ReadTimeoutError:
+            raise RetryableError(
+                "stall", f"no answer from {host} within the stall timeout ({self._stall:g}s)"
+            ) from None
+        except urllib3.exceptions.ConnectTimeoutError:
+            raise RetryableError("timeout", f"connecting to {host} timed out") from None
+        except (urllib3.exceptions.HTTPError, OSError) as exc:
+            raise RetryableError("connection", f"{host}: {type(exc).__name__}: {self._scrub(str(exc))}") from None
+
+    def _status_error(self, resp: urllib3.BaseHTTPResponse, key: str, url: str) -> Exception:
+        """Translate an HTTP error status of a request to `url` (the caller releases the response)."""
+        status = resp.status
+        code = resp.headers.get("X-Error-Code", "")
+        message = self._scrub(resp.headers.get("X-Error-Message", ""))
+        retry_after = parse_retry_after(resp.headers.get("Retry-After"))
+        on_hub = _origin(url) == self._endpoint_origin
+        where = f"HTTP {status} from {urlsplit(url).netloc}" + (f" ({message})" if message else "")
+        if status == 412:
+            return ObjectChangedError(key, f"{where}: the file no longer matches its ETag")
+        if status == 416:
+            return ObjectChangedError(key, f"{where}: the requested range is no longer valid")
+        if status == 429:
+            return RetryableError("throttled", where, retry_after=retry_after)
+        if status >= 500 or status == 408:
+            return RetryableError("server-error", where, retry_after=retry_after)
+        if status in (401, 403) and not on_hub:
+            return AccessDeniedError(
+                self.display_uri, f"{where}: the storage host refused the download URL the Hub just issued", key=key
+            )
+        if status in (401, 403):
+            return AccessDeniedError(self.display_uri, self._auth_reason(where, code), key=key)
+        if status == 404:
+            if code == "RevisionNotFound":
+                return NotFoundError(self.display_uri, f"{where}: commit {self._commit} no longer exists", key=key)
+            if code == "RepoNotFound":
+                return NotFoundError(self.display_uri, f"{where}: repository not found", key=key)
+            return NotFoundError(self.display_uri, f"{where}: file not found at commit {self._commit}", key=key)
+        return SourceError(self.display_uri, where, key=key)
+
+    def _auth_reason(self, where: str, code: str) -> str:
+        if code == "GatedRepo":
+            return (
+                f"{where}: the repository is gated; accept its terms on the Hub with the account whose token is "
+                "in HF_TOKEN"
+            )
+        if self._token is None:
+            return f"{where}: no token given; set HF_TOKEN (from a Secret) to a token that can read this repository"
+        return f"{where}: the token in HF_TOKEN was rejected or cannot read this repository"
+
+    def _translate_api(self, exc: BaseException) -> BaseException:
+        """huggingface_hub / HTTP client exceptions of the control plane -> downloader errors."""
+        if isinstance(exc, (DownloaderError, RetryableError, KeyboardInterrupt, SystemExit)):
+            return exc
+        name = type(exc).__name__
+        response = getattr(exc, "response", None)
+        status = int(getattr(response, "status_code", 0) or 0) if response is not None else 0
+        headers: Mapping[str, str] = getattr(response, "headers", None) or {}
+        server = self._scrub(str(getattr(exc, "server_message", "") or headers.get("X-Error-Message", "") or ""))
+        where = f"HTTP {status}" + (f" ({server.strip()})" if server.strip() else "") if status else ""
+        if name == "OfflineModeIsEnabled":
+            return SourceError(self.display_uri, "HF_HUB_OFFLINE is set: the Hub cannot be reached")
+        if name == "RevisionNotFoundError":
+            return NotFoundError(self.display_uri, f"revision {self.revision!r} not found: {where}")
+        if name == "GatedRepoError":
+            return AccessDeniedError(self.display_uri, self._auth_reason(where, "GatedRepo"))
+        if name == "RepositoryNotFoundError":
+            if status in (401, 403):
+                return AccessDeniedError(
+                    self.display_uri, self._auth_reason(f"repository not found, or private or gated: {where}", "")
+                )
+            return NotFoundError(self.display_uri, f"repository not found: {where}")
+        if name in ("RemoteEntryNotFoundError", "EntryNotFoundError"):
+            return NotFoundError(self.display_uri, f"not found: {where}")
+        if status:
+            if status in (401, 403):
+                return AccessDeniedError(self.display_uri, self._auth_reason(f"listing: {where}", ""))
+            if status == 429:
+                return RetryableError("throttled", where, retry_after=parse_retry_after(headers.get("Retry-After")))
+            if status >= 500 or status == 408:
+                return RetryableError("server-error", where, retry_after=parse_retry_after(headers.get("Retry-After")))
+            if status == 404:
+                return NotFoundError(self.display_uri, f"listing: {where}")
+            return SourceError(self.display_uri, f"listing: {where}")
+        if type(exc).__module__.split(".")[0] in _TRANSPORT_MODULES or isinstance(exc, (OSError, TimeoutError)):
+            return RetryableError("connection", f"{name}: {self._scrub(str(exc))}")
+        if isinstance(exc, ValueError):
+            return SourceError(self.display_uri, f"rejected by huggingface_hub: {self._scrub(str(exc))}")
+        return SourceError(self.display_uri, f"unexpected answer from the Hub API at {self.endpoint}: {name}")
+
+    def _scrub(self, text: str) -> str:
+        """No token and no signed URL query string in anything we print."""
+        if self._token:
+            text = text.replace(self._token, "***")
+        return _URL_QUERY.sub("?...", text)
+
+
+class _HfRangeReader(RangeReader):
+    def __init__(
+        self,
+        start: int,
+        end: int,
+        detail: ObjectDetail | None,
+        resp: urllib3.BaseHTTPResponse,
+        scrub: Callable[[str], str],
+    ) -> None:
+        super().__init__(start, end, detail)
+        self._resp = resp
+        self._scrub = scrub
+        self._remaining = end - start + 1
+
+    def readinto(self, buf: memoryview) -> int:
+        try:
+            n = self._resp.readinto(buf)
+        except urllib3.exceptions.ReadTimeoutError:
+            raise RetryableError("stall", "no bytes for the stall timeout") from None
+        except urllib3.exceptions.ProtocolError as exc:
+            text = self._scrub(str(exc))
+            kind = "truncated" if "IncompleteRead" in text or "incomplete" in text.lower() else "reset"
+            raise RetryableError(kind, text) from None
+        except (urllib3.exceptions.HTTPError, OSError, ValueError) as exc:
+            raise RetryableError("reset", f"{type(exc).__name__}: {self._scrub(str(exc))}") from None
+        self._remaining -= n
+        return n
+
+    def close(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        if self._remaining > 0:
+            self._resp.close()  # body not consumed: this connection cannot be reused
+        self._resp.release_conn()
+
+
+def _discard(resp: urllib3.BaseHTTPResponse) -> None:
+    """Finish a small response (redirect, HEAD, error) and give its connection back to the pool."""
+    try:
+        resp.drain_conn()
+    except Exception:
+        resp.close()
+    resp.release_conn()
