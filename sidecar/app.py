@@ -21,20 +21,22 @@ def create_app(monitor: Monitor) -> FastAPI:
     app = FastAPI(title="aibrix-sidecar", openapi_url=None, docs_url=None, redoc_url=None)
     registry = make_registry(monitor)
 
+    # Probes are cheap and never block (engine and Ray are polled in the background), so they run on the
+    # event loop; only /metrics, which asks the engine for its metrics, runs in the thread pool.
     @app.get("/healthz")
-    def healthz() -> JSONResponse:
+    async def healthz() -> JSONResponse:
         return _answer(monitor.liveness())
 
     @app.get("/readyz")
-    def readyz() -> JSONResponse:
+    async def readyz() -> JSONResponse:
         return _answer(monitor.readiness())
 
     @app.get("/ready")  # AIBrix's runtime path, kept for its manifests
-    def ready() -> JSONResponse:
+    async def ready() -> JSONResponse:
         return _answer(monitor.readiness())
 
     @app.get("/status")
-    def status() -> JSONResponse:
+    async def status() -> JSONResponse:
         return JSONResponse(monitor.status())
 
     @app.get("/metrics")

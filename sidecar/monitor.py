@@ -301,10 +301,10 @@ class Monitor:
         return body
 
     def snapshot(self) -> tuple[Progress | None, bool, Manifest | None, Verdict]:
+        """For a metrics scrape: fresh progress, so the counters agree with the manifest they sit beside."""
         ready, manifest = self.model()
         verdict = self.readiness()
-        with self._lock:
-            return self._progress, ready, manifest, verdict
+        return read_progress(self.model_dir), ready, manifest, verdict
 
 
 def count_alive_nodes(payload: Any) -> int:
