@@ -4,7 +4,7 @@ VENV   ?= .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 
-.PHONY: setup demo test test-fast lint typecheck bench clean
+.PHONY: setup demo test test-fast test-e2e lint typecheck bench clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -18,9 +18,14 @@ setup: $(STAMP)
 demo: $(STAMP)
 	$(PY) -m tests.demo
 
-## test: lint, type-check and run the whole test suite
+## test: lint, type-check and run the test suite (the heavy Ray/vLLM tests are `make test-e2e`)
 test: lint typecheck
 	$(PY) -m pytest -q -p no:cacheprovider
+
+## test-e2e: real Ray + vLLM (CPU build) end-to-end tests, in their own venv (.venv-e2e)
+test-e2e:
+	bash tests/e2e/setup.sh
+	.venv-e2e/bin/python -m pytest -q -p no:cacheprovider -m e2e tests/e2e
 
 ## test-fast: the suite without the slow end-to-end tests
 test-fast: $(STAMP)
@@ -38,4 +43,4 @@ bench: $(STAMP)
 	$(PY) bench/run_bench.py
 
 clean:
-	rm -rf $(VENV) .demo build *.egg-info
+	rm -rf $(VENV) .venv-e2e .demo build *.egg-info

