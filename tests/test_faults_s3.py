@@ -276,3 +276,13 @@ def test_a_lost_lock_is_still_safe(proxy: FaultProxy, shard_model, tmp_path) -> 
     assert [n for n in os.listdir(model_dir) if n.endswith(".aibrix-tmp")] == []
     r = download(proxy, bucket, tmp_path)
     assert r.returncode == 0 and "nothing to fetch" in r.stderr
+
+
+def test_access_denied_is_a_clear_error(proxy: FaultProxy, shard_model, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    bucket, _ = shard_model
+    proxy.add_rule(Rule(Status(403), times=-1))  # every request: wrong keys, or a role without s3:ListBucket
+    r = download(proxy, bucket, tmp_path)
+    assert r.returncode == 3, r.stderr
+    assert "AccessDenied" in r.stderr and "Traceback" not in r.stderr
+    assert "testing-secret-key" not in r.stderr  # the secret never appears
+    assert read_manifest(str(tmp_path / "m")) is None

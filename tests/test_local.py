@@ -85,3 +85,72 @@ def test_missing_path_is_a_clear_error(tmp_path) -> None:  # type: ignore[no-unt
     r = run_cli(["--model-uri", str(tmp_path / "nope"), "--local-dir", str(tmp_path / "out")], "")
     assert r.returncode == 3, r.stderr
     assert "no such file or directory" in r.stderr and "Traceback" not in r.stderr
+
+
+def test_kill_9_then_resume_a_local_copy(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    import signal
+    import time
+
+    from tests.conftest import popen_cli
+    from tests.synthetic import random_bytes
+
+    src = tmp_path / "pvc" / "big"
+    data = random_bytes(256 * MiB, 11)
+    write_tree(str(src), {"weights.safetensors": data, "config.json": b"{}"})
+    out = tmp_path / "models"
+    args = ["--model-uri", str(src), "--local-dir", str(out), "--part-threshold", "1MiB", "--part-chunksize", "64KiB"]
+    journal = out / "big" / ".aibrix" / "journal"
+    killed_at = 0
+    for _ in range(5):  # the copy is fast; try again if it finished before we could stop it
+        proc = popen_cli([*args, "--num-threads", "1", "--force-download"], "")
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline and proc.poll() is None:
+            lines = sum(len(p.read_bytes().splitlines()) for p in journal.glob("*.jsonl")) if journal.exists() else 0
+            if lines > 50:
+                proc.send_signal(signal.SIGKILL)
+                killed_at = lines
+                break
+            time.sleep(0.002)
+        proc.wait()
+        if proc.returncode == -signal.SIGKILL:
+            break
+    assert killed_at, "the copy always finished before it could be killed"
+    assert not (out / "big" / "weights.safetensors").exists()
+    r = run_cli(args, "")
+    assert r.returncode == 0, r.stderr
+    assert "resuming weights.safetensors" in r.stderr
+    assert (out / "big" / "weights.safetensors").read_bytes() == data
+
+
+def test_a_source_file_changed_during_the_copy_is_copied_again(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    import time
+
+    from tests.conftest import popen_cli
+    from tests.synthetic import random_bytes
+
+    src = tmp_path / "pvc" / "big"
+    data = random_bytes(256 * MiB, 12)
+    write_tree(str(src), {"weights.safetensors": data})
+    shard = src / "weights.safetensors"
+    out = tmp_path / "models"
+    args = ["--model-uri", str(src), "--local-dir", str(out), "--part-threshold", "1MiB", "--part-chunksize", "64KiB"]
+    journal = out / "big" / ".aibrix" / "journal"
+    for attempt in range(5):  # the copy is fast; try again if it finished before we could touch the file
+        proc = popen_cli([*args, "--num-threads", "1", "--force-download"], "")
+        touched = False
+        while proc.poll() is None:
+            lines = sum(len(p.read_bytes().splitlines()) for p in journal.glob("*.jsonl")) if journal.exists() else 0
+            if lines > 50 and not touched:
+                os.utime(shard, ns=(time.time_ns(), time.time_ns() + attempt + 1))  # a new version, same bytes
+                touched = True
+            time.sleep(0.002)
+        _, err = proc.communicate()
+        if touched:
+            break
+    assert touched, "the copy always finished before the file could be changed"
+    assert proc.returncode == 0, err
+    assert "changed" in err and "starting this file over" in err
+    assert (out / "big" / "weights.safetensors").read_bytes() == data
+    manifest = read_manifest(str(out / "big"))
+    assert manifest is not None
+    assert manifest.files[0].version == f"{len(data)}:{os.stat(shard).st_mtime_ns}"  # pinned to the new version
