@@ -271,7 +271,11 @@ def build_arg_parser() -> argparse.ArgumentParser:
         "ranged, filtered, resumable, verified, one download per node. Settings: flag > "
         "--download-extra-config > environment > default (see README).",
     )
-    p.add_argument("--model-uri", required=True, help="s3://bucket/prefix/ (tos://, gs://, hf://, file:// later)")
+    p.add_argument(
+        "--model-uri",
+        required=True,
+        help="s3://, tos://, gs://bucket/prefix/, hf://org/name[@rev] or org/name, file:///path or /path",
+    )
     p.add_argument("--local-dir", help=f"base directory [DOWNLOADER_LOCAL_DIR, default {DEFAULT_LOCAL_DIR}]")
     p.add_argument(
         "--model-name", help="directory under --local-dir [DOWNLOADER_MODEL_NAME; default: URI's last segment]"
