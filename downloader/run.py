@@ -225,7 +225,7 @@ def _clean_leftovers(tree: ModelTree, state: StateDir, selected: Sequence[Remote
         tree.remove_temp(parts, j.header.temp)
         state.drop_journal(j.token)
     dirs = {tuple(f.rel_path.split("/")[:-1]) for f in selected}
-    for d, name in list(tree.stale_temps(dirs, set())):
+    for d, name in list(tree.stale_temps(dirs)):
         tree.remove_temp((*d, name), name)  # remove_temp takes the final path; its directory is d
 
 

@@ -329,10 +329,8 @@ class ModelTree:
         st = os.statvfs(self.model_dir)
         return st.f_bavail * st.f_frsize
 
-    def stale_temps(
-        self, dir_parts: set[tuple[str, ...]], keep: set[tuple[tuple[str, ...], str]]
-    ) -> Iterator[tuple[tuple[str, ...], str]]:
-        """Our temp files in the given directories that no live journal refers to."""
+    def stale_temps(self, dir_parts: set[tuple[str, ...]]) -> Iterator[tuple[tuple[str, ...], str]]:
+        """Our temp files left in the given directories (call once every journal has been resolved)."""
         for d in sorted(dir_parts):
             try:
                 fd = self.dir_fd(d, create=False)
@@ -340,7 +338,7 @@ class ModelTree:
             except (OSError, UnsafePathError):
                 continue
             for name in names:
-                if name.startswith(".") and name.endswith(TEMP_SUFFIX) and (d, name) not in keep:
+                if name.startswith(".") and name.endswith(TEMP_SUFFIX):
                     yield d, name
 
 

@@ -309,11 +309,10 @@ class Monitor:
 
 def count_alive_nodes(payload: Any) -> int:
     """Alive nodes in Ray's state API answer (GET /api/v0/nodes); dead nodes stay listed, so filter."""
-    data = payload.get("data", payload) if isinstance(payload, dict) else payload
-    nodes: Any = data
-    for key in ("result", "result"):
-        if isinstance(nodes, dict) and key in nodes:
-            nodes = nodes[key]
+    nodes: Any = payload.get("data", payload) if isinstance(payload, dict) else payload
+    # Ray's state API nests the list twice: {"data": {"result": {"total": N, "result": [node, ...]}}}
+    while isinstance(nodes, dict) and "result" in nodes:
+        nodes = nodes["result"]
     if not isinstance(nodes, list):
         raise ValueError("unexpected answer from the Ray dashboard")
     return sum(1 for n in nodes if isinstance(n, dict) and n.get("state") == "ALIVE")

@@ -9,6 +9,7 @@ import sys
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
+from pathlib import Path
 
 import pytest
 
@@ -110,3 +111,10 @@ def read_tree(root: str) -> dict[str, bytes]:
             with open(path, "rb") as fh:
                 out[os.path.relpath(path, root)] = fh.read()
     return out
+
+
+def journal_ranges(model_dir: Path) -> int:
+    """Ranges recorded as finished in the model's resume journals (one header line per journal)."""
+    jdir = model_dir / ".aibrix" / "journal"
+    names = os.listdir(jdir) if jdir.exists() else []
+    return sum(max(0, len((jdir / n).read_bytes().splitlines()) - 1) for n in names)

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from downloader import read_manifest, read_progress
-from tests.conftest import S3Server, popen_cli, read_tree, run_cli
+from tests.conftest import S3Server, journal_ranges, popen_cli, read_tree, run_cli
 from tests.faultproxy import (
     Callback,
     Delay,
@@ -164,14 +164,6 @@ def test_object_replaced_mid_download_starts_that_file_over(proxy: FaultProxy, s
     assert read_tree(str(tmp_path / "m")) == {**files, SHARD: new_content}
     progress = read_progress(str(tmp_path / "m"))
     assert progress is not None and progress.object_changes == 1
-
-
-def journal_ranges(model_dir: Path) -> int:
-    total = 0
-    jdir = model_dir / ".aibrix" / "journal"
-    for name in os.listdir(jdir) if jdir.exists() else []:
-        total += max(0, len((jdir / name).read_bytes().splitlines()) - 1)
-    return total
 
 
 def test_kill_9_then_resume_fetches_only_what_is_missing(proxy: FaultProxy, shard_model, tmp_path) -> None:  # type: ignore[no-untyped-def]

@@ -19,7 +19,7 @@ from urllib.parse import quote
 import pytest
 
 from downloader import is_ready, read_manifest, read_progress
-from tests.conftest import popen_cli, read_tree, run_cli
+from tests.conftest import journal_ranges, popen_cli, read_tree, run_cli
 from tests.faultproxy import Callback, Delay, FaultProxy, FlipBit, RequestRecord, Reset, Rule, Stall, Status, Truncate
 from tests.gcs_server import FakeGcs, upload
 from tests.synthetic import MiB, model_files, random_bytes
@@ -97,14 +97,6 @@ def media_bytes(proxy: FaultProxy, name: str) -> int:
         for r in proxy.log
         if r.method == "GET" and r.path.startswith("/download/") and r.path.split("?")[0].endswith(quoted)
     )
-
-
-def journal_ranges(model_dir: Path) -> int:
-    total = 0
-    jdir = model_dir / ".aibrix" / "journal"
-    for name in os.listdir(jdir) if jdir.exists() else []:
-        total += max(0, len((jdir / name).read_bytes().splitlines()) - 1)
-    return total
 
 
 # ------------------------------------------------------------------------------------------ happy paths

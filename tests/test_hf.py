@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 
 from downloader import read_manifest, read_progress
-from tests.conftest import popen_cli, read_tree, run_cli
+from tests.conftest import journal_ranges, popen_cli, read_tree, run_cli
 from tests.fakehub import FakeHub
 from tests.faultproxy import Callback, Delay, FaultProxy, FlipBit, RequestRecord, RewriteHeader, Rule, Stall, Status
 from tests.synthetic import MiB, model_files, random_bytes
@@ -63,13 +63,6 @@ def delivered(proxy: FaultProxy, data: bytes) -> int:
     """Body bytes of this blob the proxy wrote to a live client (requests of a killed one do not count)."""
     sha = hashlib.sha256(data).hexdigest()
     return sum(r.body_bytes for r in proxy.log if r.method == "GET" and sha in r.path)
-
-
-def journal_ranges(model_dir: Path) -> int:
-    jdir = model_dir / ".aibrix" / "journal"
-    return sum(
-        max(0, len((jdir / n).read_bytes().splitlines()) - 1) for n in (os.listdir(jdir) if jdir.exists() else [])
-    )
 
 
 # ----------------------------------------------------------------------------------------------- basics
