@@ -34,7 +34,7 @@ from .errors import (
 from .plan import ByteRange, is_complete_on_disk, safe_parts, split_ranges
 from .progress import Stats
 from .sources.base import Checksum, ObjectDetail, RemoteFile, Source
-from .state import DoneRecord, Journal, JournalHeader, ModelTree, StateDir, new_token
+from .state import DoneRecord, Journal, JournalHeader, ModelTree, StateDir, new_token, start_writeback
 
 log = logging.getLogger(__name__)
 
@@ -300,6 +300,7 @@ class Engine:
             finished = len(attempt.done) == len(attempt.ranges)
         if attempt.journaled:
             self.state.record_range(attempt.token, r.index, digests)
+            start_writeback(attempt.fd, r.start, r.length)
         if finished:
             self._finalize(job, attempt)
 

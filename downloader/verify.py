@@ -21,12 +21,25 @@ class Hasher(Protocol):
     def digest(self) -> bytes: ...
 
 
+def _crc32_function() -> Callable[[bytes | memoryview, int], int]:
+    # ISA-L's CRC32 (carry-less multiply) runs ~10x faster than the zlib Debian ships: on a CPU-bound
+    # download that is a tenth of the client's CPU. zlib gives the same values where ISA-L is missing.
+    try:
+        from isal import isal_zlib
+    except ImportError:
+        return zlib.crc32
+    return isal_zlib.crc32
+
+
+_crc32 = _crc32_function()
+
+
 class _Crc32:
     def __init__(self) -> None:
         self._crc = 0
 
     def update(self, data: bytes | memoryview, /) -> None:
-        self._crc = zlib.crc32(data, self._crc)
+        self._crc = _crc32(data, self._crc)
 
     def digest(self) -> bytes:
         return self._crc.to_bytes(4, "big")
@@ -144,15 +157,15 @@ def composite_value(checksum: Checksum, part_digests: list[str]) -> str:
     return encode(outer.digest(), checksum.encoding)
 
 
-# ---- CRC combination (zlib's crc32_combine, for any reflected 32-bit CRC) --------------------------------
+# ---- CRC combination (zlib's crc32_combine, for any reflected CRC) ----------------------------------------
 # crc(A || B) = crc(A) * x^(8 * len(B)) mod P  xor  crc(B): ranges fetched out of order are verified against
-# a full-object CRC without reading the file a second time.
-_POLYS = {"crc32": 0xEDB88320, "crc32c": 0x82F63B78}
+# a full-object CRC without reading the file a second time. Polynomials are in reflected form.
+_POLYS = {"crc32": (0xEDB88320, 32), "crc32c": (0x82F63B78, 32), "crc64nvme": (0x9A6C9329AC4BC9B5, 64)}
 COMBINABLE = frozenset(_POLYS)
 
 
-def _multmodp(a: int, b: int, poly: int) -> int:
-    m = 1 << 31
+def _multmodp(a: int, b: int, poly: int, width: int) -> int:
+    m = 1 << (width - 1)
     p = 0
     while True:
         if a & m:
@@ -164,27 +177,27 @@ def _multmodp(a: int, b: int, poly: int) -> int:
     return p
 
 
-def _x2n_table(poly: int) -> list[int]:
-    table = [1 << 30]  # x^1
-    for _ in range(31):
-        table.append(_multmodp(table[-1], table[-1], poly))
+def _x2n_table(poly: int, width: int) -> list[int]:
+    table = [1 << (width - 2)]  # x^1
+    for _ in range(width - 1):
+        table.append(_multmodp(table[-1], table[-1], poly, width))
     return table
 
 
-_X2N = {name: _x2n_table(poly) for name, poly in _POLYS.items()}
+_X2N = {name: _x2n_table(poly, width) for name, (poly, width) in _POLYS.items()}
 
 
 def crc_combine(algorithm: str, crc1: int, crc2: int, len2: int) -> int:
-    poly = _POLYS[algorithm]
+    poly, width = _POLYS[algorithm]
     table = _X2N[algorithm]
-    p = 1 << 31  # x^0
+    p = 1 << (width - 1)  # x^0
     n, k = len2, 3  # x^(8 * len2) = x^(len2 * 2^3)
     while n:
         if n & 1:
-            p = _multmodp(table[k & 31], p, poly)
+            p = _multmodp(table[k % width], p, poly, width)
         n >>= 1
         k += 1
-    return _multmodp(p, crc1, poly) ^ crc2
+    return _multmodp(p, crc1, poly, width) ^ crc2
 
 
 def combine_range_crcs(algorithm: str, digests: list[str], lengths: list[int]) -> bytes:
@@ -192,7 +205,7 @@ def combine_range_crcs(algorithm: str, digests: list[str], lengths: list[int]) -
     crc = int(digests[0], 16)
     for d, length in zip(digests[1:], lengths[1:], strict=True):
         crc = crc_combine(algorithm, crc, int(d, 16), length)
-    return crc.to_bytes(4, "big")
+    return crc.to_bytes(_POLYS[algorithm][1] // 8, "big")
 
 
 def digest_file(fd: int, algorithm: str, size: int, cancel: threading.Event, block: int = 4 * 1024 * 1024) -> bytes:

@@ -8,6 +8,7 @@ stopped. Every GET carries If-Match on the ETag seen at listing, and Content-Ran
 from __future__ import annotations
 
 import contextlib
+import http.client
 import math
 import re
 import threading
@@ -320,8 +321,33 @@ class _S3RangeReader(RangeReader):
     def __init__(self, start: int, end: int, detail: ObjectDetail | None, body: Any) -> None:
         super().__init__(start, end, detail)
         self._body = body
+        # urllib3's readinto() reads into a fresh bytes object and copies it out (two copies and an allocation
+        # per chunk). The stdlib response under it reads from the socket straight into our buffer, which
+        # cuts the client's CPU per byte; botocore and urllib3 still send the request and own the connection.
+        self._raw: Any = getattr(body, "_raw_stream", None)
+        fp = getattr(self._raw, "_fp", None)
+        direct = isinstance(fp, http.client.HTTPResponse) and callable(getattr(self._raw, "release_conn", None))
+        self._fp: http.client.HTTPResponse | None = fp if direct else None
+        self._left = end - start + 1
 
     def readinto(self, buf: memoryview) -> int:
+        if self._fp is None:
+            return self._readinto_body(buf)
+        try:
+            n = self._fp.readinto(buf[: self._left]) if self._left > 0 else 0
+        except TimeoutError as exc:
+            raise RetryableError("stall", f"no bytes for the stall timeout ({exc})") from None
+        except http.client.IncompleteRead as exc:
+            raise RetryableError("truncated", f"IncompleteRead: {exc}") from None
+        except (OSError, ValueError, http.client.HTTPException) as exc:
+            raise RetryableError("reset", f"{type(exc).__name__}: {exc}") from None
+        self._left -= n
+        if self._left == 0:
+            # The whole body is read: hand the keep-alive connection back to urllib3's pool.
+            self._raw.release_conn()
+        return n
+
+    def _readinto_body(self, buf: memoryview) -> int:
         try:
             n: int = self._body.readinto(buf)
         except bce.ReadTimeoutError as exc:
