@@ -170,7 +170,7 @@ def parse_bool(setting: str, raw: object) -> bool:
     raise ConfigError(setting, raw, "expected a boolean (1/0, true/false, yes/no, on/off)")
 
 
-_SIZE_RE = re.compile(r"^\s*(\d+)\s*([KMGT]i?B?|[kmgt]i?b?|B|b)?\s*$")
+_SIZE_RE = re.compile(r"^\s*(\d{1,20})\s*([KMGT]i?B?|[kmgt]i?b?|B|b)?\s*$")
 _SIZE_UNITS = {"": 1, "b": 1, "k": 1024, "m": 1024**2, "g": 1024**3, "t": 1024**4}
 
 
@@ -200,7 +200,10 @@ def parse_int(setting: str, raw: object, *, minimum: int, maximum: int) -> int:
     if isinstance(raw, bool):
         raise ConfigError(setting, raw, "expected an integer")
     try:
-        value = raw if isinstance(raw, int) else int(str(raw).strip(), 10)
+        text = "" if isinstance(raw, int) else str(raw).strip()
+        if len(text) > 30:  # int() refuses huge digit strings with its own ValueError; no setting needs them
+            raise ValueError
+        value = raw if isinstance(raw, int) else int(text, 10)
     except ValueError:
         raise ConfigError(setting, raw, "expected an integer") from None
     if not minimum <= value <= maximum:
@@ -254,7 +257,11 @@ def parse_choice(setting: str, raw: object, choices: Sequence[str]) -> str:
     return text
 
 
-def validate_model_name(name: str) -> str:
+def validate_model_name(name: str | None) -> str:
+    if not name or not name.strip():
+        raise ConfigError(
+            "--model-name", name, "cannot be derived from the URI (it has no last segment); pass --model-name"
+        )
     parts = name.split("/")
     if not name or name.startswith("/") or "\\" in name or "\x00" in name or any(p in ("", ".", "..") for p in parts):
         raise ConfigError("--model-name", name, "must be a relative name without '..', empty parts or backslashes")
@@ -356,6 +363,10 @@ def parse_extra_config(raw: str | None) -> dict[str, Any]:
     except json.JSONDecodeError as exc:
         raise ConfigError(
             "--download-extra-config", None, f"not valid JSON ({exc.msg} at column {exc.colno})"
+        ) from None
+    except (RecursionError, ValueError):  # nesting too deep, or an integer longer than Python converts
+        raise ConfigError(
+            "--download-extra-config", None, "not valid JSON (nested too deeply or a number too long)"
         ) from None
     if not isinstance(value, dict):
         raise ConfigError("--download-extra-config", None, "must be a JSON object")

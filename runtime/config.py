@@ -314,6 +314,8 @@ def parse_resources(setting: str, raw: str) -> str:
         value = json.loads(raw)
     except json.JSONDecodeError as exc:
         raise ConfigError(setting, raw, f"not valid JSON ({exc.msg})") from None
+    except (RecursionError, ValueError):  # nesting too deep, or an integer longer than Python converts
+        raise ConfigError(setting, raw, "not valid JSON (nested too deeply or a number too long)") from None
     if not isinstance(value, dict):
         raise ConfigError(setting, raw, 'expected a JSON object such as {"rack_a": 1}')
     for key, amount in value.items():

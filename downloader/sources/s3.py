@@ -17,6 +17,7 @@ from typing import Any
 
 import boto3
 import botocore.exceptions as bce
+import botocore.session
 from botocore.config import Config
 
 from ..config import S3Settings
@@ -59,7 +60,12 @@ class S3Source:
         self.uri = uri
         self.bucket = uri.bucket
         self.display_uri = uri.display
+        core = botocore.session.get_session()
+        # Timestamps (LastModified of every listed object and every GET) are never used here; parsing them with
+        # dateutil is most of botocore's CPU per listed object and a large share per small-file GET.
+        core.get_component("response_parser_factory").set_parser_defaults(timestamp_parser=str)
         session = boto3.session.Session(
+            botocore_session=core,
             aws_access_key_id=s3.access_key.reveal() if s3.access_key else None,
             aws_secret_access_key=s3.secret_key.reveal() if s3.secret_key else None,
             aws_session_token=s3.session_token.reveal() if s3.session_token else None,
