@@ -16,7 +16,7 @@ from typing import TextIO
 
 from . import __version__
 from .config import Settings
-from .errors import Interrupted, NotFoundError
+from .errors import Interrupted, NotFoundError, UnsafePathError
 from .plan import Plan, check_free_space, check_layout, dropped_load_critical, plan_downloads, safe_parts, select
 from .progress import Reporter, Stats, human_bytes
 from .sources import RemoteFile, Source, open_source
@@ -210,9 +210,21 @@ def _manifest(run: _Run, files: Sequence[ManifestFile]) -> Manifest:
 
 def _write_manifest(run: _Run, selected: Sequence[RemoteFile], records: dict[str, DoneRecord]) -> None:
     files = []
-    for f in sorted(selected, key=lambda f: f.rel_path):
-        r = records[f.rel_path]
-        files.append(ManifestFile(f.rel_path, f.size, r.version, r.version_id, r.checksum, r.verified, r.mtime_ns))
+    dirs: dict[tuple[str, ...], int] = {}
+    try:
+        for f in sorted(selected, key=lambda f: f.rel_path):
+            r = records[f.rel_path]
+            # The manifest vouches for the path a reader will open: walk it again, in case a directory was
+            # moved or replaced by a symlink after the file was written through a descriptor opened earlier.
+            local = run.tree.lstat_fresh(safe_parts(f.key, f.rel_path), dirs)
+            if local is None or not local.is_regular or local.size != f.size or local.mtime_ns != r.mtime_ns:
+                raise UnsafePathError(
+                    f.key, "the finished file is no longer at its path (a directory moved or was replaced)"
+                )
+            files.append(ManifestFile(f.rel_path, f.size, r.version, r.version_id, r.checksum, r.verified, r.mtime_ns))
+    finally:
+        for fd in dirs.values():
+            os.close(fd)
     manifest = _manifest(run, files)
     run.state.write_manifest(manifest)
     log.info("manifest written: %d files, %s", len(files), human_bytes(manifest.total_bytes))

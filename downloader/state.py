@@ -255,6 +255,27 @@ class ModelTree:
             return None
         return LocalStat(st.st_size, st.st_mtime_ns, stat.S_ISREG(st.st_mode))
 
+    def lstat_fresh(self, parts: Sequence[str], dirs: dict[tuple[str, ...], int]) -> LocalStat | None:
+        """Like lstat, but walking the path again now instead of through the descriptors opened earlier.
+
+        A directory renamed away and replaced (by a symlink or anything else) after we opened it leaves our
+        descriptors pointing at the moved directory; only a fresh walk sees what a reader of the path will see.
+        `dirs` caches this walk's descriptors; the caller closes them.
+        """
+        parent = self.dir_fd((), create=False)
+        key: tuple[str, ...] = ()
+        try:
+            for name in parts[:-1]:
+                key = (*key, name)
+                fd = dirs.get(key)
+                if fd is None:
+                    fd = dirs[key] = os.open(name, _DIR_FLAGS, dir_fd=parent)
+                parent = fd
+            st = os.stat(parts[-1], dir_fd=parent, follow_symlinks=False)
+        except OSError:
+            return None
+        return LocalStat(st.st_size, st.st_mtime_ns, stat.S_ISREG(st.st_mode))
+
     def create_temp(self, parts: Sequence[str], token: str, size: int) -> tuple[str, int]:
         """Create and preallocate the temp file for `parts`; returns (temp name, fd open for writing)."""
         parent = self.dir_fd(parts[:-1], create=True)

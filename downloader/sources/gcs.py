@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import http.client
 import json
 import logging
 import re
@@ -45,7 +46,7 @@ from ..errors import (
     TransferError,
 )
 from ..uri import ModelUri
-from .base import Checksum, ObjectDetail, RangeReader, RemoteFile, parse_retry_after
+from .base import Checksum, ObjectDetail, RangeReader, RemoteFile, direct_body, parse_retry_after
 
 log = logging.getLogger(__name__)
 
@@ -415,6 +416,7 @@ class _GcsRangeReader(RangeReader):
         super().__init__(start, end, detail)
         self._resp = resp
         self._raw: Any = resp.raw
+        self._fp = direct_body(self._raw)
         self._remaining = remaining
         self._stall = stall
 
@@ -423,7 +425,9 @@ class _GcsRangeReader(RangeReader):
             return 0
         want = min(len(buf), self._remaining)
         try:
-            n = int(self._raw.readinto(buf[:want]))
+            n = int(self._fp.readinto(buf[:want]) if self._fp is not None else self._raw.readinto(buf[:want]))
+        except http.client.IncompleteRead as exc:
+            raise RetryableError("truncated", _describe(exc)) from None
         except urllib3.exceptions.ReadTimeoutError:
             raise RetryableError("stall", f"no bytes for {self._stall:g}s (the stall timeout)") from None
         except urllib3.exceptions.ProtocolError as exc:
@@ -431,9 +435,11 @@ class _GcsRangeReader(RangeReader):
             raise RetryableError(kind, _describe(exc)) from None
         except TimeoutError:
             raise RetryableError("stall", f"no bytes for {self._stall:g}s (the stall timeout)") from None
-        except (urllib3.exceptions.HTTPError, OSError, ValueError) as exc:
+        except (urllib3.exceptions.HTTPError, http.client.HTTPException, OSError, ValueError) as exc:
             raise RetryableError("reset", _describe(exc)) from None
         self._remaining -= n
+        if self._remaining == 0 and self._fp is not None:
+            self._raw.release_conn()  # read to its end under urllib3: hand the connection back ourselves
         return n
 
     def close(self) -> None:

@@ -20,6 +20,7 @@ publish only a git blob id (a sha1 over a `blob <size>` header), so their size i
 from __future__ import annotations
 
 import builtins
+import http.client
 import logging
 import re
 import threading
@@ -46,7 +47,7 @@ from ..errors import (
     TransferError,
 )
 from ..uri import ModelUri
-from .base import Checksum, ObjectDetail, RangeReader, RemoteFile, parse_retry_after
+from .base import Checksum, ObjectDetail, RangeReader, RemoteFile, direct_body, parse_retry_after
 
 log = logging.getLogger(__name__)
 
@@ -486,19 +487,22 @@ class _HfRangeReader(RangeReader):
     ) -> None:
         super().__init__(start, end, detail)
         self._resp = resp
+        self._fp = direct_body(resp)
         self._scrub = scrub
         self._remaining = end - start + 1
 
     def readinto(self, buf: memoryview) -> int:
         try:
-            n = self._resp.readinto(buf)
-        except urllib3.exceptions.ReadTimeoutError:
+            n = self._fp.readinto(buf[: max(0, self._remaining)]) if self._fp else self._resp.readinto(buf)
+        except http.client.IncompleteRead as exc:
+            raise RetryableError("truncated", self._scrub(f"IncompleteRead: {exc}")) from None
+        except (urllib3.exceptions.ReadTimeoutError, TimeoutError):
             raise RetryableError("stall", "no bytes for the stall timeout") from None
         except urllib3.exceptions.ProtocolError as exc:
             text = self._scrub(str(exc))
             kind = "truncated" if "IncompleteRead" in text or "incomplete" in text.lower() else "reset"
             raise RetryableError(kind, text) from None
-        except (urllib3.exceptions.HTTPError, OSError, ValueError) as exc:
+        except (urllib3.exceptions.HTTPError, http.client.HTTPException, OSError, ValueError) as exc:
             raise RetryableError("reset", f"{type(exc).__name__}: {self._scrub(str(exc))}") from None
         self._remaining -= n
         return n

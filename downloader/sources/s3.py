@@ -30,7 +30,7 @@ from ..errors import (
     TransferError,
 )
 from ..uri import ModelUri
-from .base import Checksum, ObjectDetail, RangeReader, RemoteFile, parse_retry_after
+from .base import Checksum, ObjectDetail, RangeReader, RemoteFile, direct_body, parse_retry_after
 
 # Cheapest first: a CRC costs a fraction of a cryptographic hash per byte.
 _CHECKSUM_FIELDS = (
@@ -327,13 +327,9 @@ class _S3RangeReader(RangeReader):
     def __init__(self, start: int, end: int, detail: ObjectDetail | None, body: Any) -> None:
         super().__init__(start, end, detail)
         self._body = body
-        # urllib3's readinto() reads into a fresh bytes object and copies it out (two copies and an allocation
-        # per chunk). The stdlib response under it reads from the socket straight into our buffer, which
-        # cuts the client's CPU per byte; botocore and urllib3 still send the request and own the connection.
+        # botocore's body wraps a urllib3 response; read under both of them (see direct_body).
         self._raw: Any = getattr(body, "_raw_stream", None)
-        fp = getattr(self._raw, "_fp", None)
-        direct = isinstance(fp, http.client.HTTPResponse) and callable(getattr(self._raw, "release_conn", None))
-        self._fp: http.client.HTTPResponse | None = fp if direct else None
+        self._fp = direct_body(self._raw)
         self._left = end - start + 1
 
     def readinto(self, buf: memoryview) -> int:
