@@ -44,3 +44,10 @@ bench: $(STAMP)
 
 clean:
 	rm -rf $(VENV) .venv-e2e .demo build *.egg-info
+
+## reliability: the long seeded fault campaigns (240 randomized trials, 50 kills per source, disk full, 8 processes); see RELIABILITY.md
+.PHONY: reliability
+RELIABILITY_SEED ?= 1
+reliability: $(STAMP)
+	mkdir -p build
+	$(PY) -m tests.reliability all --trials 240 --kills 50 --seed $(RELIABILITY_SEED) --json build/reliability-results.json

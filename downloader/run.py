@@ -217,11 +217,12 @@ def _write_manifest(run: _Run, selected: Sequence[RemoteFile], records: dict[str
             # The manifest vouches for the path a reader will open: walk it again, in case a directory was
             # moved or replaced by a symlink after the file was written through a descriptor opened earlier.
             local = run.tree.lstat_fresh(safe_parts(f.key, f.rel_path), dirs)
-            if local is None or not local.is_regular or local.size != f.size or local.mtime_ns != r.mtime_ns:
+            if local is None or not local.is_regular or local.size != r.size or local.mtime_ns != r.mtime_ns:
                 raise UnsafePathError(
                     f.key, "the finished file is no longer at its path (a directory moved or was replaced)"
                 )
-            files.append(ManifestFile(f.rel_path, f.size, r.version, r.version_id, r.checksum, r.verified, r.mtime_ns))
+            # The record, not the listing: an object replaced mid-download was fetched at its new version and size.
+            files.append(ManifestFile(f.rel_path, r.size, r.version, r.version_id, r.checksum, r.verified, r.mtime_ns))
     finally:
         for fd in dirs.values():
             os.close(fd)

@@ -70,7 +70,27 @@ class _Crc64Nvme:
         return int(self._crc).to_bytes(8, "big")
 
 
-def _factory(algorithm: str) -> Callable[[], Hasher] | None:
+def _git_blob_sha1(size: int | None) -> Hasher:
+    """Git's id of a file: sha1 over "blob <size>\\0" and the bytes. The Hugging Face Hub publishes it for files
+    that are not in LFS (config, tokenizer, code), so those are verified too, for free, while they stream."""
+    if size is None:
+        raise ValueError("a git blob id needs the object size")
+    h = hashlib.sha1(usedforsecurity=False)
+    h.update(b"blob %d\x00" % size)
+    return h
+
+
+def _factory(algorithm: str) -> Callable[[int | None], Hasher] | None:
+    """A constructor taking the object's size (only git-sha1 uses it), or None when this build cannot verify."""
+    plain = _plain_factory(algorithm)
+    if plain is not None:
+        return lambda _size: plain()
+    if algorithm == "git-sha1":
+        return _git_blob_sha1
+    return None
+
+
+def _plain_factory(algorithm: str) -> Callable[[], Hasher] | None:
     if algorithm in ("md5", "sha1", "sha256"):
         name = algorithm
         return lambda: hashlib.new(name)
@@ -95,11 +115,11 @@ def supported(algorithm: str) -> bool:
     return _factory(algorithm) is not None
 
 
-def new_hasher(algorithm: str) -> Hasher:
+def new_hasher(algorithm: str, size: int | None = None) -> Hasher:
     factory = _factory(algorithm)
     if factory is None:
         raise ValueError(f"no implementation for checksum {algorithm}")
-    return factory()
+    return factory(size)
 
 
 def encode(raw: bytes, encoding: str) -> str:
@@ -120,7 +140,8 @@ class RangeHasher:
         self.pos = start
         self.end = end
         self.digests: list[str] = []
-        self._hasher = new_hasher(algorithm)
+        # A whole-object digest (no parts) starts at byte 0, so end + 1 is the object's size.
+        self._hasher = new_hasher(algorithm, end + 1 if part_size is None else None)
         self._boundary = self._next_boundary(start)
 
     def _next_boundary(self, pos: int) -> int:
@@ -136,8 +157,9 @@ class RangeHasher:
             data = data[take:]
             if self.pos == self._boundary:
                 self.digests.append(self._hasher.digest().hex())
-                self._hasher = new_hasher(self.algorithm)
-                self._boundary = self._next_boundary(self.pos)
+                if self.pos <= self.end:  # another part of this range follows (only with a part size)
+                    self._hasher = new_hasher(self.algorithm)
+                    self._boundary = self._next_boundary(self.pos)
 
     def finish(self) -> list[str]:
         if self.pos <= self.end:
@@ -210,7 +232,7 @@ def combine_range_crcs(algorithm: str, digests: list[str], lengths: list[int]) -
 
 def digest_file(fd: int, algorithm: str, size: int, cancel: threading.Event, block: int = 4 * 1024 * 1024) -> bytes:
     """A second full read; used only for full-object checksums of files fetched in several ranges."""
-    h = new_hasher(algorithm)
+    h = new_hasher(algorithm, size)
     buf = bytearray(block)
     view = memoryview(buf)
     offset = 0

@@ -32,6 +32,7 @@ import socket
 import socketserver
 import struct
 import threading
+import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler
@@ -50,6 +51,7 @@ __all__ = [
     "Rule",
     "Stall",
     "Status",
+    "Throttle",
     "Truncate",
     "s3_error_body",
 ]
@@ -184,10 +186,27 @@ class RewriteHeader:
     """Forward normally but replace (or add) response header ``name``.
 
     Lets a test lie about metadata, e.g. a wrong ``Content-Range`` or ``ETag``.
+    ``value`` may be a function of the upstream value (``None`` if absent),
+    so a lie can be relative to the truth (a Content-Range shifted by one).
     """
 
     name: str
-    value: str
+    value: str | Callable[[str | None], str]
+
+    def new_value(self, upstream: str | None) -> str:
+        """The value that will be sent, given what upstream sent."""
+        return self.value(upstream) if callable(self.value) else self.value
+
+
+@dataclass
+class Throttle:
+    """Forward normally but pace the body at ``bytes_per_second``.
+
+    A slow link: a client killed at a random moment is then usually in the
+    middle of several bodies, which is what crash-consistency tests need.
+    """
+
+    bytes_per_second: float
 
 
 @dataclass
@@ -212,7 +231,7 @@ class Callback:
     fn: Callable[[RequestRecord], None]
 
 
-Action: TypeAlias = Reset | Truncate | Stall | Status | FlipBit | RewriteHeader | Delay | Callback
+Action: TypeAlias = Reset | Truncate | Stall | Status | FlipBit | RewriteHeader | Delay | Callback | Throttle
 
 
 @dataclass
@@ -456,7 +475,9 @@ class _Handler(BaseHTTPRequestHandler):
 
     def _send_upstream(self, conn: http.client.HTTPConnection) -> http.client.HTTPResponse:
         chunked = self._is_chunked_request()
-        conn.putrequest(self.command, self.path, skip_host=True, skip_accept_encoding=True)
+        rewrite = self.server.proxy.rewrite_path
+        path = self.path if rewrite is None else rewrite(self.path)
+        conn.putrequest(self.command, path, skip_host=True, skip_accept_encoding=True)
         for name, value in self.headers.items():
             if name.lower() == "expect":
                 continue  # already answered with "100 Continue" by http.server
@@ -540,18 +561,20 @@ class _Handler(BaseHTTPRequestHandler):
             else:
                 self.close_connection = True  # HTTP/1.0: delimit by closing
         if isinstance(action, RewriteHeader):
+            upstream_value = next((v for k, v in headers if k.lower() == action.name.lower()), None)
             headers = [(k, v) for k, v in headers if k.lower() != action.name.lower()]
-            headers.append((action.name, action.value))
+            headers.append((action.name, action.new_value(upstream_value)))
         self._send_head(record, resp.status, resp.reason, headers)
 
         limit: int | None = None
         if isinstance(action, (Reset, Truncate, Stall)):
             limit = action.after_bytes
         flip = action if isinstance(action, FlipBit) else None
+        rate = action.bytes_per_second if isinstance(action, Throttle) else None
 
         complete = True
         if has_body:
-            complete = self._relay_body(record, resp, limit, flip, chunked_out)
+            complete = self._relay_body(record, resp, limit, flip, chunked_out, rate)
         else:
             resp.close()  # http.client won't send the next request until it is closed
         if not complete:
@@ -575,6 +598,7 @@ class _Handler(BaseHTTPRequestHandler):
         limit: int | None,
         flip: FlipBit | None,
         chunked_out: bool,
+        rate: float | None = None,
     ) -> bool:
         """Stream the upstream body to the client.
 
@@ -586,12 +610,19 @@ class _Handler(BaseHTTPRequestHandler):
         Content-Length body early would leave the client hanging.
         """
         sent = 0
+        started = time.monotonic()
+        # Small pieces when throttled, so the pace is smooth at ~20 writes a second.
+        piece = CHUNK_SIZE if rate is None else max(1024, min(CHUNK_SIZE, int(rate / 20)))
         while True:
             if _upstream_body_done(resp):
                 return True
             if limit is not None and sent >= limit:
                 return False
-            want = CHUNK_SIZE if limit is None else min(CHUNK_SIZE, limit - sent)
+            if rate is not None:
+                ahead = sent / rate - (time.monotonic() - started)
+                if ahead > 0 and self.server.proxy._stopping.wait(ahead):
+                    raise _ClientGone()
+            want = piece if limit is None else min(piece, limit - sent)
             try:
                 data = resp.read1(want)
                 broken = not data and bool(resp.length)  # EOF before Content-Length
@@ -647,6 +678,9 @@ class FaultProxy:
         self.upstream_port = upstream_port
         #: Socket timeout for upstream connections; a safety net, not a fault.
         self.upstream_timeout: float = 30.0
+        #: Maps path+query to what is sent upstream (records keep the original).  Lets a test ask a
+        #: server for small listing pages (``max-keys=3``) without changing the client under test.
+        self.rewrite_path: Callable[[str], str] | None = None
         self._lock = threading.Lock()
         self._rules: list[Rule] = []
         self._log: list[RequestRecord] = []

@@ -102,8 +102,10 @@ def test_classic_filter_byte_identical(hub: FakeHub, tmp_path: Path, redirect: b
         if name.endswith(".safetensors"):
             assert entry.verified == "size and sha256 (full object)"
             assert entry.checksum == f"sha256:{hashlib.sha256(data).hexdigest()}"
-        else:
-            assert entry.verified.startswith("size only")
+        else:  # not in LFS: the git blob id the Hub lists is checked
+            assert entry.verified == "size and git-sha1 (full object)"
+            blob = hashlib.sha1(b"blob %d\x00" % len(data) + data).hexdigest()
+            assert entry.checksum == f"git-sha1:{blob}" and entry.version == blob
     leftovers = [n for _, _, names in os.walk(model_dir) for n in names if n.endswith(".aibrix-tmp")]
     assert leftovers == [] and os.listdir(model_dir / ".aibrix" / "journal") == []
 

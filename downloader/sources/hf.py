@@ -58,7 +58,7 @@ MAX_REDIRECTS = 5
 _SHA256 = re.compile(r"^[0-9a-f]{64}$")
 _GIT_OID = re.compile(r"^[0-9a-f]{40}$")
 _URL_QUERY = re.compile(r"\?[^\s'\"<>)]*")
-_NON_LFS = "not an LFS file: the Hub publishes only its git blob id; size checked"
+_NON_LFS = "not an LFS file and the Hub gave no git blob id for it; size checked"
 _REDIRECTS = (301, 302, 303, 307, 308)
 _TRANSPORT_MODULES = ("httpx", "httpcore", "h11", "h2", "requests", "urllib3", "ssl", "socket", "anyio")
 
@@ -223,6 +223,8 @@ class HfSource:
         entry = self._entry(f)
         if entry.sha256:
             return ObjectDetail(size, f.version, self._pinned(f), (Checksum("sha256", entry.sha256, "hex"),))
+        if _GIT_OID.match(entry.version):  # not in LFS: the version is the file's git blob id
+            return ObjectDetail(size, f.version, self._pinned(f), (Checksum("git-sha1", entry.version, "hex"),))
         return ObjectDetail(size, f.version, self._pinned(f), (), unverifiable=_NON_LFS)
 
     def refresh(self, f: RemoteFile) -> RemoteFile | None:
