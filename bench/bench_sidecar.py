@@ -17,7 +17,10 @@ One command:
      A: no probe load;
      B: a load generator (a separate process, raw keep-alive sockets, open-loop schedule) sends
         GET /readyz and GET /status alternately at a steady 200 requests/second total, from the moment the
-        sidecar is listening until /readyz first answers 200 (bounded in count and time regardless).
+        sidecar is listening until /readyz first answers 200 (bounded in count and time regardless). Its own
+        CPU competes with the download here, so it is lean: one wake-up per request (answers are collected
+        when the next request is due; their latency comes from the kernel's receive timestamps), pre-built
+        requests, a three-field response parser. Its CPU is reported separately.
    In both conditions the benchmark itself polls /readyz at a low rate (--ready-poll-interval) to see when
    it turns 200; that poll is the only HTTP traffic in A.
 3. For each run it records:
@@ -27,8 +30,16 @@ One command:
    and CPU seconds: the sidecar process itself (HTTP server + monitor) and its download child, split from
    /proc/<pid>/stat (utime+stime vs. cutime+cstime) after the child was reaped, plus the total from the
    wait4() rusage (the same numbers ``/usr/bin/time -v`` prints); SeaweedFS CPU; the load generator's CPU;
-   machine-wide busy cores and steal from /proc/stat.
-4. prints markdown tables and writes bench/results/sidecar-<timestamp>.json.
+   machine-wide busy cores and steal from /proc/stat; and the sidecar's own CPU over the probe window
+   (listening -> /readyz 200; all its threads' schedstat, in ns).
+4. per A/B pair: the wall-time ratios B/A, and the CPU figures (``pair_cpu_cost``): the sidecar's extra CPU in
+   B over the probe window / the download's CPU (aibrix-download + SeaweedFS) in A, with and without the load
+   generator's CPU, and CPU per probe. CPU depends far less than wall time on what else runs on the machine,
+   so these are much steadier. Medians of the per-pair values with distribution-free intervals (--ci).
+5. prints markdown tables and writes bench/results/sidecar-<timestamp>.json.
+
+``--probe-cost`` measures only the sidecar's CPU per probe (no download, no SeaweedFS): a real sidecar
+watching a directory whose progress.json is rewritten every 0.5 s, probed by the same load generator.
 
 Run with the project's venv (it has httpx and boto3); SeaweedFS comes from bench/.venv (managed by
 run_bench.py, which is imported, never modified). If bench/.venv has no ``weed``, bench/.venv-sidecar is
@@ -44,11 +55,11 @@ import json
 import math
 import os
 import re
-import selectors
 import shutil
 import signal
 import socket
 import statistics
+import struct
 import subprocess
 import sys
 import tempfile
@@ -72,60 +83,36 @@ def log(msg: str) -> None:
 
 
 class _Conn:
-    def __init__(self, port: int, sel: selectors.BaseSelector) -> None:
-        self.port = port
-        self.sel = sel
-        self.sock: socket.socket | None = None
-        self.buf = bytearray()
-        self.busy = False
-        self.path = ""
-        self.sched = 0.0
-        self.sent_at = 0.0
-        self.connect()
+    __slots__ = ("buf", "idle_since", "pidx", "sent_at", "sock")
 
-    def connect(self) -> None:
-        self.close()
-        s = socket.create_connection(("127.0.0.1", self.port), timeout=5)
-        s.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        s.setblocking(False)
-        self.sock = s
-        self.buf = bytearray()
-        self.busy = False
-        self.sel.register(s, selectors.EVENT_READ, self)
-
-    def close(self) -> None:
-        if self.sock is not None:
-            with contextlib.suppress(Exception):
-                self.sel.unregister(self.sock)
-            with contextlib.suppress(OSError):
-                self.sock.close()
-            self.sock = None
+    def __init__(self, sock: socket.socket) -> None:
+        self.sock = sock
+        self.buf = b""
+        self.pidx = 0
+        self.sent_at = 0.0  # time.time() of the send, to compare with the kernel's receive timestamp
+        self.idle_since = time.monotonic()
 
 
-def _parse_response(buf: bytearray) -> tuple[int, int, bool] | None:
-    """(status, total length, connection-close) of the first complete response in buf, or None if incomplete."""
-    end = buf.find(b"\r\n\r\n")
-    if end < 0:
-        return None
-    head = bytes(buf[:end]).decode("latin-1").split("\r\n")
-    status = int(head[0].split(" ", 2)[1])
-    length = None
-    close = False
-    for line in head[1:]:
-        k, _, v = line.partition(":")
-        k = k.strip().lower()
-        if k == "content-length":
-            length = int(v.strip())
-        elif k == "connection" and "close" in v.lower():
-            close = True
-        elif k == "transfer-encoding":
-            raise ValueError("chunked responses are not supported by this load generator")
-    if length is None:
-        raise ValueError("response without content-length")
-    total = end + 4 + length
-    if len(buf) < total:
-        return None
-    return status, total, close
+IDLE_REOPEN_S = 2.0  # a connection idle this long is replaced before use: servers close idle ones (uvicorn: 5 s)
+SO_TIMESTAMPNS = 35  # Linux (asm-generic and x86): a CLOCK_REALTIME timespec on every received segment
+_TIMESPEC = struct.Struct("@ll")
+
+
+def _parse_head(buf: bytes, end: int) -> tuple[int, int, bool]:
+    """(status, content length, connection-close) from the response head buf[:end]; ValueError if unusable.
+
+    Minimal on purpose (this runs once per probe, on the cores the download needs): the status is at a fixed
+    offset of "HTTP/1.1 NNN", and only content-length and connection are looked for.
+    """
+    head = buf[:end].lower()
+    if not head.startswith(b"http/1.") or head[8:9] != b" ":
+        raise ValueError("not an HTTP/1.x status line")
+    k = head.find(b"\r\ncontent-length:")
+    if k < 0:
+        raise ValueError("response without content-length (chunked responses are not supported)")
+    e = head.find(b"\r\n", k + 17)
+    length = int(head[k + 17 :] if e < 0 else head[k + 17 : e])
+    return int(head[9:12]), length, b"\r\nconnection: close" in head
 
 
 def loadgen_main(argv: list[str]) -> int:
@@ -133,6 +120,12 @@ def loadgen_main(argv: list[str]) -> int:
 
     Reads the port from stdin (so the process is started, imported and waiting before the sidecar exists),
     stops on SIGTERM, after --max-seconds or after --max-requests, and prints one JSON object on stdout.
+
+    Its own CPU counts against the download on a small machine, so it wakes up once per request, not twice:
+    it sleeps until the next request is due, then collects the answers that arrived meanwhile (non-blocking
+    reads of the connections awaiting one) and sends. A probe's latency is still exact: it is the kernel's
+    receive timestamp of the answer (SO_TIMESTAMPNS) minus the send time, not the time it was read. Requests
+    are pre-built, and the response parser reads three fields.
     """
     p = argparse.ArgumentParser(prog="bench_sidecar.py --_loadgen")
     p.add_argument("--rate", type=float, required=True)
@@ -154,7 +147,8 @@ def loadgen_main(argv: list[str]) -> int:
         print(json.dumps({"error": "no port given"}), flush=True)
         return 2
     port = int(line)
-    reqs = {path: f"GET {path} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\n\r\n".encode() for path in PROBE_PATHS}
+    reqs = [f"GET {path} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\n\r\n".encode() for path in PROBE_PATHS]
+    npaths = len(PROBE_PATHS)
 
     # aibrix-sidecar logs "listening on" after bind() but before uvicorn calls listen(): until then connect()
     # is refused, so wait (briefly) for the port to accept before the schedule starts.
@@ -171,122 +165,169 @@ def loadgen_main(argv: list[str]) -> int:
                 return 2
             time.sleep(0.002)
     connect_wait = time.monotonic() - tw
-    sel = selectors.DefaultSelector()
-    conns = [_Conn(port, sel) for _ in range(a.conns)]
-    lat: dict[str, list[float]] = {path: [] for path in PROBE_PATHS}
+
+    idle: list[_Conn] = []  # a stack: the most recently answered connection goes out first
+    busy: list[_Conn] = []  # awaiting an answer
+    lat: list[list[float]] = [[] for _ in PROBE_PATHS]
     late: list[float] = []  # send time - scheduled time
-    statuses: dict[str, dict[str, int]] = {path: {} for path in PROBE_PATHS}
+    codes: list[dict[int, int]] = [{} for _ in PROBE_PATHS]
     errors: dict[str, int] = {}
     reconnects = 0
+    reopened = 0
+    conns_used = 0
+    kernel_stamps = True
+    ancsize = socket.CMSG_SPACE(_TIMESPEC.size) * 4
 
     def err(kind: str) -> None:
         errors[kind] = errors.get(kind, 0) + 1
 
-    def issue(c: _Conn, i: int, sched: float) -> None:
-        nonlocal reconnects
-        path = PROBE_PATHS[i % len(PROBE_PATHS)]
-        data = reqs[path]
-        for attempt in (0, 1):
-            try:
-                assert c.sock is not None
-                n = c.sock.send(data)
-                if n != len(data):
-                    raise OSError("partial send")
-                break
-            except OSError:
-                err("send")
-                if attempt:
-                    return
-                c.connect()
-                reconnects += 1
-        c.busy, c.path, c.sched, c.sent_at = True, path, sched, time.monotonic()
-        late.append(c.sent_at - sched)
-
-    def on_readable(c: _Conn) -> None:
-        nonlocal reconnects
+    def open_conn() -> _Conn:
+        nonlocal conns_used, kernel_stamps
+        s = socket.create_connection(("127.0.0.1", port), timeout=5)
+        s.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         try:
-            assert c.sock is not None
-            data = c.sock.recv(65536)
-        except BlockingIOError:
-            return
+            s.setsockopt(socket.SOL_SOCKET, SO_TIMESTAMPNS, 1)
         except OSError:
-            data = b""
-        now = time.monotonic()
-        if not data:
-            if c.busy:
-                err("closed-before-response")
-            c.connect()
-            reconnects += 1
-            return
-        c.buf += data
-        while True:
-            try:
-                parsed = _parse_response(c.buf)
-            except (ValueError, IndexError):
-                err("unparseable")
-                c.connect()
-                reconnects += 1
-                return
-            if parsed is None:
-                return
-            status, total, close = parsed
-            del c.buf[:total]
-            if c.busy:
-                lat[c.path].append(now - c.sent_at)
-                st = statuses[c.path]
-                st[str(status)] = st.get(str(status), 0) + 1
-                c.busy = False
-            else:
-                err("unsolicited-response")
-            if close:
-                c.connect()
-                reconnects += 1
-                return
+            kernel_stamps = False
+        s.setblocking(False)
+        conns_used += 1
+        return _Conn(s)
 
+    def replace(c: _Conn) -> None:
+        """Close c (no longer in idle or busy) and put a fresh connection in the idle stack."""
+        nonlocal reconnects
+        with contextlib.suppress(OSError):
+            c.sock.close()
+        reconnects += 1
+        try:
+            idle.append(open_conn())
+        except OSError:
+            err("connect")
+
+    def reap(c: _Conn) -> bool:
+        """Read what arrived on a busy connection; True when its answer is complete (c is then off `busy`)."""
+        try:
+            data, anc, _flags, _addr = c.sock.recvmsg(65536, ancsize)
+        except BlockingIOError:
+            return False
+        except OSError:
+            data, anc = b"", []
+        if not data:
+            err("closed-before-response")
+            replace(c)
+            return True
+        buf = c.buf + data if c.buf else data
+        end = buf.find(b"\r\n\r\n")
+        if end < 0:
+            c.buf = buf
+            return False
+        try:
+            status, length, close = _parse_head(buf, end)
+        except ValueError:
+            err("unparseable")
+            replace(c)
+            return True
+        total = end + 4 + length
+        if len(buf) < total:
+            c.buf = buf
+            return False
+        if len(buf) > total:
+            err("unsolicited-response")
+            close = True
+        arrived = time.time()
+        for level, kind, stamp in anc:
+            if level == socket.SOL_SOCKET and kind == SO_TIMESTAMPNS and len(stamp) >= _TIMESPEC.size:
+                sec, nsec = _TIMESPEC.unpack_from(stamp)
+                arrived = sec + nsec * 1e-9
+        lat[c.pidx].append(arrived - c.sent_at)
+        st = codes[c.pidx]
+        st[status] = st.get(status, 0) + 1
+        c.buf = b""
+        if close:
+            replace(c)
+        else:
+            c.idle_since = mono()
+            idle.append(c)
+        return True
+
+    mono = time.monotonic
+    for _ in range(a.conns):
+        idle.append(open_conn())
+    wall = time.time
+    sleep = time.sleep
+    interval = 1.0 / a.rate
+    max_requests, max_conns = a.max_requests, a.max_conns
     ru0 = os.times()
-    t0 = time.monotonic()
+    t0 = mono()
     deadline = t0 + a.max_seconds
+    due = wake = t0  # request i is due at `due`; the loop sleeps until `wake`
     i = 0
     backlog_max = 0
     while not stop:
-        now = time.monotonic()
-        if now >= deadline or i >= a.max_requests:
+        now = mono()
+        if now >= deadline or i >= max_requests:
             break
-        while i < a.max_requests and t0 + i / a.rate <= now:
-            c = next((c for c in conns if not c.busy), None)
-            if c is None and len(conns) < a.max_conns:
+        if wake > now:
+            sleep(min(wake, deadline) - now)
+            continue
+        if busy:
+            busy = [c for c in busy if not reap(c)]
+        while due <= now and i < max_requests:
+            if idle:
+                c = idle.pop()
+                if now - c.idle_since > IDLE_REOPEN_S:  # the server may have closed it by now
+                    with contextlib.suppress(OSError):
+                        c.sock.close()
+                    try:
+                        c = open_conn()
+                    except OSError:
+                        err("connect")
+                        break
+                    reopened += 1
+            elif len(idle) + len(busy) < max_conns:
                 # open loop: a request that is due goes out now, on a new connection if all are waiting
                 try:
-                    c = _Conn(port, sel)
-                    conns.append(c)
+                    c = open_conn()
                 except OSError:
                     err("connect")
-            if c is None:
+                    break
+            else:
                 break
-            issue(c, i, t0 + i / a.rate)
+            pidx = i % npaths
+            try:
+                c.sock.send(reqs[pidx])  # ~50 bytes into an empty socket buffer: all of it or an error
+            except OSError:
+                err("send")
+                replace(c)
+                continue
+            c.pidx, c.sent_at = pidx, wall()
+            busy.append(c)
+            late.append(mono() - due)
             i += 1
+            due = t0 + i * interval
         backlog = int((now - t0) * a.rate) + 1 - i
-        backlog_max = max(backlog_max, backlog)
-        idle = any(not c.busy for c in conns)
-        timeout = max(0.0, t0 + i / a.rate - time.monotonic()) if idle else 0.05
-        timeout = min(timeout, max(0.0, deadline - time.monotonic()))
-        for key, _ev in sel.select(timeout):
-            on_readable(key.data)
-    t_stop = time.monotonic()
+        if backlog > backlog_max:
+            backlog_max = backlog
+        # normally sleep until the next request is due; if one is still due, every connection awaits an answer
+        # (or connect failed): look again shortly
+        wake = due if due > now else now + 0.001
+    t_stop = mono()
     drain_until = t_stop + 2.0
-    while any(c.busy for c in conns) and time.monotonic() < drain_until:
-        for key, _ev in sel.select(0.05):
-            on_readable(key.data)
-    unanswered = sum(1 for c in conns if c.busy)
+    while busy and mono() < drain_until:
+        busy = [c for c in busy if not reap(c)]
+        if busy:
+            sleep(0.005)
+    unanswered = len(busy)
     ru1 = os.times()
-    for c in conns:
-        c.close()
-    completed = sum(len(v) for v in lat.values())
+    for c in idle + busy:
+        with contextlib.suppress(OSError):
+            c.sock.close()
+    completed = sum(len(v) for v in lat)
     active = t_stop - t0
     out = {
         "rate_target": a.rate,
         "conns": a.conns,
-        "conns_used": len(conns),
+        "conns_used": conns_used,
         "sent": i,
         "completed": completed,
         "unanswered": unanswered,
@@ -296,13 +337,17 @@ def loadgen_main(argv: list[str]) -> int:
         "stopped_by": "signal" if stop else ("max-requests" if i >= a.max_requests else "max-seconds"),
         "backlog_max": backlog_max,
         "reconnects": reconnects,
+        "reopened_after_idle": reopened,
         "connect_wait_s": connect_wait,
         "refused_before_listen": refused,
         "errors": errors,
-        "statuses": statuses,
-        "latency_s": {k: [round(x, 6) for x in v] for k, v in lat.items()},
+        "statuses": {path: {str(k): n for k, n in codes[j].items()} for j, path in enumerate(PROBE_PATHS)},
+        "latency_s": {path: [round(x, 6) for x in lat[j]] for j, path in enumerate(PROBE_PATHS)},
+        "latency_clock": "kernel receive timestamp" if kernel_stamps else "read time (no SO_TIMESTAMPNS)",
         "lateness_s": [round(x, 6) for x in late],
         "cpu_s": (ru1.user - ru0.user) + (ru1.system - ru0.system),
+        "cpu_user_s": ru1.user - ru0.user,
+        "cpu_sys_s": ru1.system - ru0.system,
     }
     print(json.dumps(out), flush=True)
     return 0
@@ -351,6 +396,19 @@ def proc_cpu(pid: int) -> dict[str, float] | None:
         return None
     tck = os.sysconf("SC_CLK_TCK")
     return {"self_s": (int(f[11]) + int(f[12])) / tck, "children_s": (int(f[13]) + int(f[14])) / tck}
+
+
+def proc_threads_ns(pid: int) -> int | None:
+    """Summed on-CPU time of all live threads of pid, in ns (/proc/<pid>/task/*/schedstat; finer than ticks)."""
+    total = 0
+    try:
+        tids = os.listdir(f"/proc/{pid}/task")
+    except OSError:
+        return None
+    for tid in tids:
+        with contextlib.suppress(OSError, ValueError, IndexError):
+            total += int(Path(f"/proc/{pid}/task/{tid}/schedstat").read_text().split()[0])
+    return total
 
 
 def proc_rss_mib(pid: int) -> float | None:
@@ -523,11 +581,14 @@ class SidecarBench:
         polls: dict[str, int] = {}
         t_ready = None
         t_listen = None
+        win0: tuple[int | None, dict[str, float] | None] = (None, None)
+        win1: tuple[int | None, dict[str, float] | None] = (None, None)
         lg: dict[str, Any] | None = None
         status_body: dict[str, Any] | None = None
         try:
             port = self._wait_listening(proc, errfile, 60)
             t_listen = time.monotonic()
+            win0 = (proc_threads_ns(proc.pid), proc_cpu(proc.pid))
             if loadgen is not None:
                 assert loadgen.stdin is not None
                 loadgen.stdin.write(f"{port}\n".encode())
@@ -542,6 +603,7 @@ class SidecarBench:
                         polls[str(r.status_code)] = polls.get(str(r.status_code), 0) + 1
                         if r.status_code == 200:
                             t_ready = time.monotonic()
+                            win1 = (proc_threads_ns(proc.pid), proc_cpu(proc.pid))
                             break
                     except httpx.HTTPError as e:
                         polls[type(e).__name__] = polls.get(type(e).__name__, 0) + 1
@@ -644,6 +706,8 @@ class SidecarBench:
 
         run.update(
             startup_s=(t_listen - t0) if t_listen else None,
+            # the probe window: listening -> /readyz 200, without the sidecar's own (noisy) start-up
+            window_s=(t_ready - t_listen) if t_ready and t_listen else None,
             ready_s=(t_ready - t0) if t_ready else None,
             manifest_s=manifest_s,
             dl_own_s=dl_own,
@@ -651,6 +715,12 @@ class SidecarBench:
             ready_polls=polls,
             sidecar_exit_code=exit_code,
             sidecar_self_cpu_s=split["self_s"] if split else None,
+            # the sidecar's own CPU (all its threads, not the download child) from listening to /readyz 200,
+            # i.e. over the probe window: from schedstat (ns), and from utime+stime (10 ms ticks)
+            sidecar_cpu_window_s=(win1[0] - win0[0]) / 1e9 if win0[0] is not None and win1[0] is not None else None,
+            sidecar_cpu_window_ticks_s=(win1[1]["self_s"] - win0[1]["self_s"]) if win0[1] and win1[1] else None,
+            sidecar_cpu_at_listen_s=win0[1]["self_s"] if win0[1] else None,  # its start-up
+            sidecar_cpu_at_ready_s=win1[1]["self_s"] if win1[1] else None,
             download_child_cpu_s=split["children_s"] if split else None,
             sidecar_total_cpu_s_rusage=(ru.ru_utime + ru.ru_stime) if ru else None,
             sidecar_peak_rss_mib=hwm,
@@ -693,6 +763,9 @@ class SidecarBench:
                     "cpu_s",
                 )
             }
+            run["probe"].update(
+                {k: lg.get(k) for k in ("cpu_user_s", "cpu_sys_s", "reopened_after_idle", "latency_clock")}
+            )
             run["probe"].update(
                 lat_p50_ms=1e3 * (pct(lat_all, 50) or 0),
                 lat_p99_ms=1e3 * (pct(lat_all, 99) or 0),
@@ -743,7 +816,13 @@ class SidecarBench:
         if not Path(a.sidecar_bin).exists():
             raise SystemExit(f"{a.sidecar_bin} does not exist")
         shard_mib = max(1, round(a.size_gib * 1024 / a.shards))
-        self.spec = spec = rb.ModelSpec(a.shards, shard_mib)
+        # run_bench.py's newer ModelSpec carries the upload's part size (and ensure_model no longer takes it)
+        spec_has_part = hasattr(rb.ModelSpec, "part_mib")
+        if spec_has_part:
+            spec = rb.ModelSpec(shards=a.shards, shard_mib=shard_mib, part_mib=a.chunk_mib)
+        else:
+            spec = rb.ModelSpec(a.shards, shard_mib)
+        self.spec = spec
         self.uri = f"s3://{rb.BUCKET}/{spec.prefix}"
 
         ts = dt.datetime.now().strftime("%Y%m%dT%H%M%S")
@@ -767,7 +846,10 @@ class SidecarBench:
             "AWS_EC2_METADATA_DISABLED": "true",
             "PYTHONUNBUFFERED": "1",
         }
-        manifest = rb.ensure_model(endpoint, spec, self.scratch, a.chunk_mib)
+        if spec_has_part:
+            manifest = rb.ensure_model(endpoint, spec, self.scratch)
+        else:
+            manifest = rb.ensure_model(endpoint, spec, self.scratch, a.chunk_mib)
         self.files = manifest["files"]
         total = sum(v["size"] for v in self.files.values())
 
@@ -848,7 +930,7 @@ class SidecarBench:
     # ------------------------------------------------------------------------------------- summary
     def summarize(self) -> dict[str, Any]:
         runs = [r for r in self.record["runs"] if not r["warmup"]]
-        metrics = ("ready_s", "manifest_s", "dl_own_s")
+        metrics = ("ready_s", "window_s", "manifest_s", "dl_own_s")
         per_cond: dict[str, Any] = {}
         for cond in ("A", "B"):
             ok = [r for r in runs if r["cond"] == cond and r["ok"]]
@@ -857,6 +939,7 @@ class SidecarBench:
                 *metrics,
                 "startup_s",
                 "sidecar_self_cpu_s",
+                "sidecar_cpu_window_s",
                 "download_child_cpu_s",
                 "sidecar_total_cpu_s_rusage",
                 "server_cpu_s",
@@ -880,13 +963,14 @@ class SidecarBench:
                         "rep": rep,
                         "first": "A" if ra["order_in_rep"] == 0 else "B",
                         **{m: rb_[m] / ra[m] for m in metrics if ra.get(m) and rb_.get(m)},
+                        **pair_cpu_cost(ra, rb_),
                     }
                 )
         slowdown: dict[str, Any] = {}
         for m in metrics:
             rs = [p[m] for p in pairs if m in p]
             ma, mb = per_cond["A"][m]["median"], per_cond["B"][m]["median"]
-            lo, hi, cov = median_ci(rs)
+            lo, hi, cov = median_ci(rs, self.a.ci)
             slowdown[m] = {
                 "median_pair_ratio": median(rs),
                 "median_ci_low": lo,
@@ -937,12 +1021,39 @@ class SidecarBench:
             verdict = "does not hold"
         else:
             verdict = "inconclusive (the interval contains 1.05)"
+        # The CPU figures: far less noise-sensitive than wall time (other work barely changes CPU per unit of work).
+        cpu_cost: dict[str, Any] = {}
+        for m in CPU_COST_METRICS:
+            rs = [p[m] for p in pairs if p.get(m) is not None]
+            lo, hi, cov = median_ci(rs, self.a.ci)
+            cpu_cost[m] = {
+                "median": median(rs),
+                "ci_low": lo,
+                "ci_high": hi,
+                "ci_coverage": cov,
+                "min": min(rs) if rs else None,
+                "max": max(rs) if rs else None,
+                "pairs": len(rs),
+            }
+        c = cpu_cost["cpu_share_sidecar"]
+        if c["ci_high"] is None:
+            cpu_verdict = None
+        elif c["ci_high"] < 0.05:
+            cpu_verdict = "holds"
+        elif c["ci_low"] >= 0.05:
+            cpu_verdict = "does not hold"
+        else:
+            cpu_verdict = "inconclusive (the interval contains 5 %)"
         # what the probe load costs in CPU, per download: the sidecar's extra CPU plus the load generator's
         a_cpu = {k: per_cond["A"][k]["median"] for k in ("sidecar_self_cpu_s", "download_child_cpu_s", "server_cpu_s")}
         b_side = per_cond["B"]["sidecar_self_cpu_s"]["median"]
+        # over the probe window when measured (the whole run's CPU adds the sidecar's start-up and stop noise)
+        a_win, b_win = per_cond["A"]["sidecar_cpu_window_s"]["median"], per_cond["B"]["sidecar_cpu_window_s"]["median"]
         extra = None
         if b_side is not None and a_cpu["sidecar_self_cpu_s"] is not None:
             extra_side = b_side - a_cpu["sidecar_self_cpu_s"]
+            if a_win is not None and b_win is not None:
+                extra_side = b_win - a_win
             lg_cpu = probe["loadgen_cpu_s_median"] or 0.0
             pipeline = sum(v for v in a_cpu.values() if v is not None)
             extra = {
@@ -960,7 +1071,10 @@ class SidecarBench:
             "slowdown": slowdown,
             "probe": probe,
             "probe_cpu_cost": extra,
+            "cpu_cost": cpu_cost,
+            "ci_level": self.a.ci,
             "target_5pct_verdict": verdict,
+            "target_5pct_cpu_verdict": cpu_verdict,
         }
 
     def markdown(self, s: dict[str, Any]) -> str:
@@ -1001,14 +1115,15 @@ class SidecarBench:
             "Medians (min-max). CPU columns are per run; sidecar CPU = the sidecar process itself "
             "(HTTP server + monitor), download child = the `aibrix-download` it runs.",
             "",
-            "| slowdown B/A | median of per-pair ratios (min-max) | CI of that median (coverage) "
-            "| ratio of medians | pairs |",
+            f"| slowdown B/A | median of per-pair ratios (min-max) | {100 * a.ci:.0f} % interval of that median "
+            "(coverage) | ratio of medians | pairs |",
             "|---|---|---|---|---|",
         ]
         for k, label in (
             ("ready_s", "start → /readyz 200"),
             ("manifest_s", "start → manifest written"),
             ("dl_own_s", "downloader's own duration"),
+            ("window_s", "listening → /readyz 200 (the probe window)"),
         ):
             d = sl[k]
             rng = f" ({d['min_pair_ratio']:.3f}-{d['max_pair_ratio']:.3f})" if d["min_pair_ratio"] is not None else ""
@@ -1018,6 +1133,38 @@ class SidecarBench:
                 f"({fmt(100 * d['median_ci_coverage'] if d['median_ci_coverage'] else None, '.0f')} %) "
                 f"| {fmt(d['ratio_of_medians'], '.3f')} "
                 f"| {d['pairs']} |"
+            )
+        cc2 = s.get("cpu_cost") or {}
+        ci = f"{100 * s.get('ci_level', 0.95):.0f} %"
+        out += [
+            "",
+            "Per-pair CPU figures (B's extra sidecar CPU is measured over the probe window, listening → /readyz "
+            "200, in both runs of the pair; the download's CPU = the aibrix-download child + SeaweedFS, in A):",
+            "",
+            f"| CPU cost of the probes | median of per-pair values (min-max) | {ci} interval of that median "
+            "(coverage) | pairs |",
+            "|---|---|---|---|",
+        ]
+        for k, label, scale, spec, unit in (
+            ("cpu_share_sidecar", "sidecar's extra CPU ÷ the download's CPU", 100, ".2f", " %"),
+            ("cpu_share_with_loadgen", "(sidecar's extra + load generator's CPU) ÷ the download's CPU", 100, ".2f",
+             " %"),
+            ("sidecar_ms_per_probe", "sidecar's extra CPU per probe", 1, ".3f", " ms"),
+            ("loadgen_ms_per_request", "load generator's CPU per request", 1, ".3f", " ms"),
+            ("download_cpu_ratio", "the download's CPU (aibrix-download + SeaweedFS), B ÷ A", 1, ".3f", ""),
+        ):  # fmt: skip
+            d = cc2.get(k)
+            if not d or d["median"] is None:
+                out.append(f"| {label} | — | — | 0 |")
+                continue
+
+            def v(x: float | None, spec: str = spec, scale: float = scale) -> str:
+                return fmt(None if x is None else scale * x, spec)
+
+            out.append(
+                f"| {label} | {v(d['median'])}{unit} ({v(d['min'])}-{v(d['max'])}) "
+                f"| {v(d['ci_low'])}-{v(d['ci_high'])}{unit} "
+                f"({fmt(100 * d['ci_coverage'] if d['ci_coverage'] else None, '.0f')} %) | {d['pairs']} |"
             )
         pp = pr["per_path"]
         out += [
@@ -1047,7 +1194,7 @@ class SidecarBench:
             "",
             *(
                 [
-                    f"CPU cost of the probe load per download (medians): sidecar +{cc['sidecar_extra_cpu_s']:.2f} "
+                    f"CPU cost of the probe load per download (medians): sidecar {cc['sidecar_extra_cpu_s']:+.2f} "
                     f"CPU-s (~{fmt(cc['sidecar_extra_cpu_ms_per_request'], '.2f')} ms per request), load generator "
                     f"{cc['loadgen_cpu_s']:.2f} CPU-s; together {100 * (cc['extra_share_of_pipeline'] or 0):.0f} % "
                     f"of the {cc['pipeline_cpu_s_in_A']:.2f} CPU-s that sidecar + download + SeaweedFS use in A.",
@@ -1061,6 +1208,18 @@ class SidecarBench:
             f"(point estimate {fmt(sl['ready_s']['median_pair_ratio'], '.3f')}, interval "
             f"{fmt(sl['ready_s']['median_ci_low'], '.3f')}-{fmt(sl['ready_s']['median_ci_high'], '.3f')}).",
             "",
+            *(
+                [
+                    f"The same target on CPU (the sidecar's extra CPU < 5 % of the download's): "
+                    f"**{s['target_5pct_cpu_verdict']}** (point estimate {100 * cs['median']:.2f} %, interval "
+                    f"{100 * cs['ci_low']:.2f}-{100 * cs['ci_high']:.2f} %; with the load generator's CPU added "
+                    f"{fmt(100 * cl['median'] if cl.get('median') is not None else None, '.2f')} %).",
+                    "",
+                ]
+                if (cs := cc2.get("cpu_share_sidecar") or {}).get("median") is not None
+                and (cl := cc2.get("cpu_share_with_loadgen") or {}) is not None
+                else []
+            ),
             f"Load average at start / end: {', '.join(f'{x:.1f}' for x in m['loadavg_at_start'])} / "
             f"{', '.join(f'{x:.1f}' for x in self.record.get('loadavg_at_end', ()))} on {m['nproc']} CPUs.",
             "",
@@ -1068,6 +1227,49 @@ class SidecarBench:
             "",
         ]
         return "\n".join(out)
+
+
+CPU_COST_METRICS = (
+    "cpu_share_sidecar",
+    "cpu_share_with_loadgen",
+    "sidecar_ms_per_probe",
+    "loadgen_ms_per_request",
+    "download_cpu_ratio",
+)
+
+
+def pair_cpu_cost(run_a: dict[str, Any], run_b: dict[str, Any]) -> dict[str, float]:
+    """One A/B pair's CPU figures.
+
+    cpu_share_sidecar       (sidecar CPU over the probe window in B - the same in A) / the download's CPU in A
+                            (the aibrix-download child + SeaweedFS): what answering the probes costs, as a
+                            share of what the download itself needs. On a CPU-bound box a slowdown of about
+                            this much follows; it depends far less than wall time on what else runs.
+    cpu_share_with_loadgen  the same with the load generator's CPU added (it shares the 2 cores here; in a
+                            cluster the kubelet sends the probes).
+    sidecar_ms_per_probe    the sidecar's extra CPU per answered probe; loadgen_ms_per_request its own.
+    download_cpu_ratio      the download's CPU in B ÷ in A: indirect costs of the probes (preempted download
+                            threads, colder caches) would show here; noisier, since it is the big number.
+    """
+    out: dict[str, float] = {}
+    wa, wb = run_a.get("sidecar_cpu_window_s"), run_b.get("sidecar_cpu_window_s")
+    download = (run_a.get("download_child_cpu_s") or 0.0) + (run_a.get("server_cpu_s") or 0.0)
+    probe = run_b.get("probe") or {}
+    if download <= 0:
+        return out
+    download_b = (run_b.get("download_child_cpu_s") or 0.0) + (run_b.get("server_cpu_s") or 0.0)
+    if download_b > 0:
+        out["download_cpu_ratio"] = download_b / download
+    if wa is None or wb is None:
+        return out
+    out["cpu_share_sidecar"] = (wb - wa) / download
+    if probe.get("cpu_s") is not None:
+        out["cpu_share_with_loadgen"] = (wb - wa + probe["cpu_s"]) / download
+    if probe.get("completed"):
+        out["sidecar_ms_per_probe"] = 1e3 * (wb - wa) / probe["completed"]
+        if probe.get("cpu_s") is not None:
+            out["loadgen_ms_per_request"] = 1e3 * probe["cpu_s"] / probe["completed"]
+    return out
 
 
 def _merge(dicts: list[dict[str, dict[str, int]]]) -> dict[str, dict[str, int]]:
@@ -1082,6 +1284,168 @@ def _merge(dicts: list[dict[str, dict[str, int]]]) -> dict[str, dict[str, int]]:
 
 def fmt(v: float | None, spec: str) -> str:
     return "—" if v is None else format(v, spec)
+
+
+# ======================================================================== probe cost (no download, no SeaweedFS)
+
+
+def probe_cost_main(a: argparse.Namespace) -> int:
+    """CPU per probe of a real ``aibrix-sidecar`` process, measured from /proc while the load generator runs.
+
+    The sidecar watches a model directory whose progress.json a thread here rewrites every 0.5 s the way the
+    downloader does (``StateDir.write_progress``: phase downloading, a few files in flight), so /status and
+    /readyz see a download in progress. For each round: the sidecar's utime+stime (and its threads' schedstat,
+    in ns) over an idle stretch, then over --cost-requests probes sent by the same load generator as condition
+    B (separate process, /readyz and /status alternately at --rate); CPU per probe = (loaded - idle rate x
+    duration) / requests. The load generator's own CPU per request is reported beside it.
+    """
+    import threading
+
+    from downloader.state import Progress, StateDir
+
+    scratch = Path(tempfile.mkdtemp(prefix="aibrix-probe-cost-"))
+    model_dir = scratch / "m"
+    state = StateDir(str(model_dir))
+    state.ensure()
+    stop = threading.Event()
+    t_start = time.time()
+    shards = {f"model-0000{i}-of-00004.safetensors": 512 << 20 for i in range(1, 5)}
+
+    def write_progress() -> None:
+        k = 0
+        while not stop.is_set():
+            k += 1
+            done = min(sum(shards.values()) - 1, k * (40 << 20))
+            active = {name: {"size": size, "done": min(size, max(0, done - i * size))} for i, (name, size) in
+                      enumerate(shards.items())}  # fmt: skip
+            state.write_progress(
+                Progress(
+                    phase="downloading",
+                    source="s3://bench/models/probe-cost/",
+                    model_dir=str(model_dir),
+                    pid=os.getpid(),
+                    host="bench",
+                    started_at=t_start,
+                    updated_at=time.time(),
+                    bytes_total=sum(shards.values()) + 30000,
+                    bytes_done=done,
+                    bytes_fetched=done,
+                    files_total=len(shards) + 3,
+                    files_done=3,
+                    rate_bps=80e6,
+                    eta_seconds=20.0,
+                    active_files={k: v for k, v in active.items() if 0 < v["done"] < v["size"]},
+                )
+            )
+            stop.wait(0.5)
+
+    writer = threading.Thread(target=write_progress, daemon=True)
+    writer.start()
+    errfile = scratch / "sidecar.err"
+    argv = [str(a.sidecar_bin), "--host", "127.0.0.1", "--port", "0", "--model-dir", str(model_dir)]
+    env = {k: v for k, v in os.environ.items() if not k.startswith("SIDECAR_")} | {"PYTHONUNBUFFERED": "1"}
+    with open(errfile, "wb") as ef:
+        proc = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=ef, stdin=subprocess.DEVNULL, env=env)
+    rounds: list[dict[str, Any]] = []
+    try:
+        rx = re.compile(rb"listening on http://127\.0\.0\.1:(\d+)")
+        deadline = time.monotonic() + 60
+        port = 0
+        while not port:
+            m = rx.search(errfile.read_bytes())
+            if m:
+                port = int(m.group(1))
+            elif proc.poll() is not None or time.monotonic() > deadline:
+                raise SystemExit(f"sidecar did not start:\n{errfile.read_text()}")
+            else:
+                time.sleep(0.01)
+        tck = os.sysconf("SC_CLK_TCK")
+
+        def cpu() -> tuple[float, int]:
+            c = proc_cpu(proc.pid)
+            return (c["self_s"] if c else math.nan), proc_threads_ns(proc.pid) or 0
+
+        def load(n: int) -> dict[str, Any]:
+            lg = subprocess.Popen(
+                [sys.executable, str(Path(__file__).resolve()), "--_loadgen", "--rate", str(a.rate),
+                 "--max-seconds", str(10 + 2 * n / a.rate), "--max-requests", str(n), "--conns", str(a.probe_conns),
+                 "--max-conns", str(a.probe_max_conns)],
+                stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+            )  # fmt: skip
+            out, _ = lg.communicate(f"{port}\n".encode(), timeout=60 + 4 * n / a.rate)
+            res: dict[str, Any] = json.loads(out.decode().strip().splitlines()[-1])
+            return res
+
+        load(max(200, a.cost_requests // 10))  # warm-up: imports, first connections, caches
+        for r in range(a.cost_rounds):
+            c0, n0, w0 = *cpu(), time.monotonic()
+            lg = load(a.cost_requests)
+            c1, n1, w1 = *cpu(), time.monotonic()
+            time.sleep(min(w1 - w0, a.cost_idle_seconds))  # idle: the poll thread, the event loop's timers
+            c2, n2, w2 = *cpu(), time.monotonic()
+            if "error" in lg:
+                raise SystemExit(f"load generator: {lg['error']}")
+            idle_rate_ns = (n2 - n1) / (w2 - w1)
+            done = lg["completed"]
+            row = {
+                "round": r,
+                "requests": done,
+                "achieved_rps": lg["achieved_rps"],
+                "statuses": lg["statuses"],
+                "errors": lg["errors"],
+                "lat_p50_ms": 1e3 * (pct([x for v in lg["latency_s"].values() for x in v], 50) or 0),
+                "sidecar_cpu_s_ticks": c1 - c0,
+                "sidecar_cpu_s_sched": (n1 - n0) / 1e9,
+                "sidecar_idle_cpu_s_per_s": idle_rate_ns / 1e9,
+                "sidecar_idle_cpu_s_ticks": c2 - c1,
+                "sidecar_ms_per_probe_ticks": 1e3 * ((c1 - c0) - (c2 - c1) * (w1 - w0) / (w2 - w1)) / done,
+                "sidecar_ms_per_probe": 1e3 * ((n1 - n0) - idle_rate_ns * (w1 - w0)) / 1e9 / done,
+                "loadgen_cpu_s": lg["cpu_s"],
+                "loadgen_user_ms_per_request": 1e3 * lg["cpu_user_s"] / done,
+                "loadgen_sys_ms_per_request": 1e3 * lg["cpu_sys_s"] / done,
+                "loadgen_ms_per_request": 1e3 * lg["cpu_s"] / done,
+                "tick_s": 1 / tck,
+            }
+            rounds.append(row)
+            log(
+                f"round {r}: {done} probes @ {lg['achieved_rps']:.0f} rps: sidecar "
+                f"{row['sidecar_ms_per_probe']:.3f} ms/probe (ticks: {row['sidecar_ms_per_probe_ticks']:.3f}), "
+                f"idle {1e3 * row['sidecar_idle_cpu_s_per_s']:.2f} ms/s; load generator "
+                f"{row['loadgen_ms_per_request']:.3f} ms/request; p50 {row['lat_p50_ms']:.2f} ms; {lg['statuses']}"
+            )
+    finally:
+        stop.set()
+        proc.terminate()
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            proc.wait(timeout=30)
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+        writer.join(timeout=5)
+        shutil.rmtree(scratch, ignore_errors=True)
+    per = [r["sidecar_ms_per_probe"] for r in rounds]
+    lgs = [r["loadgen_ms_per_request"] for r in rounds]
+    summary = {
+        "benchmark": "sidecar CPU per probe",
+        "timestamp": dt.datetime.now().strftime("%Y%m%dT%H%M%S"),
+        "rate": a.rate,
+        "requests_per_round": a.cost_requests,
+        "git": subprocess.run(
+            ["git", "-C", str(REPO_DIR), "rev-parse", "--short", "HEAD"], capture_output=True, text=True
+        ).stdout.strip(),
+        "loadavg_at_end": os.getloadavg(),
+        "rounds": rounds,
+        "sidecar_ms_per_probe_median": median(per),
+        "sidecar_ms_per_probe_min": min(per) if per else None,
+        "loadgen_ms_per_request_median": median(lgs),
+    }
+    print(json.dumps(summary, indent=1))
+    log(
+        f"sidecar CPU per probe: median {fmt(summary['sidecar_ms_per_probe_median'], '.3f')} ms "
+        f"(min {fmt(summary['sidecar_ms_per_probe_min'], '.3f')}) over {len(per)} rounds of {a.cost_requests} "
+        f"at {a.rate:g} rps; load generator {fmt(summary['loadgen_ms_per_request_median'], '.3f')} ms/request"
+    )
+    return 0
 
 
 # ============================================================================================== setup
@@ -1111,6 +1475,9 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
     p.add_argument("--reps", type=int, default=5, help="A/B pairs (order alternates)")
+    p.add_argument(
+        "--ci", type=float, default=0.95, help="coverage of the medians' distribution-free intervals (at least)"
+    )
     p.add_argument("--warmup", type=int, default=1, help="untimed runs (condition A) before the pairs")
     p.add_argument("--size-gib", type=float, default=2.0, help="approximate model size")
     p.add_argument("--shards", type=int, default=2, help="large safetensors shards the size is split into")
@@ -1134,6 +1501,15 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     p.add_argument("--store-dir", default="", help="SeaweedFS data dir to reuse (default: a throw-away one)")
     p.add_argument("--results-dir", default=str(DEFAULT_RESULTS))
     p.add_argument("--sidecar-bin", default=str(DEFAULT_SIDECAR))
+    g = p.add_argument_group("--probe-cost: CPU per probe of the sidecar alone (no download, no SeaweedFS)")
+    g.add_argument(
+        "--probe-cost",
+        action="store_true",
+        help="measure the sidecar's CPU per probe and the load generator's CPU per request, then exit",
+    )
+    g.add_argument("--cost-requests", type=int, default=4000, help="probes per round")
+    g.add_argument("--cost-rounds", type=int, default=3, help="rounds (median reported)")
+    g.add_argument("--cost-idle-seconds", type=float, default=10.0, help="idle stretch after each round (baseline)")
     return p.parse_args(argv)
 
 
@@ -1141,6 +1517,8 @@ def main(argv: list[str]) -> int:
     if argv[:1] == ["--_loadgen"]:
         return loadgen_main(argv[1:])
     args = parse_args(argv)
+    if args.probe_cost:
+        return probe_cost_main(args)
     rb = load_run_bench()
     bench = SidecarBench(args, rb)
 

@@ -14,8 +14,18 @@ One command does everything (see BENCHMARKS.md):
 4. runs each tool under ``/usr/bin/time -v`` in round-robin order, each into a
    fresh empty directory, verifies every byte (size + sha256 per file), and
    deletes the directory again;
-5. writes bench/results/<timestamp>.json (+ .md) and prints a markdown table;
+5. writes bench/results/<timestamp>.json (+ .md, + .png plot) and prints markdown tables;
 6. stops SeaweedFS and removes scratch directories (also on Ctrl-C / SIGTERM).
+
+Besides that classic comparison ("compare" phase) it can also run, in the same invocation:
+
+- ``--sweep``: connection counts x range sizes for every tool (1/4/16/64 x 8/16/64 MiB);
+- ``--netns``: the server in a network namespace behind an emulated WAN link (netem.py, netrelay.py):
+  first-byte latency, a per-connection cap and an aggregate cap; alone it means ``--sweep``;
+- ``--small-files``: a many-small-files model (10,000 x 256 KiB);
+- ``--noop``: a no-op re-run of aibrix-download on a complete 1,000-file model vs one listing;
+- physical limits (loopback TCP, disk write) at the start of every run (physlimits.py);
+- ``--all``: all of the above (compare, small files and no-op on loopback, sweep and no-op in the netns).
 
 Only the standard library is imported at module level; boto3 is imported after
 the bench venv is in place.
@@ -45,6 +55,9 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+
+import netem
+import physlimits
 
 BENCH_DIR = Path(__file__).resolve().parent
 REPO_DIR = BENCH_DIR.parent
@@ -124,9 +137,12 @@ def free_port() -> int:
 class SeaweedFS:
     """``weed mini`` bound to 127.0.0.1 on free ports, with a static S3 identity."""
 
-    def __init__(self, store_dir: Path, scratch: Path) -> None:
+    def __init__(self, store_dir: Path, scratch: Path, net: netem.NetEmu | None = None) -> None:
         self.store_dir = store_dir
         self.scratch = scratch
+        # with ``net``: run inside its namespace, on its veth address (the relay reaches that over the
+        # namespace's own loopback; the harness and unthrottled checks over the veth)
+        self.net = net
         self.proc: subprocess.Popen[bytes] | None = None
         self.ports: dict[str, int] = {}
         self.log_path = scratch / "weed.log"
@@ -134,6 +150,15 @@ class SeaweedFS:
 
     def start(self) -> None:
         self.store_dir.mkdir(parents=True, exist_ok=True)
+        # weed mini rewrites <store>/mini.options on every start and, on the next start, lets the ip and
+        # ip.bind saved there win over -ip/-ip.bind: drop them so a store used in the netns mode (or on
+        # loopback) the last time serves on the address asked for now
+        opts = self.store_dir / "mini.options"
+        with contextlib.suppress(OSError):
+            lines = opts.read_text().splitlines(keepends=True)
+            keep = [ln for ln in lines if not ln.startswith(("ip=", "ip.bind="))]
+            if keep != lines:
+                opts.write_text("".join(keep))
         names = ["master", "volume", "filer", "s3", "admin"]
         for n in names:
             self.ports[n] = free_port()
@@ -152,11 +177,13 @@ class SeaweedFS:
                 }
             )
         )
+        ip = self.net.server_ip if self.net else "127.0.0.1"
         cmd = [
+            *(self.net.prefix if self.net else []),
             str(VENV / "bin" / "weed"),
             "mini",
-            "-ip=127.0.0.1",
-            "-ip.bind=127.0.0.1",
+            f"-ip={ip}",
+            f"-ip.bind={ip}",
             f"-dir={self.store_dir}",
             f"-s3.config={cfg}",
             "-master.telemetry=false",
@@ -169,8 +196,9 @@ class SeaweedFS:
         ]
         for n in names:
             cmd += [f"-{n}.port={self.ports[n]}", f"-{n}.port.grpc={self.ports[n + '.grpc']}"]
-        self.endpoint = f"http://127.0.0.1:{self.ports['s3']}"
-        log(f"starting SeaweedFS: store={self.store_dir} s3={self.endpoint}")
+        self.endpoint = f"http://{ip}:{self.ports['s3']}"
+        where = f" in netns {self.net.ns}" if self.net else ""
+        log(f"starting SeaweedFS{where}: store={self.store_dir} s3={self.endpoint}")
         with open(self.log_path, "wb") as lf:
             # own session: a terminal Ctrl-C must not kill it before we clean up
             self.proc = subprocess.Popen(cmd, stdout=lf, stderr=subprocess.STDOUT, start_new_session=True)
@@ -262,12 +290,26 @@ def s3_client(endpoint: str, pool: int = 10) -> Any:
 
 @dataclass
 class ModelSpec:
-    shards: int
-    shard_mib: int
+    """Either ``shards`` big safetensors shards (+ small json files) or ``files`` small files."""
+
+    shards: int = 0
+    shard_mib: int = 0
+    files: int = 0  # > 0: a many-small-files model of ``files`` x ``file_kib`` KiB
+    file_kib: int = 0
+    # multipart part size of the upload, so the ETags' part size (aibrix-download aligns its ranges to
+    # whole source parts to verify each part's MD5 while streaming; boto3 and s5cmd ignore it)
+    part_mib: int = 64
+
+    @property
+    def small(self) -> bool:
+        return self.files > 0
 
     @property
     def name(self) -> str:
-        return f"synth-{self.shards}x{self.shard_mib}MiB"
+        if self.small:
+            return f"small-{self.files}x{self.file_kib}KiB"
+        # 64 MiB parts keep the historical name (and cache) of the default model
+        return f"synth-{self.shards}x{self.shard_mib}MiB" + ("" if self.part_mib == 64 else f"-p{self.part_mib}MiB")
 
     @property
     def prefix(self) -> str:
@@ -361,7 +403,25 @@ def generate_model(spec: ModelSpec, src: Path) -> dict[str, dict[str, Any]]:
     return manifest
 
 
-def ensure_model(endpoint: str, spec: ModelSpec, scratch: Path, chunk_mib: int) -> dict[str, Any]:
+def upload_small_files(c: Any, spec: ModelSpec) -> dict[str, dict[str, Any]]:
+    """PUT ``spec.files`` objects of ``spec.file_kib`` KiB of unique random bytes, straight from memory."""
+    size = spec.file_kib * 1024
+    t0 = time.monotonic()
+    log(f"uploading {spec.name}: {spec.files} x {spec.file_kib} KiB ...")
+
+    def put(i: int) -> tuple[str, dict[str, Any]]:
+        name = f"file-{i:06d}.bin"
+        data = (struct.pack("<QQ", GENERATOR_VERSION, i) + os.urandom(max(0, size - 16)))[:size]
+        r = c.put_object(Bucket=BUCKET, Key=spec.prefix + name, Body=data)
+        return name, {"size": size, "sha256": hashlib.sha256(data).hexdigest(), "etag": r["ETag"]}
+
+    with ThreadPoolExecutor(max_workers=16) as ex:
+        files = dict(ex.map(put, range(spec.files)))
+    log(f"uploaded {spec.files} files in {time.monotonic() - t0:.1f}s")
+    return files
+
+
+def ensure_model(endpoint: str, spec: ModelSpec, scratch: Path) -> dict[str, Any]:
     """Make sure the bucket holds the model; return the manifest (reused if intact)."""
     from boto3.s3.transfer import TransferConfig
 
@@ -394,11 +454,24 @@ def ensure_model(endpoint: str, spec: ModelSpec, scratch: Path, chunk_mib: int) 
     for i in range(0, len(stale), 1000):
         c.delete_objects(Bucket=BUCKET, Delete={"Objects": stale[i : i + 1000]})
 
+    if spec.small:
+        files = upload_small_files(c, spec)
+        manifest = {
+            "generator_version": GENERATOR_VERSION,
+            "bucket": BUCKET,
+            "prefix": spec.prefix,
+            "created": dt.datetime.now(dt.timezone.utc).isoformat(),
+            "files": files,
+        }
+        c.put_object(Bucket=BUCKET, Key=spec.manifest_key, Body=json.dumps(manifest, indent=1).encode())
+        return manifest
+
     src = scratch / "model-src"
     t0 = time.monotonic()
     log(f"generating {spec.name} in {src} ...")
     files = generate_model(spec, src)
     log(f"generated {sum(v['size'] for v in files.values()) / GiB:.2f} GiB in {time.monotonic() - t0:.1f}s")
+    chunk_mib = spec.part_mib
     cfg = TransferConfig(multipart_threshold=chunk_mib * MiB, multipart_chunksize=chunk_mib * MiB, max_concurrency=8)
     t0 = time.monotonic()
     for name in sorted(files):
@@ -508,6 +581,10 @@ def make_tools() -> dict[str, Tool]:
                 str(dest),
                 "--num-threads",
                 str(ctx.concurrency),
+                "--part-chunksize",
+                str(ctx.chunk_mib * MiB),
+                "--part-threshold",
+                str(ctx.chunk_mib * MiB),
             ],
             env={},
             landing=_landing_from_stdout(ctx.spec.name),
@@ -587,7 +664,10 @@ def make_tools() -> dict[str, Tool]:
             available=_aibrix_download_reason,
             build=aibrix_download_build,
             version=aibrix_download_version,
-            settings=lambda c: f"--num-threads {c.concurrency}",
+            settings=lambda c: (
+                f"--num-threads {c.concurrency} --part-chunksize {c.chunk_mib * MiB} "
+                f"--part-threshold {c.chunk_mib * MiB}"
+            ),
         ),
         "aibrix-0.8.0": Tool(
             name="aibrix-0.8.0",
@@ -765,6 +845,11 @@ def summarize(runs: list[dict[str, Any]], tools: list[str], total_bytes: int) ->
                 # levels tools that fsync themselves with tools that leave dirty pages behind
                 "wall_sync_median_s": median([r["wall_s"] + r["post_sync_s"] for r in ok]),
                 "other_cpu_s_median": median([r["other_cpu_s"] for r in ok if r.get("other_cpu_s") is not None]),
+                "relay_cpu_s_median": median([r["relay_cpu_s"] for r in ok if r.get("relay_cpu_s") is not None]),
+                "http_requests_median": median([r["http_requests"] for r in ok if "http_requests" in r]),
+                "max_open_connections_median": median(
+                    [r["max_open_connections"] for r in ok if "max_open_connections" in r]
+                ),
             }
         )
     ref = next((r for r in rows if r["tool"] == REFERENCE_TOOL and r["wall_median_s"]), None)
@@ -783,16 +868,20 @@ def fmt(v: float | None, spec: str) -> str:
 
 
 def markdown_table(rows: list[dict[str, Any]], discard_label: str = "redone") -> str:
+    """The classic table; with ``pct_physical`` in the rows, a "% of phys. limit" column after MB/s."""
+    pct = any("pct_physical" in r for r in rows)
     head = (
-        "| tool | ok/runs | median wall s (min-max) | median MB/s | median GiB/s "
+        "| tool | ok/runs | median wall s (min-max) | median MB/s "
+        + ("| % of phys. limit " if pct else "")
+        + "| median GiB/s "
         "| median client CPU-s/GiB | median peak RSS MiB | median server CPU-s | median other CPU-s "
         "| wall ÷ aibrix-download | median wall+sync s | (wall+sync) ÷ aibrix-download |\n"
-        "|---|---|---|---|---|---|---|---|---|---|---|---|\n"
+        "|---|---|---|---|---|---|---|---|---|---|---|---|" + ("---|" if pct else "") + "\n"
     )
     lines = []
     for r in rows:
         if r["skipped"] or not r["runs"]:
-            lines.append(f"| {r['tool']} | skipped |" + " — |" * 10)
+            lines.append(f"| {r['tool']} | skipped |" + " — |" * (11 if pct else 10))
             continue
         wall = fmt(r["wall_median_s"], ".2f")
         if r["wall_min_s"] is not None:
@@ -800,8 +889,9 @@ def markdown_table(rows: list[dict[str, Any]], discard_label: str = "redone") ->
         notes = [f"+{r['discarded']} {discard_label}"] if r.get("discarded") else []
         notes += [f"{r['noisy_accepted']} noisy kept"] if r.get("noisy_accepted") else []
         okr = f"{r['ok']}/{r['runs']}" + (f" ({', '.join(notes)})" if notes else "")
+        pct_cell = f"| {fmt(r.get('pct_physical'), '.0f')} % " if pct else ""
         lines.append(
-            f"| {r['tool']} | {okr} | {wall} | {fmt(r['mb_per_s_median'], '.0f')} "
+            f"| {r['tool']} | {okr} | {wall} | {fmt(r['mb_per_s_median'], '.0f')} {pct_cell}"
             f"| {fmt(r['gib_per_s_median'], '.3f')} | {fmt(r['cpu_s_per_gib_median'], '.2f')} "
             f"| {fmt(r['rss_mib_median'], '.0f')} | {fmt(r['server_cpu_s_median'], '.1f')} "
             f"| {fmt(r['other_cpu_s_median'], '.1f')} "
@@ -809,6 +899,71 @@ def markdown_table(rows: list[dict[str, Any]], discard_label: str = "redone") ->
             f"| {fmt(r['ratio_wall_sync_vs_aibrix_download'], '.2f')} |"
         )
     return head + "\n".join(lines) + "\n"
+
+
+def add_percentages(
+    rows: list[dict[str, Any]], phys_mb_s: float | None, ceiling_mb_s: float | None, aggregate_mb_s: float | None
+) -> None:
+    """Median MB/s as a percentage of the physical limit and, in the netns mode, of the emulated link."""
+    for r in rows:
+        mb = r.get("mb_per_s_median")
+        if phys_mb_s:
+            r["pct_physical"] = None if mb is None else 100 * mb / phys_mb_s
+        if ceiling_mb_s:
+            r["pct_ceiling"] = None if mb is None else 100 * mb / ceiling_mb_s
+        if aggregate_mb_s:
+            r["pct_aggregate"] = None if mb is None else 100 * mb / aggregate_mb_s
+
+
+def sweep_tables(phase: dict[str, Any]) -> str:
+    """One pivot table per range size: rows = tools, columns = connection counts."""
+    rows = phase["summary"]
+    tools = phase["tools"]
+    conns = sorted({r["conns"] for r in rows})
+    chunks = sorted({r["chunk_mib"] for r in rows})
+    netns = phase.get("env") == "netns"
+    out = []
+    if netns:
+        out.append(
+            "Ceiling: min(connections x per-connection cap, aggregate cap). Ideal with latency: the same, with "
+            "every range also paying the first-byte latency once (and at most one connection per range).\n"
+        )
+    for ch in chunks:
+        out.append(f"**{ch} MiB ranges**: median MB/s (% of the emulated ceiling, % of the physical limit)\n")
+        out.append("| tool | " + " | ".join(f"{c} conn{'s' if c > 1 else ''}" for c in conns) + " |")
+        out.append("|---|" + "---|" * len(conns))
+        if netns:
+            ceil = " | ".join(fmt(phase["ceilings_mb_per_s"].get(str(c)), ".0f") for c in conns)
+            out.append(f"| *ceiling MB/s* | {ceil} |")
+            ideal = " | ".join(fmt(phase.get("ideal_mb_per_s", {}).get(f"{c}x{ch}"), ".0f") for c in conns)
+            out.append(f"| *ideal with latency MB/s* | {ideal} |")
+        for t in tools:
+            cells = []
+            for c in conns:
+                r = next((x for x in rows if x["tool"] == t and x["conns"] == c and x["chunk_mib"] == ch), None)
+                if r is None or r["mb_per_s_median"] is None:
+                    cells.append("—" if r is None or not r["runs"] else f"failed {r['runs'] - r['ok']}/{r['runs']}")
+                    continue
+                pcts = [fmt(r.get("pct_ceiling"), ".0f") + " %"] if netns else []
+                pcts += [fmt(r.get("pct_physical"), ".0f") + " %"] if "pct_physical" in r else []
+                cells.append(f"{r['mb_per_s_median']:.0f}" + (f" ({', '.join(pcts)})" if pcts else ""))
+            out.append(f"| {t} | " + " | ".join(cells) + " |")
+        out.append("")
+    out.append(
+        "| range MiB | conns | tool | ok/runs | median wall s | median MB/s | client CPU-s/GiB | peak RSS MiB "
+        "| server CPU-s | relay CPU-s | other CPU-s | HTTP requests | most connections open |"
+    )
+    out.append("|---|---|---|---|---|---|---|---|---|---|---|---|---|")
+    for r in sorted(rows, key=lambda x: (x["chunk_mib"], x["conns"], tools.index(x["tool"]))):
+        out.append(
+            f"| {r['chunk_mib']} | {r['conns']} | {r['tool']} | {r['ok']}/{r['runs']} "
+            f"| {fmt(r['wall_median_s'], '.2f')} | {fmt(r['mb_per_s_median'], '.0f')} "
+            f"| {fmt(r['cpu_s_per_gib_median'], '.2f')} | {fmt(r['rss_mib_median'], '.0f')} "
+            f"| {fmt(r['server_cpu_s_median'], '.1f')} | {fmt(r.get('relay_cpu_s_median'), '.2f')} "
+            f"| {fmt(r['other_cpu_s_median'], '.1f')} | {fmt(r.get('http_requests_median'), '.0f')} "
+            f"| {fmt(r.get('max_open_connections_median'), '.0f')} |"
+        )
+    return "\n".join(out) + "\n"
 
 
 # ----------------------------------------------------------------------- machine
@@ -848,6 +1003,10 @@ class Bench:
         self.current: subprocess.Popen[bytes] | None = None
         self.scratch = Path(tempfile.mkdtemp(prefix="aibrix-bench-", dir=self._work_root()))
         self.server: SeaweedFS | None = None
+        self.net: netem.NetEmu | None = None
+        self.env: str | None = None  # "loopback" or "netns" while a server runs
+        self.admin_endpoint = ""  # SeaweedFS's own S3 port: uploads and checks by the harness
+        self.tool_endpoint = ""  # what the tools get: the same, or the relay in the netns mode
         self.results_path: Path | None = None
         self.record: dict[str, Any] = {}
 
@@ -861,8 +1020,7 @@ class Bench:
             with contextlib.suppress(ProcessLookupError):
                 os.killpg(self.current.pid, signal.SIGKILL)
             self.current.wait()
-        if self.server is not None:
-            self.server.stop()
+        self.stop_env()
         shutil.rmtree(self.scratch, ignore_errors=True)
         with contextlib.suppress(OSError):
             Path(self.args.work_dir).rmdir()  # only if empty
@@ -872,6 +1030,121 @@ class Bench:
         tmp = self.results_path.with_suffix(".json.tmp")
         tmp.write_text(json.dumps(self.record, indent=1, default=str) + "\n")
         tmp.replace(self.results_path)
+
+    # ------------------------------------------------------------ environment
+
+    def stop_env(self) -> None:
+        """Stop relay, SeaweedFS and remove the namespace (each step also after a partial start)."""
+        try:
+            if self.net is not None:
+                self.net.stop_relay()
+                if self.record and self.net.relay_stats:
+                    self.record.setdefault("netem", {})["relay_counters"] = self.net.relay_stats
+            if self.server is not None:
+                self.server.stop()
+                self.server = None
+        finally:
+            if self.net is not None:
+                self.net.teardown()
+                self.net = None
+            self.env = None
+
+    def use_env(self, env: str) -> None:
+        """Have SeaweedFS running on loopback (``loopback``) or behind the emulated link (``netns``)."""
+        if self.env == env:
+            return
+        self.stop_env()
+        a = self.args
+        store = self.scratch / "store" if a.fresh_store else Path(a.store_dir)
+        if env == "netns":
+            self.net = netem.NetEmu(a.latency_ms, a.conn_mbps, a.aggregate_gbps, a.queue_ms, log=log)
+            self.net.setup()
+        self.server = SeaweedFS(store, self.scratch, self.net)
+        self.server.start()
+        self.env = env
+        self.admin_endpoint = self.tool_endpoint = self.server.endpoint
+        if self.net is not None:
+            self.tool_endpoint = self.net.start_relay(self.net.server_ip, self.server.ports["s3"], self.scratch)
+            log(f"relay (latency + per-connection cap) at {self.tool_endpoint}; checking the emulated link ...")
+            self.record["netem"] = {**self.net.describe(), "relay_endpoint": self.tool_endpoint}
+            self.record["netem"]["checks"] = self.check_link()
+        self.record.setdefault("server", {})[env] = {
+            "endpoint": self.admin_endpoint,
+            "tool_endpoint": self.tool_endpoint,
+            "rss_mib_after_setup": self.server.rss_mib(),
+        }
+        self.save()
+
+    def check_link(self) -> dict[str, Any]:
+        """What the emulated link really gives: goodput of 1 and many paced connections, request latency."""
+        net = self.net
+        assert net is not None
+        a = self.args
+        many = max([16, *a.sweep_conns_list])
+        tcp = physlimits.tcp_throughput(
+            net.server_ip,
+            physlimits.free_port(),
+            [1, many],
+            a.limits_seconds,
+            prefix=net.prefix,
+            rate=net.conn_bytes_per_s if net.conn_mbps > 0 else 0,
+        )
+
+        def request_ms(endpoint: str) -> float:
+            c = s3_client(endpoint)
+            c.list_buckets()  # connect first
+            ts = []
+            for _ in range(5):
+                t0 = time.perf_counter()
+                c.list_buckets()
+                ts.append(time.perf_counter() - t0)
+            return 1000 * statistics.median(ts)
+
+        out = {
+            "tcp_goodput": tcp,
+            "one_conn_mb_per_s": tcp["runs"][0]["mb_per_s"],
+            "many_conns_mb_per_s": tcp["runs"][1]["mb_per_s"],
+            "small_request_ms_direct": request_ms(self.admin_endpoint),
+            "small_request_ms_via_relay": request_ms(self.tool_endpoint),
+        }
+        log(
+            "emulated link: 1 connection {:.0f} MB/s (cap {:.0f}), {} connections {:.0f} MB/s (aggregate {:.0f}); "
+            "small request {:.1f} ms direct, {:.1f} ms via relay".format(
+                out["one_conn_mb_per_s"],
+                net.conn_mb_per_s,
+                many,
+                out["many_conns_mb_per_s"],
+                net.aggregate_mb_per_s,
+                out["small_request_ms_direct"],
+                out["small_request_ms_via_relay"],
+            )
+        )
+        return out
+
+    def make_ctx(self, spec: ModelSpec, conns: int, chunk_mib: int) -> Ctx:
+        a = self.args
+        ctx = Ctx(
+            endpoint=self.tool_endpoint,
+            spec=spec,
+            concurrency=conns,
+            chunk_mib=chunk_mib,
+            s5cmd_workers=a.s5cmd_workers,
+            aibrix_download_bin=Path(a.aibrix_download_bin),
+        )
+        ctx.base_env = {
+            k: v for k, v in os.environ.items() if not k.startswith(("AWS_", "DOWNLOADER_", "S3_", "HF_"))
+        } | {
+            "AWS_ENDPOINT_URL": ctx.endpoint,
+            "AWS_ACCESS_KEY_ID": ACCESS_KEY,
+            "AWS_SECRET_ACCESS_KEY": SECRET_KEY,
+            "AWS_REGION": REGION,
+            "AWS_DEFAULT_REGION": REGION,
+            "AWS_EC2_METADATA_DISABLED": "true",
+            "PYTHONUNBUFFERED": "1",
+        }
+        return ctx
+
+    # --------------------------------------------------------------- one run
 
     def wait_for_quiet(self) -> tuple[float, float]:
         """Wait (up to --max-idle-wait s) until the machine is nearly idle.
@@ -891,11 +1164,8 @@ class Bench:
                     log(f"machine still busy ({busy:.2f} cores) after {waited:.0f}s; running anyway")
                 return waited, busy
 
-    def run_one(self, tool: Tool, ctx: Ctx, rep: int, order: int, warmup: bool) -> dict[str, Any]:
-        files = self.record["model"]["files"]
-        dest = self.scratch / f"dl-{tool.name}-r{rep}"
-        shutil.rmtree(dest, ignore_errors=True)
-        dest.mkdir(parents=True)
+    def execute(self, tool: Tool, ctx: Ctx, dest: Path) -> tuple[dict[str, Any], str, Invocation]:
+        """Run ``tool`` into ``dest`` under /usr/bin/time -v and measure it (no verification)."""
         inv = tool.build(ctx, dest)
         env = {**ctx.base_env, **inv.env}
         tfile, ofile, efile = (self.scratch / f"run.{x}" for x in ("time", "out", "err"))
@@ -903,6 +1173,8 @@ class Bench:
         idle_wait, idle_busy = self.wait_for_quiet()
         cache = drop_page_cache() if self.args.drop_caches else "kept"
         srv0 = self.server.cpu_seconds() if self.server else None
+        relay0 = self.net.relay_cpu_seconds() if self.net else None
+        counters0 = self.net.relay_counters() if self.net else None
         busy0 = busy_cpu_seconds()
         load = os.getloadavg()
         started = dt.datetime.now(dt.timezone.utc).isoformat()
@@ -920,15 +1192,17 @@ class Bench:
             wall = time.perf_counter() - t0
             self.current = None
         srv1 = self.server.cpu_seconds() if self.server else None
+        relay1 = self.net.relay_cpu_seconds() if self.net else None
         busy1 = busy_cpu_seconds()
+        counters1 = self.net.relay_counters() if self.net else None
         post_sync = timed_sync()
         tv = parse_time_v(tfile.read_text(errors="replace") if tfile.exists() else "")
         stdout = ofile.read_text(errors="replace")
         run: dict[str, Any] = {
             "tool": tool.name,
-            "rep": rep,
-            "order_in_rep": order,
-            "warmup": warmup,
+            "env": self.env,
+            "conns": ctx.concurrency,
+            "chunk_mib": ctx.chunk_mib,
             "argv": inv.argv,
             "env_extra": inv.env,
             "started": started,
@@ -937,6 +1211,7 @@ class Bench:
             "exit_code": rc,
             "timed_out": timed_out,
             "server_cpu_s": None if srv0 is None or srv1 is None else srv1 - srv0,
+            "relay_cpu_s": None if relay0 is None or relay1 is None else relay1 - relay0,
             "machine_busy_cpu_s": busy1 - busy0,
             "pre_sync_s": pre_sync,
             "idle_wait_s": idle_wait,
@@ -945,37 +1220,302 @@ class Bench:
             "page_cache": cache,
             "loadavg_before": load,
         }
-        # CPU burnt during the run by neither the client nor SeaweedFS: other workloads
+        if counters0 and counters1:
+            # what the tool did on the wire: HTTP requests (each paid the first-byte latency once),
+            # TCP connections opened, and the most connections it had open at once
+            run["http_requests"] = counters1["requests_delayed"] - counters0["requests_delayed"]
+            run["tcp_connections"] = counters1["connections"] - counters0["connections"]
+            run["max_open_connections"] = counters1["max_active"]
+            run["relay_response_bytes"] = counters1["response_bytes"] - counters0["response_bytes"]
+        # CPU burnt during the run by neither the client nor SeaweedFS (nor the relay): other workloads
         # plus kernel threads (writeback, softirq); a large value flags a contaminated run
         if run["server_cpu_s"] is not None and "user_s" in run:
-            run["other_cpu_s"] = run["machine_busy_cpu_s"] - run["server_cpu_s"] - run["user_s"] - run["sys_s"]
+            run["other_cpu_s"] = (
+                run["machine_busy_cpu_s"]
+                - run["server_cpu_s"]
+                - (run["relay_cpu_s"] or 0)
+                - run["user_s"]
+                - run["sys_s"]
+            )
+        run["stderr_tail"] = tail(efile, 3000 if rc or timed_out else 600)
+        run["stdout_tail"] = tail(ofile, 1000 if rc or timed_out else 300)
+        return run, stdout, inv
+
+    def run_one(
+        self, tool: Tool, ctx: Ctx, files: dict[str, Any], phase: str, rep: int, order: int, warmup: bool
+    ) -> dict[str, Any]:
+        dest = self.scratch / f"dl-{tool.name}-r{rep}"
+        shutil.rmtree(dest, ignore_errors=True)
+        dest.mkdir(parents=True)
+        run, stdout, inv = self.execute(tool, ctx, dest)
+        run = {"phase": phase, "rep": rep, "order_in_rep": order, "warmup": warmup, **run}
         problems: list[str] = []
-        if timed_out:
+        if run["timed_out"]:
             problems.append(f"timed out after {self.args.timeout}s")
-        if rc != 0:
-            problems.append(f"exit code {rc}")
+        if run["exit_code"] != 0:
+            problems.append(f"exit code {run['exit_code']}")
         landing = inv.landing(dest, stdout)
         run["landing_dir"] = str(landing)
         vp, ignored = verify_tree(landing, files)
         problems += vp
-        run["ignored_extra_files"] = ignored
-        run["problems"] = problems
+        run["ignored_extra_files"] = ignored if len(ignored) <= 50 else [*ignored[:50], f"... {len(ignored)} in all"]
+        run["problems"] = problems if len(problems) <= 50 else [*problems[:50], f"... {len(problems)} in all"]
         run["ok"] = not problems
-        # keep a short tail always (a tool's own summary line), a long one on failure
-        run["stderr_tail"] = tail(efile, 3000 if problems else 600)
-        run["stdout_tail"] = tail(ofile, 1000 if problems else 300)
         shutil.rmtree(dest, ignore_errors=True)
         os.sync()
         status = "OK" if run["ok"] else "FAILED: " + "; ".join(problems[:5])
+        relay = f" relay {run['relay_cpu_s']:4.1f}s" if run.get("relay_cpu_s") is not None else ""
+        if "http_requests" in run:
+            relay += f" req {run['http_requests']} conns {run['tcp_connections']} (max {run['max_open_connections']})"
         log(
-            f"{'warmup' if warmup else f'rep {rep}'} {tool.name:16s} wall {wall:7.2f}s "
-            f"cpu {tv.get('user_s', 0) + tv.get('sys_s', 0):6.2f}s "
-            f"rss {tv.get('max_rss_kb', 0) / 1024:7.0f} MiB server {run['server_cpu_s'] or 0:5.1f}s "
+            f"{phase} {'warmup' if warmup else f'rep {rep}'} {tool.name:16s} c={ctx.concurrency:<3d} "
+            f"{ctx.chunk_mib:3d}MiB wall {run['wall_s']:7.2f}s "
+            f"cpu {run.get('user_s', 0) + run.get('sys_s', 0):6.2f}s "
+            f"rss {run.get('max_rss_kb', 0) / 1024:5.0f} MiB server {run['server_cpu_s'] or 0:5.1f}s{relay} "
             f"other {run.get('other_cpu_s', 0):5.1f}s  {status}"
         )
         if problems and run.get("stderr_tail"):
             print("\n".join(run["stderr_tail"].splitlines()[-15:]), file=sys.stderr)
         return run
+
+    # ---------------------------------------------------------------- phases
+
+    def phase_matrix(
+        self,
+        name: str,
+        env: str,
+        spec: ModelSpec,
+        configs: list[tuple[int, int]],
+        tools: list[str],
+        reps: int,
+        warmup_rounds: int,
+        warm_one: bool,
+    ) -> dict[str, Any]:
+        """Every tool at every (connections, range MiB) config, ``reps`` times, interleaved."""
+        a = self.args
+        key = f"{name}@{env}"
+        self.use_env(env)
+        manifest = ensure_model(self.admin_endpoint, spec, self.scratch)
+        files = manifest["files"]
+        total = sum(v["size"] for v in files.values())
+        tools_all = make_tools()
+        phase: dict[str, Any] = {
+            "name": name,
+            "env": env,
+            "tools": tools,
+            "configs": [{"conns": c, "chunk_mib": ch} for c, ch in configs],
+            "reps": reps,
+            "warmup_rounds": warmup_rounds,
+            "model": {
+                "uri": f"s3://{BUCKET}/{spec.prefix}",
+                "total_bytes": total,
+                "total_gib": total / GiB,
+                "n_files": len(files),
+                # the file list of a 10,000-file model would bloat every results file
+                "files": files if len(files) <= 100 else f"{len(files)} files, see the manifest in the bucket",
+            },
+            "tool_settings": {
+                f"{c}x{ch}MiB": {t: tools_all[t].settings(self.make_ctx(spec, c, ch)) for t in tools}
+                for c, ch in configs
+            },
+        }
+        if self.net is not None:
+            phase["ceilings_mb_per_s"] = {str(c): self.net.ceiling_mb_per_s(c) for c in sorted({c for c, _ in configs})}
+            sizes = [v["size"] for v in files.values()]
+            phase["ideal_mb_per_s"] = {f"{c}x{ch}": self.net.ideal_mb_per_s(c, ch * MiB, sizes) for c, ch in configs}
+        self.record["phases"][key] = phase
+        log(
+            f"phase {key}: {spec.name} ({total / GiB:.2f} GiB, {len(files)} files), {len(configs)} config(s) x "
+            f"{len(tools)} tool(s) x {reps} rep(s)" + (f" + {warmup_rounds} warm-up round(s)" if warmup_rounds else "")
+        )
+        if warm_one:
+            # warm SeaweedFS's page cache and any lazily opened volume once, untimed
+            t = "s5cmd" if "s5cmd" in tools else tools[0]
+            c, ch = max(configs)
+            run = self.run_one(tools_all[t], self.make_ctx(spec, c, ch), files, key, -1, 0, True)
+            self.record["runs"].append(run)
+        n = len(tools)
+        schedule: list[tuple[int, bool]] = [(-(i + 1), True) for i in range(warmup_rounds)]
+        schedule += [(r, False) for r in range(reps)]
+        for rep, warm in schedule:
+            for ci, (conns, chunk) in enumerate(configs):
+                ctx = self.make_ctx(spec, conns, chunk)
+                k = 0 if warm else (rep + ci) % n
+                order = tools[k:] + tools[:k]
+                for i, t in enumerate(order):
+                    for attempt in range(a.retries + 1):
+                        run = self.run_one(tools_all[t], ctx, files, key, rep, i, warm)
+                        run["attempt"] = attempt
+                        busy = run.get("other_cpu_s", 0.0) / max(run["wall_s"], 1e-9)
+                        run["other_cores"] = busy
+                        run["noisy"] = busy > a.max_other_cores
+                        redo = run["ok"] and not warm and busy > a.max_other_cores and attempt < a.retries
+                        if redo:
+                            # kept in the JSON, left out of the medians
+                            run["discarded"] = f"contaminated: other work used {busy:.2f} cores during the run"
+                            log(f"  -> discarding and redoing ({run['discarded']})")
+                        self.record["runs"].append(run)
+                        self.save()
+                        if not redo:
+                            break
+        ordered = sorted(tools, key=lambda t: t != REFERENCE_TOOL)  # reference first
+        runs = [r for r in self.record["runs"] if r.get("phase") == key]
+        phys = (self.record.get("limits") or {}).get("limit_mb_per_s")
+        rows: list[dict[str, Any]] = []
+        for conns, chunk in configs:
+            sub = [r for r in runs if r["conns"] == conns and r["chunk_mib"] == chunk]
+            rs = summarize(sub, ordered, total)
+            for r in rs:
+                r["conns"], r["chunk_mib"] = conns, chunk
+                r["skipped"] = r["skipped"] or r["tool"] in self.record["config"]["tools_skipped"]
+            add_percentages(
+                rs,
+                phys,
+                self.net.ceiling_mb_per_s(conns) if self.net else None,
+                self.net.aggregate_mb_per_s if self.net else None,
+            )
+            rows += rs
+        phase["summary"] = rows
+        phase["server_rss_mib_at_end"] = self.server.rss_mib() if self.server else None
+        self.save()
+        return phase
+
+    def phase_noop(self, env: str) -> dict[str, Any]:
+        """aibrix-download on a complete model directory (nothing to fetch) vs one listing of the prefix."""
+        a = self.args
+        key = f"noop@{env}"
+        self.use_env(env)
+        spec = ModelSpec(files=a.noop_files, file_kib=a.noop_file_kib)
+        manifest = ensure_model(self.admin_endpoint, spec, self.scratch)
+        files = manifest["files"]
+        tool = make_tools()[REFERENCE_TOOL]
+        ctx = self.make_ctx(spec, a.concurrency, a.chunk_mib)
+        phase: dict[str, Any] = {
+            "name": "noop",
+            "env": env,
+            "model": {"uri": ctx.uri, "n_files": len(files), "total_bytes": sum(v["size"] for v in files.values())},
+            "settings": tool.settings(ctx),
+            "target_s": 1.0,
+        }
+        self.record["phases"][key] = phase
+        why = tool.available(ctx)
+        if why:
+            phase["skipped"] = why
+            log(f"SKIPPING {key}: {why}")
+            return phase
+        dest = self.scratch / "noop"
+        shutil.rmtree(dest, ignore_errors=True)
+        dest.mkdir(parents=True)
+        log(f"phase {key}: first download of {spec.name} ({len(files)} files) ...")
+        first, stdout, inv = self.execute(tool, ctx, dest)
+        landing = inv.landing(dest, stdout)
+        problems, _ = verify_tree(landing, files)
+        first["problems"] = problems
+        phase["first_download"] = {k: first.get(k) for k in ("wall_s", "user_s", "sys_s", "max_rss_kb", "exit_code")}
+        log(f"{key}: first download {first['wall_s']:.2f}s {'OK' if not problems else problems[:3]}")
+        if problems or first["exit_code"] != 0:
+            phase["problems"] = problems or [f"exit code {first['exit_code']}"]
+            return phase
+
+        def snapshot() -> dict[str, tuple[int, int]]:
+            return {rel: ((st := (landing / rel).stat()).st_ino, st.st_mtime_ns) for rel in files}
+
+        c = s3_client(self.tool_endpoint)
+
+        def listing() -> float:
+            t0 = time.perf_counter()
+            n = 0
+            for page in c.get_paginator("list_objects_v2").paginate(Bucket=BUCKET, Prefix=spec.prefix):
+                n += len(page.get("Contents", []))
+            if n < len(files):
+                raise RuntimeError(f"listing found {n} < {len(files)} objects")
+            return time.perf_counter() - t0
+
+        def timed(argv: list[str]) -> float:
+            t0 = time.perf_counter()
+            subprocess.run(argv, env=ctx.base_env, capture_output=True, check=True, timeout=120)
+            return time.perf_counter() - t0
+
+        cold_list = [
+            str(VENV / "bin" / "python"),
+            "-c",
+            "import boto3, sys\n"
+            "c = boto3.client('s3')\n"
+            "print(sum(len(p.get('Contents', [])) for p in "
+            "c.get_paginator('list_objects_v2').paginate(Bucket=sys.argv[1], Prefix=sys.argv[2])))",
+            BUCKET,
+            spec.prefix,
+        ]
+        s5_list = [str(VENV / "bin" / "s5cmd"), "--endpoint-url", ctx.endpoint, "ls", f"{ctx.uri}*"]
+        listing()  # connect and warm the server's metadata path
+        runs = []
+        for rep in range(a.noop_reps):
+            before = snapshot()
+            warm_s = listing()
+            cold_s = timed(cold_list)
+            s5_s = timed(s5_list)
+            run, _, _ = self.execute(tool, ctx, dest)
+            rewritten = sum(1 for k, v in snapshot().items() if before.get(k) != v)
+            run.update(
+                phase=key,
+                rep=rep,
+                warmup=False,
+                listing_s=warm_s,
+                listing_cold_python_s=cold_s,
+                listing_s5cmd_s=s5_s,
+                excess_s=run["wall_s"] - warm_s,
+                files_rewritten=rewritten,
+                ok=run["exit_code"] == 0 and rewritten == 0,
+            )
+            runs.append(run)
+            self.record["runs"].append(run)
+            log(
+                f"{key} rep {rep}: re-run {run['wall_s']:.3f}s (cpu {run.get('user_s', 0) + run.get('sys_s', 0):.2f}s)"
+                f", listing {warm_s * 1000:.0f} ms in-process / {cold_s:.2f}s new python / {s5_s:.2f}s s5cmd ls"
+                f", files rewritten {rewritten}"
+            )
+        startup = [timed([str(ctx.aibrix_download_bin), "--help"]) for _ in range(3)]
+        problems, _ = verify_tree(landing, files)
+        shutil.rmtree(dest, ignore_errors=True)
+        ok = [r for r in runs if r["ok"]]
+        excess = median([r["excess_s"] for r in ok])
+        phase.update(
+            {
+                "reps": a.noop_reps,
+                "ok": len(ok),
+                "noop_wall_median_s": median([r["wall_s"] for r in ok]),
+                "noop_cpu_median_s": median([r.get("user_s", 0) + r.get("sys_s", 0) for r in ok]),
+                "noop_rss_mib_median": median([r.get("max_rss_kb", 0) / 1024 for r in ok]),
+                "listing_median_s": median([r["listing_s"] for r in ok]),
+                "listing_cold_python_median_s": median([r["listing_cold_python_s"] for r in ok]),
+                "listing_s5cmd_median_s": median([r["listing_s5cmd_s"] for r in ok]),
+                "excess_median_s": excess,
+                "startup_help_median_s": median(startup),
+                "target_met": excess is not None and excess < 1.0 and not problems,
+                "problems": problems,
+            }
+        )
+        self.save()
+        return phase
+
+    def phase_limits(self) -> None:
+        a = self.args
+        log(
+            f"measuring physical limits: loopback TCP ({a.limits_seconds}s per point), "
+            f"disk write ({a.limits_disk_mib} MiB) ..."
+        )
+        self.wait_for_quiet()
+        lim = physlimits.measure(self.scratch, a.limits_disk_mib, a.limits_seconds, [1, 4])
+        self.record["limits"] = lim
+        log(
+            f"loopback TCP {lim['loopback_mb_per_s']:.0f} MB/s; disk write buffered+fdatasync "
+            f"{fmt(lim['disk_write_buffered'].get('mb_per_s'), '.0f')} MB/s, O_DIRECT "
+            f"{fmt(lim['disk_write_direct'].get('mb_per_s'), '.0f')} MB/s -> limit {lim['limit_mb_per_s']:.0f} MB/s "
+            f"({lim['limit_is']})"
+        )
+        self.save()
+
+    # ------------------------------------------------------------------ main
 
     def main(self) -> int:
         a = self.args
@@ -986,22 +1526,24 @@ class Bench:
             raise SystemExit(f"unknown tool(s) {unknown}; choose from {ALL_TOOLS}")
         if not Path(TIME_BIN).exists():
             raise SystemExit(f"{TIME_BIN} missing: apt-get install time")
+        phases = plan_phases(a)
+        if any(env == "netns" for _, env in phases):
+            why = netem.preflight()
+            if why:
+                raise SystemExit(f"--netns: {why}")
 
-        spec = ModelSpec(a.shards, a.shard_mib)
-        ctx = Ctx(
-            endpoint="",
-            spec=spec,
-            concurrency=a.concurrency,
-            chunk_mib=a.chunk_mib,
-            s5cmd_workers=a.s5cmd_workers,
-            aibrix_download_bin=Path(a.aibrix_download_bin),
+        probe = Ctx(
+            "",
+            ModelSpec(a.shards, a.shard_mib),
+            a.concurrency,
+            a.chunk_mib,
+            a.s5cmd_workers,
+            Path(a.aibrix_download_bin),
         )
-
-        # which tools can run?
         runnable: list[str] = []
         skipped: dict[str, str] = {}
         for t in tools:
-            reason = tools_all[t].available(ctx)
+            reason = tools_all[t].available(probe)
             if reason:
                 skipped[t] = reason
                 log(f"SKIPPING {t}: {reason}")
@@ -1014,33 +1556,13 @@ class Bench:
         results_dir = Path(a.results_dir)
         results_dir.mkdir(parents=True, exist_ok=True)
         self.results_path = results_dir / f"{ts}.json"
-
-        store = self.scratch / "store" if a.fresh_store else Path(a.store_dir)
-        self.server = SeaweedFS(store, self.scratch)
-        self.server.start()
-        ctx.endpoint = self.server.endpoint
-        ctx.base_env = {
-            k: v for k, v in os.environ.items() if not k.startswith(("AWS_", "DOWNLOADER_", "S3_", "HF_"))
-        } | {
-            "AWS_ENDPOINT_URL": ctx.endpoint,
-            "AWS_ACCESS_KEY_ID": ACCESS_KEY,
-            "AWS_SECRET_ACCESS_KEY": SECRET_KEY,
-            "AWS_REGION": REGION,
-            "AWS_DEFAULT_REGION": REGION,
-            "AWS_EC2_METADATA_DISABLED": "true",
-            "PYTHONUNBUFFERED": "1",
-        }
-
-        manifest = ensure_model(ctx.endpoint, spec, self.scratch, a.chunk_mib)
-        files = manifest["files"]
-        total = sum(v["size"] for v in files.values())
-
         self.record = {
-            "schema": 1,
+            "schema": 2,
             "timestamp": ts,
             "command": " ".join([Path(sys.argv[0]).name, *sys.argv[1:]]),
             "machine": machine_info(),
             "config": {
+                "phases": [f"{n}@{e}" for n, e in phases],
                 "reps": a.reps,
                 "warmup_rounds": a.warmup,
                 "tools_requested": tools,
@@ -1054,94 +1576,180 @@ class Bench:
                 "max_idle_wait_s": a.max_idle_wait,
                 "max_other_cores": a.max_other_cores,
                 "retries": a.retries,
-                "order": "round-robin: repetition r starts at tool r mod n",
+                "order": "round-robin: repetition r of config i starts at tool (r + i) mod n",
                 "destination_root": str(self.scratch),
-                "store_dir": str(store),
-                "tool_settings": {t: tools_all[t].settings(ctx) for t in runnable},
+                "store_dir": str(self.scratch / "store" if a.fresh_store else Path(a.store_dir)),
+                "tool_settings": {t: tools_all[t].settings(probe) for t in runnable},
+                "sweep": {
+                    "conns": a.sweep_conns_list,
+                    "chunks_mib": a.sweep_chunks_list,
+                    "reps": a.sweep_reps,
+                    "model": ModelSpec(a.sweep_shards, a.sweep_shard_mib, part_mib=a.sweep_part_mib).name,
+                },
+                "small_files": {
+                    "model": ModelSpec(files=a.small_files_count, file_kib=a.small_file_kib).name,
+                    "reps": a.small_reps,
+                },
+                "noop": {"model": ModelSpec(files=a.noop_files, file_kib=a.noop_file_kib).name, "reps": a.noop_reps},
+                "netns": {
+                    "latency_ms": a.latency_ms,
+                    "conn_mbps": a.conn_mbps,
+                    "aggregate_gbps": a.aggregate_gbps,
+                    "queue_ms": a.queue_ms,
+                },
             },
             "versions": {
                 "seaweedfs": _cmd_out([str(VENV / "bin" / "weed"), "version"]),
-                **{t: tools_all[t].version(ctx) for t in runnable},
+                **{t: tools_all[t].version(probe) for t in runnable},
             },
-            "model": {
-                "uri": ctx.uri,
-                "total_bytes": total,
-                "total_gib": total / GiB,
-                "files": files,
-            },
-            "server": {"endpoint": ctx.endpoint, "rss_mib_after_setup": self.server.rss_mib()},
+            "phases": {},
             "runs": [],
         }
         self.save()
-        log(
-            f"model {total / GiB:.2f} GiB in {len(files)} files; tools {runnable}; "
-            f"{a.warmup} warm-up round(s) + {a.reps} rep(s); results -> {self.results_path}"
-        )
+        log(f"phases {self.record['config']['phases']}; tools {runnable}; results -> {self.results_path}")
 
-        n = len(runnable)
-        schedule: list[tuple[int, bool]] = [(-(i + 1), True) for i in range(a.warmup)]
-        schedule += [(r, False) for r in range(a.reps)]
-        for rep, warm in schedule:
-            k = (rep % n) if not warm else 0
-            order = runnable[k:] + runnable[:k]
-            for i, t in enumerate(order):
-                for attempt in range(a.retries + 1):
-                    run = self.run_one(tools_all[t], ctx, rep, i, warm)
-                    run["attempt"] = attempt
-                    busy = run.get("other_cpu_s", 0.0) / max(run["wall_s"], 1e-9)
-                    run["other_cores"] = busy
-                    run["noisy"] = busy > a.max_other_cores
-                    redo = run["ok"] and not warm and busy > a.max_other_cores and attempt < a.retries
-                    if redo:
-                        # kept in the JSON, left out of the medians
-                        run["discarded"] = f"contaminated: other work used {busy:.2f} cores during the run"
-                        log(f"  -> discarding and redoing ({run['discarded']})")
-                    self.record["runs"].append(run)
-                    self.save()
-                    if not redo:
-                        break
-
-        ordered = sorted(tools, key=lambda t: t != REFERENCE_TOOL)  # reference first
-        rows = summarize(self.record["runs"], ordered, total)
-        for t in skipped:
-            for r in rows:
-                if r["tool"] == t:
-                    r["skipped"] = True
-        self.record["summary"] = rows
-        self.record["server"]["rss_mib_at_end"] = self.server.rss_mib()
-        table = markdown_table(rows)
-        self.record["summary_markdown"] = table
+        if not a.skip_limits:
+            self.phase_limits()
+        for name, env in phases:
+            if name == "noop":
+                self.phase_noop(env)
+            elif name == "compare":
+                spec = ModelSpec(a.shards, a.shard_mib)
+                ph = self.phase_matrix(
+                    name, env, spec, [(a.concurrency, a.chunk_mib)], runnable, a.reps, a.warmup, warm_one=False
+                )
+                # top-level copies keep --summarize and older readers working
+                self.record["model"] = ph["model"]
+                self.record["summary"] = ph["summary"]
+                self.record["summary_markdown"] = markdown_table(ph["summary"])
+            elif name == "sweep":
+                spec = ModelSpec(a.sweep_shards, a.sweep_shard_mib, part_mib=a.sweep_part_mib)
+                configs = [(c, ch) for ch in a.sweep_chunks_list for c in a.sweep_conns_list]
+                self.phase_matrix(name, env, spec, configs, runnable, a.sweep_reps, 0, warm_one=True)
+            elif name == "small":
+                spec = ModelSpec(files=a.small_files_count, file_kib=a.small_file_kib)
+                self.phase_matrix(
+                    name, env, spec, [(a.concurrency, a.chunk_mib)], runnable, a.small_reps, 0, warm_one=True
+                )
+        self.stop_env()
         self.save()
-        md = self._report_md(table, total, skipped)
+        png = self.results_path.with_suffix(".png")
+        try:
+            import plot
+
+            if plot.make_plot(self.record, png):
+                self.record["plot"] = str(png)
+                log(f"plot -> {png}")
+        except Exception as e:  # a plot must never cost the measurements
+            log(f"no plot: {e!r}")
+        self.save()
+        md = report_markdown(self.record, self.results_path)
         self.results_path.with_suffix(".md").write_text(md)
         print(md)
-        failed = [r for r in self.record["runs"] if not r["ok"]]
+        failed = [r for r in self.record["runs"] if not r.get("ok")]
         if failed:
             log(f"{len(failed)} run(s) failed verification or exited non-zero; see {self.results_path}")
         return 1 if failed else 0
 
-    def _report_md(self, table: str, total: int, skipped: dict[str, str]) -> str:
-        m = self.record["machine"]
-        c = self.record["config"]
-        out = [
-            f"### Download benchmark {self.record['timestamp']}",
-            "",
-            f"Model: `{self.record['model']['uri']}` — {total / GiB:.2f} GiB "
-            f"({total / 1e6:.0f} MB) in {len(self.record['model']['files'])} files. "
-            f"Machine: {m['nproc']} CPUs ({m['cpu_model']}), {m['mem_total_gib']} GiB RAM, "
-            f"kernel {m['kernel']}, Python {m['python']}.",
-            f"{c['reps']} timed reps (+{c['warmup_rounds']} warm-up round), round-robin order, "
-            f"concurrency {c['concurrency']}, page cache "
-            f"{'dropped before each run' if c['drop_caches'] else 'kept (server data warm)'}.",
-            "",
-            table,
+
+def plan_phases(a: argparse.Namespace) -> list[tuple[str, str]]:
+    """[(phase, env)] in run order; env is "loopback" or "netns"."""
+    if a.all:
+        return [
+            ("compare", "loopback"),
+            ("small", "loopback"),
+            ("noop", "loopback"),
+            ("sweep", "netns"),
+            ("noop", "netns"),
         ]
-        for t, why in skipped.items():
-            out.append(f"- **{t} skipped**: {why}")
-        for t, s in c["tool_settings"].items():
-            out.append(f"- `{t}`: {s}")
-        out.append(f"\nRaw numbers: `{self.results_path}`\n")
-        return "\n".join(out)
+    env = "netns" if a.netns else "loopback"
+    chosen = [
+        p for p, on in (("compare", a.compare), ("sweep", a.sweep), ("small", a.small_files), ("noop", a.noop)) if on
+    ]
+    if not chosen:
+        chosen = ["sweep"] if a.netns else ["compare"]
+    return [(p, env) for p in chosen]
+
+
+def report_markdown(rec: dict[str, Any], results_path: Path) -> str:
+    m = rec["machine"]
+    out = [
+        f"### Download benchmark {rec['timestamp']}",
+        "",
+        f"Command: `{rec['command']}`. Machine: {m['nproc']} CPUs ({m['cpu_model']}), {m['mem_total_gib']} GiB RAM, "
+        f"kernel {m['kernel']}, Python {m['python']}, load average at start "
+        f"{' '.join(f'{x:.2f}' for x in m['loadavg_at_start'])}.",
+        "",
+    ]
+    lim = rec.get("limits")
+    if lim:
+        d_b = lim["disk_write_buffered"].get("mb_per_s")
+        d_d = lim["disk_write_direct"].get("mb_per_s")
+        out += [
+            "**Physical limits, measured in this run:** loopback TCP "
+            f"{lim['loopback_mb_per_s']:.0f} MB/s (best of 1 and 4 connections); disk write "
+            f"{fmt(d_b, '.0f')} MB/s buffered + fdatasync, {fmt(d_d, '.0f')} MB/s O_DIRECT. "
+            f"Physical limit = min(loopback, best disk) = **{lim['limit_mb_per_s']:.0f} MB/s** ({lim['limit_is']}); "
+            'every "% of phys. limit" below is median MB/s ÷ this.',
+            "",
+        ]
+    ne = rec.get("netem")
+    if ne:
+        ch = ne.get("checks", {})
+        out += [
+            f"**Emulated network (`--netns`):** server in netns `{ne['namespace']}` behind veth "
+            f"({ne['subnet']}); first-byte latency {ne['latency_ms']:g} ms per request (relay), "
+            f"{ne['conn_mbps']:g} Mbit/s = {ne['conn_mb_per_s']:.0f} MB/s per connection (SO_MAX_PACING_RATE), "
+            f"aggregate {ne['aggregate_gbps']:g} Gbit/s = {ne['aggregate_mb_per_s']:.0f} MB/s (htb). "
+            f"Measured: 1 connection {fmt(ch.get('one_conn_mb_per_s'), '.0f')} MB/s, "
+            f"{ch.get('tcp_goodput', {}).get('runs', [{}, {}])[1].get('conns', '?')} connections "
+            f"{fmt(ch.get('many_conns_mb_per_s'), '.0f')} MB/s (TCP goodput ≈ {100 * netem.GOODPUT_FACTOR:.1f} % "
+            f"of wire rate); a small request takes {fmt(ch.get('small_request_ms_direct'), '.1f')} ms direct and "
+            f"{fmt(ch.get('small_request_ms_via_relay'), '.1f')} ms through the relay. "
+            "The ceiling for c connections is min(c x per-connection cap, aggregate cap).",
+            "",
+        ]
+    for key, ph in rec.get("phases", {}).items():
+        if ph["name"] == "noop":
+            out.append(f"#### No-op re-run ({key}): `{ph['model']['uri']}`, {ph['model']['n_files']} files")
+            out.append("")
+            if ph.get("skipped") or (ph.get("problems") and "excess_median_s" not in ph):
+                out += [f"Not measured: {ph.get('skipped') or ph.get('problems')}", ""]
+                continue
+            out += [
+                "| aibrix-download re-run s (median) | CPU-s | RSS MiB | one listing, in-process s "
+                "| listing, new python+boto3 s | `s5cmd ls` s | `aibrix-download --help` s | re-run minus listing s "
+                "| target < 1 s |",
+                "|---|---|---|---|---|---|---|---|---|",
+                f"| {fmt(ph['noop_wall_median_s'], '.3f')} ({ph['ok']}/{ph['reps']} ok) "
+                f"| {fmt(ph['noop_cpu_median_s'], '.2f')} | {fmt(ph['noop_rss_mib_median'], '.0f')} "
+                f"| {fmt(ph['listing_median_s'], '.3f')} | {fmt(ph['listing_cold_python_median_s'], '.3f')} "
+                f"| {fmt(ph['listing_s5cmd_median_s'], '.3f')} | {fmt(ph['startup_help_median_s'], '.3f')} "
+                f"| {fmt(ph['excess_median_s'], '.3f')} | {'met' if ph['target_met'] else 'NOT met'} |",
+                "",
+            ]
+            continue
+        mdl = ph["model"]
+        out.append(
+            f"#### {ph['name']} ({key}): `{mdl['uri']}` — {mdl['total_gib']:.2f} GiB in {mdl['n_files']} files, "
+            f"{ph['reps']} rep(s)" + (f" + {ph['warmup_rounds']} warm-up round(s)" if ph["warmup_rounds"] else "")
+        )
+        out.append("")
+        if ph["name"] == "sweep":
+            out.append(sweep_tables(ph))
+        else:
+            cfg = ph["configs"][0]
+            out.append(f"{cfg['conns']} connections, {cfg['chunk_mib']} MiB ranges.\n")
+            out.append(markdown_table(ph["summary"]))
+            for t, s in ph["tool_settings"][f"{cfg['conns']}x{cfg['chunk_mib']}MiB"].items():
+                out.append(f"- `{t}`: {s}")
+            out.append("")
+    for t, why in rec["config"]["tools_skipped"].items():
+        out.append(f"- **{t} skipped**: {why}")
+    if rec.get("plot"):
+        out.append(f"\nPlot: `{rec['plot']}`")
+    out.append(f"\nRaw numbers: `{results_path}`\n")
+    return "\n".join(out)
 
 
 def _aibrix_download_reason(ctx: Ctx) -> str | None:
@@ -1171,12 +1779,14 @@ def resummarize(paths: list[Path], quiet_cores: float | None) -> int:
     total = 0
     for path in paths:
         rec = json.loads(path.read_text())
+        if "model" not in rec:
+            raise SystemExit(f"{path}: has no compare phase to summarize (see its .md for the other phases)")
         limit = rec["config"].get("max_other_cores", 0.5)
         total = rec["model"]["total_bytes"]
         tools += [t for t in rec["config"]["tools_requested"] if t not in tools]
         skipped |= rec["config"].get("tools_skipped", {})
         for r in rec["runs"]:
-            if r.get("warmup"):
+            if r.get("warmup") or not str(r.get("phase", "compare")).startswith("compare"):
                 continue
             if "other_cores" not in r and r.get("other_cpu_s") is not None:
                 r["other_cores"] = r["other_cpu_s"] / max(r["wall_s"], 1e-9)
@@ -1239,6 +1849,58 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     p.add_argument("--work-dir", default=str(DEFAULT_WORK), help="where scratch/download dirs are made")
     p.add_argument("--results-dir", default=str(DEFAULT_RESULTS))
     p.add_argument("--aibrix-download-bin", default=str(DEFAULT_AIBRIX_DOWNLOAD))
+    g = p.add_argument_group(
+        "phases",
+        "Without a phase flag a run is the classic comparison (--compare) on loopback, or the sweep with --netns. "
+        "Physical limits (loopback TCP, disk write) are measured at the start of every run.",
+    )
+    g.add_argument(
+        "--all",
+        action="store_true",
+        help="everything: limits; compare, small files and no-op on loopback; then sweep and no-op in the netns",
+    )
+    g.add_argument(
+        "--compare", action="store_true", help="the classic table: --shards x --shard-mib model, --reps reps"
+    )
+    g.add_argument("--sweep", action="store_true", help="every tool at --sweep-conns x --sweep-chunks-mib")
+    g.add_argument(
+        "--small-files", action="store_true", help="many small files: --small-files-count x --small-file-kib"
+    )
+    g.add_argument(
+        "--noop", action="store_true", help="no-op re-run of aibrix-download on a complete --noop-files model"
+    )
+    g.add_argument("--skip-limits", action="store_true", help="do not measure loopback/disk limits")
+    g.add_argument("--limits-disk-mib", type=int, default=1024, help="bytes written by each disk-limit test")
+    g.add_argument("--limits-seconds", type=float, default=3.0, help="duration of each TCP throughput point")
+    g.add_argument("--sweep-conns", default="1,4,16,64", help="connection counts of the sweep")
+    g.add_argument("--sweep-chunks-mib", default="8,16,64", help="range sizes (MiB) of the sweep")
+    g.add_argument("--sweep-reps", type=int, default=2, help="repetitions of the whole sweep (each ~10 min)")
+    g.add_argument("--sweep-shards", type=int, default=4, help="shards of the sweep's model")
+    g.add_argument("--sweep-shard-mib", type=int, default=256, help="shard size of the sweep's model (4 x 256 = 1 GiB)")
+    g.add_argument(
+        "--sweep-part-mib",
+        type=int,
+        default=8,
+        help="multipart part size the sweep's model is uploaded with (8 = the AWS CLI's default); "
+        "aibrix-download's ranges are whole parts, so this must be <= the smallest swept range size",
+    )
+    g.add_argument("--small-files-count", type=int, default=10000, help="files in the small-files model")
+    g.add_argument("--small-file-kib", type=int, default=256, help="size of each small file")
+    g.add_argument("--small-reps", type=int, default=3, help="repetitions of the small-files phase")
+    g.add_argument("--noop-files", type=int, default=1000, help="files in the no-op model")
+    g.add_argument("--noop-file-kib", type=int, default=256, help="size of each file of the no-op model")
+    g.add_argument("--noop-reps", type=int, default=5, help="no-op re-runs (each with its own listing timings)")
+    n = p.add_argument_group(
+        "realistic network (--netns)",
+        "The server runs in a network namespace behind a veth pair (made and removed by the harness; root only). "
+        "A relay in the namespace adds first-byte latency per request and caps each connection "
+        "(SO_MAX_PACING_RATE); an htb qdisc caps the aggregate. No packet loss, jitter or per-packet RTT.",
+    )
+    n.add_argument("--netns", action="store_true", help="run the selected phases against the emulated network")
+    n.add_argument("--latency-ms", type=float, default=100.0, help="first-byte latency added to every request")
+    n.add_argument("--conn-mbps", type=float, default=680.0, help="per-connection cap, Mbit/s (680 = 85 MB/s; 0: none)")
+    n.add_argument("--aggregate-gbps", type=float, default=2.5, help="aggregate cap of the link, Gbit/s (0: none)")
+    n.add_argument("--queue-ms", type=float, default=20.0, help="bottleneck queue length in ms of the aggregate rate")
     p.add_argument(
         "--summarize",
         metavar="JSON",
@@ -1251,7 +1913,13 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
         metavar="CORES",
         help="with --summarize: use every timed run (redone ones too) with other load <= CORES, and only those",
     )
-    return p.parse_args(argv)
+    args = p.parse_args(argv)
+    try:
+        args.sweep_conns_list = [int(x) for x in args.sweep_conns.split(",") if x.strip()]
+        args.sweep_chunks_list = [int(x) for x in args.sweep_chunks_mib.split(",") if x.strip()]
+    except ValueError:
+        p.error("--sweep-conns and --sweep-chunks-mib take comma lists of integers")
+    return args
 
 
 def _install_signal_handlers() -> Iterator[None]:

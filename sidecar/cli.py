@@ -21,6 +21,7 @@ from downloader.errors import ConfigError
 
 from .app import create_app
 from .config import load_settings
+from .fastpath import probe_protocol
 from .monitor import Monitor
 
 log = logging.getLogger("sidecar")
@@ -53,7 +54,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     monitor = Monitor(settings)
     monitor.start()
     app = create_app(monitor)
-    config = uvicorn.Config(app, log_level="warning", access_log=False, lifespan="off")
+    # Probes are answered on the socket (sidecar/fastpath.py); anything else goes through uvicorn to the app.
+    # No access log: a line per probe would cost more than the probe.
+    config = uvicorn.Config(
+        app, http=probe_protocol(app.answers), log_level="warning", access_log=False, lifespan="off"
+    )
     server = uvicorn.Server(config)
     # uvicorn restores these after its graceful shutdown and re-raises the signal it caught; ours records it
     # instead of dying, so the download child is stopped before we exit.

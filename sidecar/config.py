@@ -87,8 +87,10 @@ def load_settings(argv: Sequence[str], env: Mapping[str, str]) -> SidecarSetting
     if download_args:
         # The downloader's own parser decides where the model lands: one source of truth.
         model_dir = load_download_settings(download_args, env).model_dir
-    if model_dir is None:
-        raise ConfigError("--model-dir", None, "set the model directory (or pass aibrix-download arguments after --)")
+    if model_dir is None or not model_dir.strip():
+        raise ConfigError(
+            "--model-dir", model_dir, "set the model directory (or pass aibrix-download arguments after --)"
+        )
 
     raw, name = _pick(args.host, env, "SIDECAR_HOST")
     host = raw or "0.0.0.0"

@@ -4,6 +4,9 @@ the engine's /health, Ray's membership, and, in native-sidecar mode, the downloa
 Engine and Ray are polled in the background, so a probe never waits on them and probing at a high rate
 costs the download nothing. The manifest is checked on every readiness request (one stat(2), a re-parse
 only when the file changed), so readiness turns true exactly when the manifest lands.
+
+Every change to something a probe answer depends on (the manifest's verdict, the polled progress, engine,
+Ray, the download child) bumps `version`, so the HTTP layer can keep a rendered answer until it changes.
 """
 
 from __future__ import annotations
@@ -22,7 +25,7 @@ from typing import Any
 import httpx
 
 from downloader import Manifest, Progress, is_ready, read_manifest, read_progress
-from downloader.state import MANIFEST_NAME, state_dir
+from downloader.state import MANIFEST_NAME, PROGRESS_NAME, state_dir
 
 from .config import SidecarSettings
 
@@ -64,6 +67,9 @@ class Monitor:
         self.model_dir = settings.model_dir
         self._clock = clock
         self._lock = threading.Lock()
+        self._manifest_path = os.path.join(state_dir(self.model_dir), MANIFEST_NAME)
+        self._progress_path = os.path.join(state_dir(self.model_dir), PROGRESS_NAME)
+        self._version = 0  # bumped (under the lock) whenever anything a verdict or status depends on changes
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._http = httpx.Client(timeout=settings.engine_timeout, follow_redirects=False, trust_env=False)
@@ -126,6 +132,7 @@ class Monitor:
         assert self._child is not None
         code = self._child.wait()
         with self._lock:
+            self._version += 1
             self.child_exit = code
             if code != 0 and not self._stop.is_set():
                 self.child_failed = f"aibrix-download exited with code {code}"
@@ -140,6 +147,8 @@ class Monitor:
         progress = read_progress(self.model_dir)
         now = self._clock()
         with self._lock:
+            if progress != self._progress:
+                self._version += 1
             self._progress = progress
             done = progress.bytes_done if progress else -1
             if done != self._last_bytes:
@@ -158,6 +167,8 @@ class Monitor:
         except httpx.HTTPError as exc:
             up, detail = False, f"engine not answering ({type(exc).__name__})"
         with self._lock:
+            if (up, detail) != (self.engine_up, self.engine_detail):
+                self._version += 1
             self.engine_up, self.engine_detail = up, detail
 
     def _poll_ray(self) -> None:
@@ -169,6 +180,8 @@ class Monitor:
         except (httpx.HTTPError, ValueError) as exc:
             alive, detail = None, f"Ray dashboard not answering ({type(exc).__name__})"
         with self._lock:
+            if (alive, detail) != (self.ray_alive, self.ray_detail):
+                self._version += 1
             self.ray_alive, self.ray_detail = alive, detail
 
     def engine_metrics(self) -> str | None:
@@ -181,12 +194,35 @@ class Monitor:
         return r.text if r.status_code == 200 else None
 
     # ------------------------------------------------------------------------------------- verdicts
+    @property
+    def version(self) -> int:
+        """Changes whenever a verdict or the status may have changed; call model() first (it checks the manifest)."""
+        return self._version
+
+    def clock(self) -> float:
+        return self._clock()
+
+    def stall_deadline(self) -> float:
+        """When (on clock()) liveness turns 503 for a stall if the download makes no progress until then."""
+        with self._lock:
+            return self._last_change + self.settings.stall_timeout
+
+    def progress_key(self) -> tuple[int, int, int] | None:
+        """Identity of progress.json as it is now (the downloader replaces it by a rename each time it writes)."""
+        try:
+            st = os.stat(self._progress_path)
+        except OSError:
+            return None
+        return st.st_mtime_ns, st.st_size, st.st_ino
+
     def model(self) -> tuple[bool, Manifest | None]:
         """Is the model complete and verified? Cheap enough for every probe."""
         try:
-            st = os.stat(os.path.join(state_dir(self.model_dir), MANIFEST_NAME))
+            st = os.stat(self._manifest_path)
         except OSError:
             with self._lock:
+                if self._manifest_key is not None or self._manifest_ready:
+                    self._version += 1
                 self._manifest_key, self._manifest, self._manifest_ready = None, None, False
             return False, None
         key = (st.st_mtime_ns, st.st_size, st.st_ino)
@@ -197,6 +233,8 @@ class Monitor:
         manifest = read_manifest(self.model_dir)
         ready = manifest is not None and is_ready(self.model_dir)
         with self._lock:
+            if (key, ready) != (self._manifest_key, self._manifest_ready) or manifest != self._manifest:
+                self._version += 1
             self._manifest_key, self._manifest, self._manifest_ready, self._checked_at = key, manifest, ready, now
         return ready, manifest
 

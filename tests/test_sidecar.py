@@ -18,6 +18,7 @@ import httpx
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
+from downloader.state import Manifest, ManifestFile, Progress, StateDir
 from tests.conftest import REPO, S3Server, cli_env, read_tree, run_cli
 from tests.faultproxy import Delay, FaultProxy, Rule, Stall
 from tests.synthetic import MiB, random_bytes, upload
@@ -303,3 +304,170 @@ def test_native_sidecar_exits_when_its_download_fails(s3_server: S3Server, tmp_p
         sidecar.http.close()
         if sidecar.proc.poll() is None:
             sidecar.proc.kill()
+
+
+# ------------------------------------------------------------------------------ probes on the socket, answers
+
+
+def _write_progress(model_dir: Path, **fields: object) -> None:
+    """progress.json as the downloader writes it (its own writer: a rename, like every ~0.5 s in a download)."""
+    state = StateDir(str(model_dir))
+    state.ensure()
+    now = time.time()
+    base: dict[str, object] = dict(
+        phase="downloading", source="s3://b/m/", model_dir=str(model_dir), pid=os.getpid(), host="test",
+        started_at=now - 10, updated_at=now, bytes_total=4 * MiB, files_total=1,
+    )  # fmt: skip
+    state.write_progress(Progress(**{**base, **fields}))  # type: ignore[arg-type]
+
+
+def _read_response(sock: socket.socket, buf: bytearray) -> tuple[int, dict[str, str], bytes]:
+    """One HTTP/1.1 response (status, lower-cased headers, body) from sock; bytes after it stay in buf."""
+    while b"\r\n\r\n" not in buf:
+        data = sock.recv(65536)
+        assert data, f"connection closed mid-response: {bytes(buf)!r}"
+        buf += data
+    end = buf.index(b"\r\n\r\n")
+    lines = bytes(buf[:end]).decode("latin-1").split("\r\n")
+    headers = {k.strip().lower(): v.strip() for k, _, v in (line.partition(":") for line in lines[1:])}
+    length = int(headers["content-length"])
+    while len(buf) < end + 4 + length:
+        data = sock.recv(65536)
+        assert data, "connection closed mid-body"
+        buf += data
+    body = bytes(buf[end + 4 : end + 4 + length])
+    del buf[: end + 4 + length]
+    return int(lines[0].split()[1]), headers, body
+
+
+def _closed(sock: socket.socket) -> bool:
+    sock.settimeout(5)
+    try:
+        return sock.recv(1) == b""
+    except ConnectionResetError:
+        return True
+
+
+def test_probe_answers_are_never_stale(tmp_path: Path) -> None:
+    """The sidecar keeps rendered answers, but every change shows in the very next answer, with no poll between."""
+    model = tmp_path / "m"
+    _write_progress(model, bytes_done=1 * MiB)
+    sidecar = Sidecar(
+        ["--model-dir", str(model), "--poll-interval", "60", "--stall-timeout", "3"], "http://127.0.0.1:9"
+    )
+    try:
+        started = time.monotonic()
+        assert sidecar.get("/healthz").status_code == 200
+        r = sidecar.get("/readyz")
+        assert r.status_code == 503 and r.json()["phase"] == "downloading", r.json()
+        for i in range(2, 6):  # progress.json rewritten: the next /status shows it
+            assert sidecar.get("/status").json()["bytes_done"] == (i - 1) * MiB
+            _write_progress(model, bytes_done=i * MiB)
+            assert sidecar.get("/status").json()["bytes_done"] == i * MiB
+        # nothing changes, yet liveness must turn 503 once the stall timeout has passed since the last progress
+        r = wait_for(lambda: (x := sidecar.get("/healthz")).status_code == 503 and x, timeout=15, interval=0.05)
+        assert time.monotonic() - started >= 2.5 and "no download progress" in r.json()["reason"]
+        # the manifest lands: the next probe says so (no poll runs in between: --poll-interval 60)
+        (model / "config.json").write_bytes(b"{}")
+        st = os.stat(model / "config.json")
+        StateDir(str(model)).write_manifest(
+            Manifest(
+                source="s3://b/m/", model_dir=str(model), created_at=time.time(), tool="test",
+                files=(ManifestFile("config.json", 2, "etag", None, None, "size", st.st_mtime_ns),),
+            )
+        )  # fmt: skip
+        r = sidecar.get("/readyz")
+        assert r.status_code == 200 and r.json() == {"ok": True, "phase": "ready", "reason": "ready"}
+        assert sidecar.get("/healthz").status_code == 200
+        status = sidecar.get("/status").json()
+        assert status["phase"] == "ready" and status["model_complete"] is True and status["manifest"]["files"] == 1
+        (model / "config.json").unlink()  # a file gone from an unchanged manifest: noticed at the next recheck
+        assert wait_for(lambda: sidecar.get("/readyz").status_code == 503, timeout=15, interval=0.2)
+    finally:
+        assert sidecar.close() == 143
+
+
+def test_probes_on_raw_connections(tmp_path: Path) -> None:
+    """Probe requests are answered on the socket; anything else on the same connection still reaches the app."""
+    _write_progress(tmp_path / "m", bytes_done=1 * MiB)
+    sidecar = Sidecar(["--model-dir", str(tmp_path / "m")], "http://127.0.0.1:9")
+    host, port = sidecar.url.removeprefix("http://").split(":")
+    ready = sidecar.get("/readyz").json()
+
+    def connect() -> socket.socket:
+        return socket.create_connection((host, int(port)), timeout=10)
+
+    try:
+        with connect() as s:
+            buf = bytearray()
+            # pipelined in one write: GET, HEAD, a query string, and the AIBrix path
+            s.sendall(
+                b"GET /readyz HTTP/1.1\r\nHost: x\r\n\r\nHEAD /readyz HTTP/1.1\r\nHost: x\r\n\r\n"
+                b"GET /status?verbose=1 HTTP/1.1\r\nHost: x\r\n\r\nGET /ready HTTP/1.1\r\nHost: x\r\n\r\n"
+            )
+            code, headers, body = _read_response(s, buf)
+            assert code == 503 and headers["content-type"] == "application/json" and json.loads(body) == ready
+            # HEAD: the headers of the GET, no body
+            while b"\r\n\r\n" not in buf:
+                buf += s.recv(65536)
+            end = buf.index(b"\r\n\r\n")
+            head = bytes(buf[:end]).decode().lower()
+            del buf[: end + 4]
+            assert head.startswith("http/1.1 503") and f"content-length: {len(json.dumps(ready))}" in head
+            code, _, body = _read_response(s, buf)
+            assert code == 200 and json.loads(body)["bytes_done"] == MiB
+            code, _, body = _read_response(s, buf)
+            assert code == 503 and json.loads(body) == ready
+            # /metrics goes to the app; the probe pipelined behind it is answered after it, in order
+            s.sendall(b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\nGET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
+            code, headers, body = _read_response(s, buf)
+            assert code == 200 and headers["content-type"].startswith("text/plain") and b"aibrix_ready 0.0" in body
+            code, _, body = _read_response(s, buf)
+            assert code == 200 and json.loads(body) == {"ok": True, "phase": "downloading", "reason": "ok"}
+            s.sendall(
+                b"GET /readyz HTTP/1.1\r\nHost: x\r\n\r\nPOST /readyz HTTP/1.1\r\nHost: x\r\nContent-Length: 0\r\n\r\n"
+            )
+            assert _read_response(s, buf)[0] == 503
+            assert _read_response(s, buf)[0] == 405
+        # a request with a body, an unknown path and an unparseable request are the app's and uvicorn's business
+        with connect() as s:
+            buf = bytearray()
+            s.sendall(
+                b"GET /readyz HTTP/1.1\r\nHost: x\r\nContent-Length: 2\r\n\r\n{}GET /nope HTTP/1.1\r\nHost: x\r\n\r\n"
+            )
+            code, _, body = _read_response(s, buf)
+            assert code == 503 and json.loads(body) == ready
+            assert _read_response(s, buf)[0] == 404
+        with connect() as s:
+            s.sendall(b"NOT HTTP AT ALL\r\n\r\n")
+            assert _read_response(s, bytearray())[0] == 400
+        # Connection: close (what the kubelet sends) and HTTP/1.0: answered, then closed by the sidecar
+        for request in (
+            b"GET /healthz HTTP/1.1\r\nHost: x\r\nConnection: Close\r\nUser-Agent: kube-probe/1.30\r\n\r\n",
+            b"GET /healthz HTTP/1.0\r\n\r\n",
+        ):
+            with connect() as s:
+                s.sendall(request)
+                code, headers, _ = _read_response(s, bytearray())
+                assert code == 200 and headers.get("connection") == "close"
+                assert _closed(s)
+        # an idle keep-alive connection is closed after uvicorn's keep-alive timeout (5 s), not kept forever
+        with connect() as s:
+            s.sendall(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
+            assert _read_response(s, bytearray())[0] == 200
+            t0 = time.monotonic()
+            s.settimeout(15)
+            assert s.recv(1) == b""
+            assert 4 < time.monotonic() - t0 < 10
+        # a connection kept open across a graceful stop does not hold it up
+        lingering = connect()
+        lingering.sendall(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
+        assert _read_response(lingering, bytearray())[0] == 200
+        t0 = time.monotonic()
+        assert sidecar.close() == 143
+        assert time.monotonic() - t0 < 4
+        assert _closed(lingering)
+        lingering.close()
+    finally:
+        if sidecar.proc.poll() is None:
+            sidecar.close()
