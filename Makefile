@@ -25,7 +25,7 @@ test: lint typecheck
 ## test-e2e: real Ray + vLLM (CPU build) end-to-end tests, in their own venv (.venv-e2e)
 test-e2e:
 	bash tests/e2e/setup.sh
-	.venv-e2e/bin/python -m pytest -q -p no:cacheprovider -m e2e tests/e2e
+	.venv-e2e/bin/python -m pytest -q -rP -p no:cacheprovider -m e2e tests/e2e
 
 ## test-fast: the suite without the slow end-to-end tests
 test-fast: $(STAMP)

@@ -3,7 +3,8 @@
 and 127.0.0.12), each downloading the model into its own directory, vLLM's CPU build with tensor parallel 2 over
 Ray, and `aibrix-sidecar` readiness watching the engine and the Ray membership.
 
-Two vLLM launches cover everything: (1) late worker + chat + readiness + raylet killed; (2) worker frozen.
+Three vLLM launches cover everything: (1) late worker + chat + readiness + raylet killed; (2) worker frozen;
+(3) head killed.
 """
 
 from __future__ import annotations
@@ -31,6 +32,7 @@ from tests.conftest import REPO, S3Server
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(900)]
 
 HEAD_IP, WORKER_IP = "127.0.0.11", "127.0.0.12"
+HEAD_LOST_TIMEOUT = 20  # the worker's --head-lost-timeout
 DETECTION_BUDGET = 15.0  # seconds from the worker's failure to the head exiting non-zero and readiness 503
 ENGINE_ARGS = [
     "--enforce-eager",
@@ -305,7 +307,7 @@ class Group:
                 "--head-address",
                 f"{HEAD_IP}:{self.gcs_port}",
                 "--head-lost-timeout",
-                "20",
+                str(HEAD_LOST_TIMEOUT),
                 f"--ray-start-args=--dashboard-agent-listen-port={free_port()}",
             ],
             self.env,
@@ -452,3 +454,35 @@ def test_frozen_worker_is_detected_within_15_seconds(group: Group) -> None:
     frozen_at = time.monotonic()
     assert signal_tag(g.worker.tag, signal.SIGSTOP) >= 3
     assert_head_fails_fast(g, frozen_at, "the worker was frozen")
+
+
+def test_head_killed_worker_exits_and_readiness_drops(group: Group) -> None:
+    g = group
+    g.sidecar.start()
+    g.watcher.start()
+    g.head.start()
+    g.worker.start()
+    g.head.wait_line(r"vLLM is serving", timeout=500, also=g.logs)
+    g.watcher.wait(lambda s: s.ready == 200, timeout=60)
+
+    # The head pod dies at once: its runtime, Ray head (GCS, raylet, workers) and vLLM, all SIGKILL.
+    killed_at = time.monotonic()
+    assert signal_tag(g.head.tag, signal.SIGKILL) >= 3
+    not_ready = g.watcher.wait(lambda s: s.ready == 503, timeout=DETECTION_BUDGET, after=killed_at)
+    assert g.worker.proc is not None
+    try:
+        code = g.worker.proc.wait(timeout=HEAD_LOST_TIMEOUT + DETECTION_BUDGET)
+    except subprocess.TimeoutExpired:
+        raise AssertionError(f"the worker did not exit after the head was killed\n{g.logs()}") from None
+    exited_after = time.monotonic() - killed_at
+    # The worker stopped its own Ray node on the way out: nothing of it is left running.
+    deadline = time.monotonic() + 10
+    while tagged_pids(g.worker.tag) and time.monotonic() < deadline:
+        time.sleep(0.25)
+    left = [cmdline(p) for p in tagged_pids(g.worker.tag)]
+    print(
+        f"head killed: readiness 503 after {not_ready.t - killed_at:.1f}s ({not_ready.reason}); "
+        f"worker exited {code} after {exited_after:.1f}s; left running: {left}"
+    )
+    assert code in (13, 15), f"worker exit code {code}\n{g.worker.tail()}"
+    assert not left, left
