@@ -292,7 +292,7 @@ def build_arg_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--include", action="append", help="glob on the relative path; repeatable [DOWNLOADER_INCLUDE]")
     p.add_argument("--exclude", action="append", help="glob on the relative path; repeatable [DOWNLOADER_EXCLUDE]")
-    p.add_argument("--num-threads", help="connections in flight for the whole download [DOWNLOADER_NUM_THREADS, 32]")
+    p.add_argument("--num-threads", help="requests in flight for the whole download [DOWNLOADER_NUM_THREADS, 32]")
     p.add_argument("--part-threshold", help="size from which a file is fetched in ranges [DOWNLOADER_PART_THRESHOLD]")
     p.add_argument("--part-chunksize", help="range size [DOWNLOADER_PART_CHUNKSIZE, 64MiB]")
     p.add_argument("--buffer-size", help="read buffer per connection [DOWNLOADER_BUFFER_SIZE, 1MiB]")

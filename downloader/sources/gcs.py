@@ -57,6 +57,7 @@ _ANONYMOUS: Any = _AnonymousCredentials
 _LIST_FIELDS = "items(name,size,generation,crc32c,md5Hash,contentEncoding),nextPageToken"
 _PAGE_SIZE = 1000
 _CONTROL_RETRY_SECONDS = 60.0
+_CONTROL_ATTEMPTS = 6  # listing and metadata calls, like botocore's standard mode for S3
 _RETRYABLE_STATUS = {408, 429, 500, 502, 503, 504}
 _NO_CREDENTIALS = (
     "no Google Cloud credentials found: use workload identity, or set GOOGLE_APPLICATION_CREDENTIALS to a "
@@ -165,6 +166,8 @@ class GcsSource:
 
     def _list_retry(self, attempts: _Attempts) -> Any:
         def on_error(exc: BaseException) -> None:
+            if attempts.count >= _CONTROL_ATTEMPTS:
+                raise exc  # the S3 control plane's budget too: give up now, not after a minute of retries
             attempts.count += 1
             log.warning("%s: %s; retrying (attempt %d)", self.display_uri, _brief(exc), attempts.count)
 
