@@ -7,7 +7,9 @@ which would leak into every other test; this module runs the same binary directl
 from __future__ import annotations
 
 import contextlib
+import http.server
 import platform
+import re
 import socket
 import subprocess
 import time
@@ -120,3 +122,23 @@ def upload(client: Any, bucket: str, prefix: str, files: Mapping[str, bytes]) ->
     for rel, data in files.items():
         key = f"{prefix.rstrip('/')}/{rel}" if prefix else rel
         b.blob(key).upload_from_string(data, content_type="application/octet-stream")
+
+
+class RefusingTokenEndpoint(http.server.BaseHTTPRequestHandler):
+    """Google's OAuth token endpoint refusing every grant, as it does for a revoked key. Records the signed JWT
+    assertions it was sent, so a test can check that none of them leaks."""
+
+    assertions: list[str] = []
+
+    def do_POST(self) -> None:
+        body = self.rfile.read(int(self.headers.get("Content-Length", 0))).decode()
+        type(self).assertions += re.findall(r"assertion=([\w.%-]+)", body)
+        reply = b'{"error": "invalid_grant", "error_description": "Invalid JWT Signature."}'
+        self.send_response(400)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(reply)))
+        self.end_headers()
+        self.wfile.write(reply)
+
+    def log_message(self, format: str, *args: object) -> None:
+        pass

@@ -21,7 +21,7 @@ import pytest
 from downloader import is_ready, read_manifest, read_progress
 from tests.conftest import journal_ranges, popen_cli, read_tree, run_cli
 from tests.faultproxy import Callback, Delay, FaultProxy, FlipBit, RequestRecord, Reset, Rule, Stall, Status, Truncate
-from tests.gcs_server import FakeGcs, upload
+from tests.gcs_server import FakeGcs, RefusingTokenEndpoint, upload
 from tests.synthetic import MiB, model_files, random_bytes
 
 CLASSIC = "json,safetensors,py"
@@ -203,22 +203,6 @@ def test_auth_failure_exits_3_with_one_clear_line(
     assert read_manifest(str(tmp_path / "llama-demo")) is None
 
 
-class _TokenEndpoint(http.server.BaseHTTPRequestHandler):
-    """An OAuth token endpoint that refuses every grant, as Google's does for a revoked key."""
-
-    def do_POST(self) -> None:
-        self.rfile.read(int(self.headers.get("Content-Length", 0)))
-        body = b'{"error": "invalid_grant", "error_description": "Invalid JWT Signature."}'
-        self.send_response(400)
-        self.send_header("Content-Type", "application/json")
-        self.send_header("Content-Length", str(len(body)))
-        self.end_headers()
-        self.wfile.write(body)
-
-    def log_message(self, format: str, *args: object) -> None:
-        pass
-
-
 def test_credentials_errors_name_the_problem_never_the_secret(tmp_path) -> None:  # type: ignore[no-untyped-def]
     from cryptography.hazmat.primitives import serialization
     from cryptography.hazmat.primitives.asymmetric import rsa
@@ -228,7 +212,7 @@ def test_credentials_errors_name_the_problem_never_the_secret(tmp_path) -> None:
         .private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption())
         .decode()
     )
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _TokenEndpoint)
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), RefusingTokenEndpoint)
     threading.Thread(target=server.serve_forever, daemon=True).start()
     try:
         key = {

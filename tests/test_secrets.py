@@ -25,6 +25,7 @@ import pytest
 from tests.conftest import REPO, S3Server, cli_env, run_cli
 from tests.fakehub import FakeHub
 from tests.faultproxy import Delay, FaultProxy, Rule
+from tests.gcs_server import RefusingTokenEndpoint
 from tests.synthetic import MiB, random_bytes, upload
 
 # Distinctive values: none of them can occur by chance in a log line.
@@ -226,25 +227,6 @@ def test_hf_token_and_signed_cdn_urls_never_appear(tmp_path: Path) -> None:
 # -------------------------------------------------------------------------------------------------- GCS
 
 
-class _TokenEndpoint(http.server.BaseHTTPRequestHandler):
-    """Google's OAuth token endpoint refusing the grant; records the signed JWT assertion it was sent."""
-
-    assertions: list[str] = []
-
-    def do_POST(self) -> None:
-        body = self.rfile.read(int(self.headers.get("Content-Length", 0))).decode()
-        type(self).assertions += re.findall(r"assertion=([\w.%-]+)", body)
-        reply = b'{"error": "invalid_grant", "error_description": "Invalid JWT Signature."}'
-        self.send_response(400)
-        self.send_header("Content-Type", "application/json")
-        self.send_header("Content-Length", str(len(reply)))
-        self.end_headers()
-        self.wfile.write(reply)
-
-    def log_message(self, format: str, *args: object) -> None:
-        pass
-
-
 def test_gcs_service_account_key_never_appears(tmp_path: Path) -> None:
     """The real google-auth chain reads the key file, signs a JWT and posts it to the token endpoint (ours, on
     127.0.0.1, which refuses): the private key, its id and the signed assertion stay out of every output."""
@@ -256,7 +238,7 @@ def test_gcs_service_account_key_never_appears(tmp_path: Path) -> None:
         .private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption())
         .decode()
     )
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _TokenEndpoint)
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), RefusingTokenEndpoint)
     threading.Thread(target=server.serve_forever, daemon=True).start()
     key_id = "abusekeyid" + hashlib.sha1(pem.encode()).hexdigest()[:20]
     key = {
@@ -270,7 +252,7 @@ def test_gcs_service_account_key_never_appears(tmp_path: Path) -> None:
     }
     key_file = tmp_path / "sa.json"
     key_file.write_text(json.dumps(key))
-    _TokenEndpoint.assertions = []
+    RefusingTokenEndpoint.assertions = []
     try:
         r = run_cli(
             [
@@ -289,9 +271,9 @@ def test_gcs_service_account_key_never_appears(tmp_path: Path) -> None:
         server.shutdown()
         server.server_close()
     assert r.returncode == 3 and "invalid_grant" in r.stderr, r.stderr
-    assert _TokenEndpoint.assertions, "no JWT was ever signed: the key was not really used"
+    assert RefusingTokenEndpoint.assertions, "no JWT was ever signed: the key was not really used"
     body_lines = [line for line in pem.splitlines() if "PRIVATE KEY" not in line]
-    secrets = {"private key id": key_id, "signed assertion": _TokenEndpoint.assertions[0][:60]}
+    secrets = {"private key id": key_id, "signed assertion": RefusingTokenEndpoint.assertions[0][:60]}
     secrets.update({f"key line {i}": line for i, line in enumerate(body_lines)})
     assert_absent(
         secrets, out=r.stdout + r.stderr, files=files_text(tmp_path / "out") if (tmp_path / "out").exists() else ""

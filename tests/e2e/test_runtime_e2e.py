@@ -440,15 +440,20 @@ def test_late_worker_chat_readiness_then_raylet_killed(group: Group) -> None:
     assert g.worker.proc is not None and g.worker.proc.wait(timeout=60) == 15, g.worker.tail()
 
 
-def test_frozen_worker_is_detected_within_15_seconds(group: Group) -> None:
-    g = group
+def start_serving(g: Group) -> None:
+    """The whole group at once: sidecar, head and worker; returns once vLLM answers a chat and readiness is 200."""
     g.sidecar.start()
     g.watcher.start()
     g.head.start()
     g.worker.start()
     g.head.wait_line(r"vLLM is serving", timeout=500, also=g.logs)
     assert g.chat()["usage"]["completion_tokens"] > 0
-    g.watcher.wait(lambda s: s.ready == 200, timeout=30)
+    g.watcher.wait(lambda s: s.ready == 200, timeout=60)
+
+
+def test_frozen_worker_is_detected_within_15_seconds(group: Group) -> None:
+    g = group
+    start_serving(g)
 
     # SIGSTOP on every process of the worker node: vLLM alone keeps answering /health for about a minute.
     frozen_at = time.monotonic()
@@ -458,12 +463,7 @@ def test_frozen_worker_is_detected_within_15_seconds(group: Group) -> None:
 
 def test_head_killed_worker_exits_and_readiness_drops(group: Group) -> None:
     g = group
-    g.sidecar.start()
-    g.watcher.start()
-    g.head.start()
-    g.worker.start()
-    g.head.wait_line(r"vLLM is serving", timeout=500, also=g.logs)
-    g.watcher.wait(lambda s: s.ready == 200, timeout=60)
+    start_serving(g)
 
     # The head pod dies at once: its runtime, Ray head (GCS, raylet, workers) and vLLM, all SIGKILL.
     killed_at = time.monotonic()
