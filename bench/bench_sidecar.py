@@ -1520,24 +1520,7 @@ def main(argv: list[str]) -> int:
     if args.probe_cost:
         return probe_cost_main(args)
     rb = load_run_bench()
-    bench = SidecarBench(args, rb)
-
-    def handler(signum: int, _frame: object) -> None:
-        raise KeyboardInterrupt(f"signal {signum}")
-
-    old = {s: signal.signal(s, handler) for s in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)}
-    try:
-        return bench.main()
-    except KeyboardInterrupt:
-        log("interrupted; cleaning up")
-        if bench.record and bench.results_path:
-            bench.record["interrupted"] = True
-            bench.save()
-        return 130
-    finally:
-        bench.cleanup()
-        for s, h in old.items():
-            signal.signal(s, h)
+    return int(rb.run_interruptible(SidecarBench(args, rb)))
 
 
 if __name__ == "__main__":

@@ -50,7 +50,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -1922,17 +1922,31 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     return args
 
 
-def _install_signal_handlers() -> Iterator[None]:
+def run_interruptible(bench: Any) -> int:
+    """bench.main(), with SIGINT/SIGTERM/SIGHUP turned into a clean stop: the results file is saved marked
+    `interrupted`, and whatever the bench started (servers, namespaces, directories) is cleaned up.
+
+    `bench` has main(), cleanup(), save(), and the attributes `record` and `results_path`: this harness's
+    Bench and bench_sidecar.py's SidecarBench both do.
+    """
+
     def handler(signum: int, _frame: object) -> None:
         raise KeyboardInterrupt(f"signal {signum}")
 
     # SIGINT too: a shell may start background jobs with SIGINT ignored
     old = {s: signal.signal(s, handler) for s in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)}
     try:
-        yield
+        return int(bench.main())
+    except KeyboardInterrupt:
+        log("interrupted; cleaning up")
+        if bench.record and bench.results_path:
+            bench.record["interrupted"] = True
+            bench.save()
+        return 130
     finally:
-        for s, h in old.items():
-            signal.signal(s, h)
+        bench.cleanup()
+        for sig, previous in old.items():
+            signal.signal(sig, previous)
 
 
 def main(argv: list[str]) -> int:
@@ -1940,18 +1954,7 @@ def main(argv: list[str]) -> int:
     if args.summarize:
         return resummarize([Path(x) for x in args.summarize], args.quiet_only)
     bootstrap([t.strip() for t in args.tools.split(",")])
-    bench = Bench(args)
-    with contextlib.contextmanager(_install_signal_handlers)():
-        try:
-            return bench.main()
-        except KeyboardInterrupt:
-            log("interrupted; cleaning up")
-            if bench.record and bench.results_path:
-                bench.record["interrupted"] = True
-                bench.save()
-            return 130
-        finally:
-            bench.cleanup()
+    return run_interruptible(Bench(args))
 
 
 if __name__ == "__main__":
