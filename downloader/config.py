@@ -35,6 +35,7 @@ KNOWN_ENV = {
     "DOWNLOADER_PART_CHUNKSIZE",
     "DOWNLOADER_BUFFER_SIZE",
     "DOWNLOADER_FORCE_DOWNLOAD",
+    "DOWNLOADER_DIRECT_IO",
     "DOWNLOADER_CHECK_FILE_EXIST",
     "DOWNLOADER_DRY_RUN",
     "DOWNLOADER_PROGRESS",
@@ -130,6 +131,7 @@ class Settings:
     part_threshold: int = 64 * MiB
     part_chunksize: int = 64 * MiB
     buffer_size: int = 1 * MiB
+    direct_io: bool = True  # large files written with O_DIRECT where the filesystem allows it
     force_download: bool = False
     dry_run: bool = False
     progress: str = "auto"  # auto | bar | lines | none
@@ -297,6 +299,12 @@ def build_arg_parser() -> argparse.ArgumentParser:
     p.add_argument("--part-chunksize", help="range size [DOWNLOADER_PART_CHUNKSIZE, 64MiB]")
     p.add_argument("--buffer-size", help="read buffer per connection [DOWNLOADER_BUFFER_SIZE, 1MiB]")
     p.add_argument(
+        "--direct-io",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="write files fetched in ranges with O_DIRECT, past the page cache [DOWNLOADER_DIRECT_IO, on]",
+    )
+    p.add_argument(
         "--force-download",
         action=argparse.BooleanOptionalAction,
         default=None,
@@ -442,6 +450,7 @@ def settings_from(args: argparse.Namespace, env: Mapping[str, str]) -> Settings:
     if check_exist is False and args.force_download is None:
         force = True  # AIBrix: CHECK_FILE_EXIST=0 means "do not trust what is on disk"
     dry_run = args.dry_run if args.dry_run is not None else bool(_env_bool(env, "DOWNLOADER_DRY_RUN"))
+    direct_io = args.direct_io if args.direct_io is not None else _env_bool(env, "DOWNLOADER_DIRECT_IO") is not False
 
     if args.enable_progress_bar and args.progress is None:
         progress = "bar"
@@ -485,6 +494,7 @@ def settings_from(args: argparse.Namespace, env: Mapping[str, str]) -> Settings:
         part_threshold=part_threshold,
         part_chunksize=part_chunksize,
         buffer_size=buffer_size,
+        direct_io=direct_io,
         force_download=force,
         dry_run=dry_run,
         progress=progress,

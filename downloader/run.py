@@ -120,6 +120,7 @@ def _download(
             raise
         finally:
             reporter.tick()
+            state.close()
             state.release_lock()
     finally:
         tree.close()

@@ -112,6 +112,7 @@ class RequestRecord:
     status: int | None = None
     body_bytes: int = 0
     fault: str | None = None
+    user_agent: str = ""
 
 
 @dataclass
@@ -375,7 +376,9 @@ class _Handler(BaseHTTPRequestHandler):
         method = self.command
         path = self.path
         range_header = self.headers.get("Range")
-        record = RequestRecord(method=method, path=path, range=range_header)
+        record = RequestRecord(
+            method=method, path=path, range=range_header, user_agent=self.headers.get("User-Agent", "")
+        )
         action = proxy._pick_action(method, path, range_header is not None)
         if action is not None:
             record.fault = type(action).__name__
