@@ -276,8 +276,14 @@ class ModelTree:
             return None
         return LocalStat(st.st_size, st.st_mtime_ns, stat.S_ISREG(st.st_mode))
 
-    def create_temp(self, parts: Sequence[str], token: str, size: int) -> tuple[str, int]:
-        """Create and preallocate the temp file for `parts`; returns (temp name, fd open for writing)."""
+    def create_temp(
+        self, parts: Sequence[str], token: str, size: int, *, preallocate_blocks: bool = True
+    ) -> tuple[str, int]:
+        """Create (and preallocate) the temp file for `parts`; returns (temp name, fd open for writing).
+
+        Preallocation is for files written in ranges, out of order and over minutes; a small file written in
+        one go gets its blocks from that write (fallocate would cost a syscall and an extent conversion).
+        """
         parent = self.dir_fd(parts[:-1], create=True)
         name = temp_name(parts[-1], token)
         try:
@@ -285,7 +291,8 @@ class ModelTree:
         except OSError as exc:
             raise LocalStorageError(os.path.join(self.model_dir, *parts[:-1], name), _os_reason(exc)) from None
         try:
-            preallocate(fd, size)
+            if preallocate_blocks:
+                preallocate(fd, size)
         except OSError as exc:
             os.close(fd)
             with contextlib.suppress(OSError):

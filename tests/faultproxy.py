@@ -120,10 +120,14 @@ class Reset:
     """Send headers and ``after_bytes`` of body, then abort with a TCP RST.
 
     Models a load balancer or NAT dropping the connection: the client sees
-    ``ECONNRESET`` rather than a clean end-of-stream.
+    ``ECONNRESET`` rather than a clean end-of-stream.  Linux drops whatever
+    the client has not read yet when the RST arrives; ``linger`` seconds of
+    silence before it let the client read what was sent (a connection that
+    breaks after the bytes arrived, rather than with them in flight).
     """
 
     after_bytes: int
+    linger: float = 0.0
 
 
 @dataclass
@@ -587,6 +591,8 @@ class _Handler(BaseHTTPRequestHandler):
             self._write(b"0\r\n\r\n")
 
         if isinstance(action, Reset):
+            if action.linger:
+                self.server.proxy._stopping.wait(action.linger)
             self._abort_with_rst()
         elif isinstance(action, Truncate):
             self._close_with_fin()

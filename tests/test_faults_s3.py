@@ -92,7 +92,7 @@ def test_broken_responses_are_retried(proxy: FaultProxy, shard_model, tmp_path, 
 
 def test_a_reset_range_resumes_where_it_broke(proxy: FaultProxy, shard_model, tmp_path) -> None:  # type: ignore[no-untyped-def]
     bucket, files = shard_model
-    proxy.add_rule(Rule(Reset(after_bytes=700_000), match_method="GET", only_ranged=True, times=1))
+    proxy.add_rule(Rule(Reset(after_bytes=700_000, linger=0.5), match_method="GET", only_ranged=True, times=1))
     r = download(proxy, bucket, tmp_path)
     assert r.returncode == 0, r.stderr
     # The broken range asks for its remaining bytes only: nothing is fetched twice (beyond what was in flight
