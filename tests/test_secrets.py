@@ -101,7 +101,7 @@ def test_aws_credentials_never_appear_anywhere(proxy: FaultProxy, s3: object, bu
     """A native-sidecar download at DEBUG with static keys and a session token: logs, files, HTTP surface, ps."""
     files = {"model.safetensors": random_bytes(3 * MiB, 11), "config.json": b'{"model_type": "demo"}'}
     upload(s3, bucket, "m", files)
-    proxy.add_rule(Rule(Delay(0.3), match_method="GET", only_ranged=True, times=-1))  # long enough to sample ps
+    proxy.add_rule(Rule(Delay(1.0), match_method="GET", only_ranged=True, times=-1))  # long enough to sample ps
     creds = {"AWS_ACCESS_KEY_ID": AWS_KEY_ID, "AWS_SECRET_ACCESS_KEY": AWS_SECRET, "AWS_SESSION_TOKEN": AWS_TOKEN}
     sidecar_args = ["--host", "127.0.0.1", "--port", "0", "--poll-interval", "0.1", "--log-level", "debug"]
     download_args = ["--model-uri", f"s3://{bucket}/m/", "--local-dir", str(tmp_path), "--log-level", "debug"]
