@@ -341,8 +341,8 @@ class Engine:
         return self._with_direct(attempt) if journaled else attempt
 
     def _with_direct(self, attempt: _Attempt) -> _Attempt:
-        """Large files bypass the page cache: on this 2-core test VM buffered writes cost 1.2-3.7 CPU-seconds
-        per GiB in the kernel (page cache, writeback), O_DIRECT 0.1 (BENCHMARKS.md). Small files keep it."""
+        """Large files bypass the page cache: on the benchmark VM buffered writes cost 0.7-3.7 kernel CPU-seconds
+        per GiB (page cache, writeback), O_DIRECT 0.1-0.2 (BENCHMARKS.md). Small files keep it."""
         if self.settings.direct_io:
             dfd = open_direct(attempt.fd)
             if dfd is not None:

@@ -10,8 +10,9 @@ The GETs themselves skip botocore's request pipeline (serializers, event hooks, 
 parsing: about 1 ms of CPU per request, most of the client's work on a model of many small files). Each is
 signed by botocore's SigV4 signer with the client's own credentials and sent through the data client's own
 HTTP session, so proxies, TLS settings, timeouts and the connection pool are exactly botocore's. The URL
-layout (endpoint, addressing style, key encoding, region) is read once from a presigned URL that botocore
-builds for a probe key. Any answer other than the expected ones sends that request through the client
+layout (endpoint, addressing style, key encoding) and the signing region are read once from the request the
+client prepares for a probe key, caught before it is sent. Any answer other than the expected ones sends that
+request through the client
 instead, which handles redirects and errors; if the client then succeeds, every later GET does too.
 """
 
@@ -344,7 +345,7 @@ class S3Source:
             raise RetryableError(
                 "bad-length", f"Content-Length {fields.get('ContentLength')} for {end - start + 1} bytes"
             )
-        if start == 0 and end == size - 1 and detail is None:
+        if whole and detail is None:
             reader.detail = self._detail(f, {**fields, "ContentLength": size})
         return reader
 
