@@ -471,7 +471,8 @@ start_writeback = _sync_file_range()
 
 
 # One write(2) per call with O_APPEND: lines written concurrently, by threads or by other processes, never
-# interleave, so no lock is needed around appends (a lock there serialized every finished file on the GIL).
+# interleave, so journal lines need no lock. (done.jsonl's writes do take one: it guards the descriptor that
+# stays open for the run, and is taken once per batch of small files, not once per file.)
 _APPEND_FLAGS = os.O_WRONLY | os.O_APPEND | os.O_NOFOLLOW | os.O_CLOEXEC
 
 

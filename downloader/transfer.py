@@ -503,18 +503,20 @@ class Engine:
             return
         # Every file is durable before its name appears, and its name before its done record is written. A large
         # file gets its own fdatasync; small files, once closed, wait in a batch for one filesystem flush.
-        if not attempt.journaled:
-            attempt.close()
-            attempt.closed = True
-            self._defer(_Finished(job, attempt, verified, checksum_text))
-            return
-        try:
-            os.fdatasync(attempt.fd)
-        except OSError as exc:
-            raise LocalStorageError(os.path.join(self.tree.model_dir, *job.parts), exc.strerror or str(exc)) from None
+        if attempt.journaled:
+            try:
+                os.fdatasync(attempt.fd)
+            except OSError as exc:
+                raise LocalStorageError(
+                    os.path.join(self.tree.model_dir, *job.parts), exc.strerror or str(exc)
+                ) from None
         attempt.close()
         attempt.closed = True
-        placed = self._place(_Finished(job, attempt, verified, checksum_text), durable=True)
+        done = _Finished(job, attempt, verified, checksum_text)
+        if not attempt.journaled:
+            self._defer(done)
+            return
+        placed = self._place(done, durable=True)
         if placed is not None:
             record, new = placed
             if new:

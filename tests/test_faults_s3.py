@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 
 from downloader import read_manifest, read_progress
+from downloader.state import open_direct
 from tests.conftest import S3Server, journal_ranges, popen_cli, read_tree, run_cli
 from tests.faultproxy import (
     Callback,
@@ -348,12 +349,11 @@ def test_large_files_bypass_the_page_cache_and_odd_resets_lose_nothing(proxy: Fa
     files = {SHARD: random_bytes(12 * MiB + 1234, 5), "config.json": b'{"model_type": "demo"}'}
     upload(s3, bucket, "m", files)
     probe = os.open(tmp_path / "probe", os.O_RDWR | os.O_CREAT, 0o644)
-    try:
-        os.close(os.open(f"/proc/self/fd/{probe}", os.O_WRONLY | os.O_DIRECT))
-    except OSError:
+    probe_direct = open_direct(probe)
+    os.close(probe)
+    if probe_direct is None:
         pytest.skip("this filesystem refuses O_DIRECT")
-    finally:
-        os.close(probe)
+    os.close(probe_direct)
     # Two ranges break at odd byte counts: what arrived is written through the page cache, the rest resumes.
     proxy.add_rule(Rule(Reset(after_bytes=333_333), match_method="GET", match_path=SHARD, times=2, skip=1))
     r = download(proxy, bucket, tmp_path / "direct")
