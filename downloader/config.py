@@ -36,6 +36,7 @@ KNOWN_ENV = {
     "DOWNLOADER_BUFFER_SIZE",
     "DOWNLOADER_FORCE_DOWNLOAD",
     "DOWNLOADER_DIRECT_IO",
+    "DOWNLOADER_S3_CRT",
     "DOWNLOADER_CHECK_FILE_EXIST",
     "DOWNLOADER_DRY_RUN",
     "DOWNLOADER_PROGRESS",
@@ -52,6 +53,8 @@ KNOWN_ENV = {
     "DOWNLOADER_S3_IO_CHUNKSIZE",
     "DOWNLOADER_TOS_VERSION",
 }
+
+_PROXY_VARIABLES = ("HTTPS_PROXY", "https_proxy", "HTTP_PROXY", "http_proxy", "ALL_PROXY", "all_proxy")
 
 EXTRA_CONFIG_KEYS = {
     "ak",
@@ -102,6 +105,8 @@ class S3Settings:
     secret_key: Secret | None = None
     session_token: Secret | None = None
     addressing_style: str = "auto"  # auto | path | virtual
+    crt: bool = True  # small objects through the AWS CRT's native client (downloader/sources/s3_crt.py)
+    ca_bundle: str | None = None  # AWS_CA_BUNDLE: botocore reads it itself; the CRT's TLS is given it
 
 
 @dataclass(frozen=True)
@@ -303,6 +308,13 @@ def build_arg_parser() -> argparse.ArgumentParser:
         action=argparse.BooleanOptionalAction,
         default=None,
         help="write files fetched in ranges with O_DIRECT, past the page cache [DOWNLOADER_DIRECT_IO, on]",
+    )
+    p.add_argument(
+        "--s3-crt",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="GET small S3 objects (up to 1 MiB) with the AWS CRT's native client [DOWNLOADER_S3_CRT, on unless "
+        "a proxy is set]",
     )
     p.add_argument(
         "--force-download",
@@ -559,10 +571,18 @@ def _s3_settings(
         raw,
         ("auto", "path", "virtual"),
     )
+    # The CRT's client takes no proxy: where one is set, botocore's transport, which honours it, carries every
+    # GET unless the CRT is asked for explicitly.
+    crt = args.s3_crt if args.s3_crt is not None else _env_bool(env, "DOWNLOADER_S3_CRT")
+    if crt is None:
+        crt = not any(env.get(v) for v in _PROXY_VARIABLES)
+    ca_bundle = (env.get("AWS_CA_BUNDLE") or "").strip() or None
     return S3Settings(
         endpoint_url=endpoint,
         region=str(region) if region is not None else None,
         access_key=Secret(str(ak)) if ak is not None else None,
         secret_key=Secret(str(sk)) if sk is not None else None,
         addressing_style=style,
+        crt=crt,
+        ca_bundle=ca_bundle,
     )

@@ -212,12 +212,20 @@ def _manifest(run: _Run, files: Sequence[ManifestFile]) -> Manifest:
 def _write_manifest(run: _Run, selected: Sequence[RemoteFile], records: dict[str, DoneRecord]) -> None:
     files = []
     dirs: dict[tuple[str, ...], int] = {}
+    others: dict[str, DoneRecord] | None = None
     try:
         for f in sorted(selected, key=lambda f: f.rel_path):
             r = records[f.rel_path]
             # The manifest vouches for the path a reader will open: walk it again, in case a directory was
             # moved or replaced by a symlink after the file was written through a descriptor opened earlier.
             local = run.tree.lstat_fresh(safe_parts(f.key, f.rel_path), dirs)
+            if local is not None and local.is_regular and local.mtime_ns != r.mtime_ns:
+                # Another process that did not see our lock (a filesystem without flock) put its own copy of the
+                # same version there after ours, and recorded it: that copy is the one to vouch for.
+                others = run.state.read_done() if others is None else others
+                other = others.get(f.rel_path)
+                if other is not None and other.version == r.version and other.mtime_ns == local.mtime_ns:
+                    r = other
             if local is None or not local.is_regular or local.size != r.size or local.mtime_ns != r.mtime_ns:
                 raise UnsafePathError(
                     f.key, "the finished file is no longer at its path (a directory moved or was replaced)"

@@ -64,6 +64,14 @@ def test_endpoint_and_region() -> None:
     assert s.s3.endpoint_url == "https://tos-s3-cn-beijing.volces.com" and s.s3.addressing_style == "virtual"
 
 
+def test_the_crt_carries_small_gets_unless_a_proxy_is_set() -> None:
+    assert load_settings(URI, {}).s3.crt
+    assert not load_settings(URI, {"HTTPS_PROXY": "http://proxy:3128"}).s3.crt  # the CRT client takes no proxy
+    assert load_settings(URI, {"HTTPS_PROXY": "http://proxy:3128", "DOWNLOADER_S3_CRT": "1"}).s3.crt
+    assert not load_settings([*URI, "--no-s3-crt"], {"DOWNLOADER_S3_CRT": "true"}).s3.crt
+    assert load_settings(URI, {"AWS_CA_BUNDLE": "/etc/ca.pem"}).s3.ca_bundle == "/etc/ca.pem"
+
+
 @pytest.mark.parametrize(
     "argv, env, setting",
     [

@@ -136,4 +136,13 @@ class Source(Protocol):
         """Bytes [start, end] (inclusive) of exactly the listed version of `f`."""
         ...
 
+    def fetch_whole(self, f: RemoteFile, dest: str, halt: threading.Event) -> ObjectDetail | None:
+        """Write the listed version of `f`, whole, into the existing file `dest` in one request of the source's own
+        (a native client), returning what the response says about it; the caller verifies the file.
+
+        None, with nothing written, when this source has no such path for `f`: the caller then reads it through
+        open_range. Failures raise like open_range's.
+        """
+        ...
+
     def close(self) -> None: ...

@@ -88,6 +88,9 @@ class LocalSource:
             raise RetryableError("io", str(exc)) from None
         return RemoteFile(f.key, f.rel_path, st.st_size, _version(st))
 
+    def fetch_whole(self, f: RemoteFile, dest: str, halt: threading.Event) -> None:
+        return None  # every read goes through open_range
+
     def open_range(self, f: RemoteFile, detail: ObjectDetail | None, start: int, end: int) -> RangeReader:
         try:
             fd = os.open(f.key, os.O_RDONLY | os.O_CLOEXEC)

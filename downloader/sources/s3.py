@@ -47,6 +47,7 @@ from ..errors import (
 )
 from ..uri import ModelUri
 from .base import Checksum, ObjectDetail, RangeReader, RemoteFile, direct_body, parse_retry_after
+from .s3_crt import MAX_OBJECT_SIZE, CrtGetter
 
 # Cheapest first: a CRC costs a fraction of a cryptographic hash per byte.
 _CHECKSUM_FIELDS = (
@@ -119,6 +120,9 @@ class S3Source:
         self._part_size_cache: dict[tuple[str, str], int | None] = {}
         self._lock = threading.Lock()
         self._direct = _DirectGet.create(self._data, session, self.bucket)
+        self._crt: CrtGetter | None = None
+        if s3.crt and self._direct is not None:
+            self._crt = self._direct.crt_getter(s3.ca_bundle, connections=connections, stall_timeout=stall_timeout)
 
     # ---------------------------------------------------------------------------------------- listing
     def list(self, cancel: threading.Event) -> Iterator[RemoteFile]:
@@ -254,6 +258,43 @@ class S3Source:
         return RemoteFile(key=f.key, rel_path=f.rel_path, size=int(head["ContentLength"]), version=head["ETag"])
 
     # ---------------------------------------------------------------------------------------- reading
+    def fetch_whole(self, f: RemoteFile, dest: str, halt: threading.Event) -> ObjectDetail | None:
+        """A small object through the CRT's native client (see s3_crt); None when it is not for this one."""
+        crt = self._crt
+        if crt is None or f.size > MAX_OBJECT_SIZE:
+            return None
+        query = "versionId=" + quote(f.version_id, safe="") if f.version_id else ""
+        headers = {"If-Match": f.version, "x-amz-checksum-mode": "ENABLED"}
+        try:
+            resp = crt.get(quote(f.key, safe="/~"), query, headers, dest, halt)
+        except RetryableError as exc:
+            if exc.kind != "tls":
+                raise
+            resp = None  # a TLS setup botocore's transport has and the CRT's has not (a private CA, ...)
+        status = resp.status if resp is not None else 0
+        if resp is not None and status == 200:
+            fields = _fields_from_headers(resp.headers)
+            whole = f"bytes 0-{f.size - 1}/{f.size}"
+            if fields.get("ContentRange") not in (None, whole):
+                raise RetryableError(
+                    "bad-content-range", f"asked for the whole object, server sent {fields['ContentRange']!r}"
+                )
+            if int(fields.get("ContentLength", -1)) != f.size:
+                raise RetryableError("bad-length", f"Content-Length {fields.get('ContentLength')} for {f.size} bytes")
+            return self._detail(f, {**fields, "ContentLength": f.size})
+        if status in (412, 416):
+            raise ObjectChangedError(f.key, "ETag no longer matches (If-Match failed)")
+        if status in (429, 500, 502, 503, 504):
+            kind = "throttled" if status in (429, 503) else "server-error"
+            raise RetryableError(
+                kind, f"HTTP {status}", retry_after=parse_retry_after(resp.headers.get("retry-after") if resp else None)
+            )
+        # Redirects, auth errors and anything else: botocore's path knows them all, and keeps every later GET.
+        if self._crt is crt:
+            self._crt = None
+            log.info("the CRT's GET got %s; every GET goes through botocore's transport", status or "a TLS failure")
+        return None
+
     def open_range(self, f: RemoteFile, detail: ObjectDetail | None, start: int, end: int) -> RangeReader:
         size = detail.size if detail else f.size
         whole = start == 0 and end == size - 1
@@ -350,6 +391,8 @@ class S3Source:
         return reader
 
     def close(self) -> None:
+        if self._crt is not None:
+            self._crt.close()
         for client in (self._control, self._data):
             with contextlib.suppress(Exception):
                 client.close()
@@ -478,6 +521,22 @@ class _DirectGet:
             return None
         base = f"{parts.scheme}://{parts.netloc}{parts.path[: -len(encoded_key)]}"
         return cls(http_session, credentials, m.group(1), base)
+
+    def crt_getter(self, ca_bundle: str | None, *, connections: int, stall_timeout: float) -> CrtGetter | None:
+        """The CRT's client for the same URL layout, region and credentials (None without awscrt)."""
+
+        def credentials() -> tuple[str, str, str | None]:
+            frozen = self._credentials.get_frozen_credentials()
+            return frozen.access_key, frozen.secret_key, frozen.token
+
+        return CrtGetter.create(
+            self._base,
+            self._region,
+            credentials,
+            ca_bundle=ca_bundle,
+            connections=connections,
+            stall_timeout=stall_timeout,
+        )
 
     def get(self, key: str, if_match: str, version_id: str | None, byte_range: str | None, *, checksums: bool) -> Any:
         """Send the GET; returns urllib3's response with its body unread (botocore exceptions on failure)."""

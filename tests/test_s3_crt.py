@@ -1,0 +1,158 @@
+"""Small S3 objects through the AWS CRT's native client: every fault a fault-injecting proxy in front of moto
+can make, and the fallbacks to botocore's transport."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from downloader import read_manifest, read_progress
+from tests.conftest import S3Server, read_tree, run_cli
+from tests.faultproxy import FaultProxy, FlipBit, RequestRecord, Reset, Rule, Stall, Status, Truncate
+from tests.synthetic import MiB, random_bytes, upload
+
+pytestmark = pytest.mark.slow
+
+CRT_UA = "aibrix-download awscrt/"
+DIRECT_UA = "aibrix-download Botocore/"
+TOKENIZER = "tokenizer.json"
+SHARD = "model.safetensors"  # over the CRT's 1 MiB limit: the engine's own GET
+
+
+@pytest.fixture
+def proxy(s3_server: S3Server) -> Iterator[FaultProxy]:
+    with FaultProxy(s3_server.host, s3_server.port) as p:
+        yield p
+
+
+@pytest.fixture
+def small_model(s3: object, bucket: str) -> tuple[str, dict[str, bytes]]:
+    files = {f"extra/part-{i}.bin": random_bytes(100_000 + 7 * i, i) for i in range(6)}
+    files[TOKENIZER] = random_bytes(600_000, 42)
+    files["config.json"] = b'{"model_type": "demo"}'
+    files[SHARD] = random_bytes(3 * MiB, 43)
+    upload(s3, bucket, "m", files)
+    return bucket, files
+
+
+def download(proxy: FaultProxy, bucket: str, local: Path, *extra: str):  # type: ignore[no-untyped-def]
+    args = ["--model-uri", f"s3://{bucket}/m/", "--local-dir", str(local), "--num-threads", "4", "--max-attempts", "4"]
+    return run_cli([*args, "--s3-crt", *extra], proxy.url)
+
+
+def gets_of(proxy: FaultProxy, name: str) -> list[RequestRecord]:
+    return [r for r in proxy.log if r.method == "GET" and r.path.split("?")[0].endswith("/m/" + name)]
+
+
+def test_small_objects_come_whole_through_the_crt_and_are_verified(proxy: FaultProxy, small_model, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    bucket, files = small_model
+    r = download(proxy, bucket, tmp_path)
+    assert r.returncode == 0, r.stderr
+    assert read_tree(str(tmp_path / "m")) == files
+    for name in files:
+        gets = gets_of(proxy, name)
+        assert len(gets) == 1, (name, gets)
+        expected_ua = DIRECT_UA if name == SHARD else CRT_UA
+        assert gets[0].user_agent.startswith(expected_ua), (name, gets[0])
+        assert gets[0].range is None  # whole objects: the store sends their checksum only then
+    manifest = read_manifest(str(tmp_path / "m"))
+    assert manifest is not None
+    verified = {f.path: f.verified for f in manifest.files}
+    assert verified[TOKENIZER] in ("size and crc32 (full object)", "size and md5 (full object)"), verified
+
+
+def test_without_the_crt_every_get_is_botocores(proxy: FaultProxy, small_model, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    bucket, files = small_model
+    r = download(proxy, bucket, tmp_path, "--no-s3-crt")
+    assert r.returncode == 0, r.stderr
+    assert read_tree(str(tmp_path / "m")) == files
+    gets = [g for name in files for g in gets_of(proxy, name)]
+    assert len(gets) == len(files) and all(g.user_agent.startswith(DIRECT_UA) for g in gets), gets
+
+
+@pytest.mark.parametrize(
+    "action, kind",
+    [
+        (Reset(after_bytes=50_000), "connection"),
+        (Truncate(after_bytes=20_000), "connection"),
+        (Status(503), "throttled"),
+        (Status(500), "server-error"),
+    ],
+)
+def test_broken_answers_are_retried(proxy: FaultProxy, small_model, tmp_path, action, kind) -> None:  # type: ignore[no-untyped-def]
+    bucket, files = small_model
+    rule = proxy.add_rule(Rule(action, match_method="GET", match_path=TOKENIZER, times=2))
+    r = download(proxy, bucket, tmp_path)
+    assert r.returncode == 0, r.stderr
+    assert rule.fired == 2
+    assert read_tree(str(tmp_path / "m")) == files
+    assert all(g.user_agent.startswith(CRT_UA) for g in gets_of(proxy, TOKENIZER))  # the CRT kept every GET
+    progress = read_progress(str(tmp_path / "m"))
+    assert progress is not None and progress.errors_by_kind.get(kind, 0) == 2, progress
+
+
+def test_a_stalled_get_is_abandoned_and_retried(proxy: FaultProxy, small_model, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    bucket, files = small_model
+    rule = proxy.add_rule(Rule(Stall(seconds=60, after_bytes=10_000), match_method="GET", match_path=TOKENIZER))
+    started = time.monotonic()
+    r = download(proxy, bucket, tmp_path, "--stall-timeout", "1.5")
+    assert r.returncode == 0, r.stderr
+    assert rule.fired == 1 and time.monotonic() - started < 30
+    assert read_tree(str(tmp_path / "m")) == files
+    progress = read_progress(str(tmp_path / "m"))
+    assert progress is not None and progress.errors_by_kind.get("stall") == 1, progress
+
+
+def test_a_flipped_bit_is_caught_and_the_file_fetched_again(proxy: FaultProxy, small_model, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    bucket, files = small_model
+    rule = proxy.add_rule(Rule(FlipBit(offset=123_456, bit=5), match_method="GET", match_path=TOKENIZER))
+    r = download(proxy, bucket, tmp_path)
+    assert r.returncode == 0, r.stderr
+    assert rule.fired == 1 and "(full object) mismatch" in r.stderr
+    assert read_tree(str(tmp_path / "m")) == files
+
+
+def test_persistent_corruption_fails_and_the_file_never_gets_its_name(proxy: FaultProxy, small_model, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    bucket, _ = small_model
+    proxy.add_rule(Rule(FlipBit(offset=99), match_method="GET", match_path=TOKENIZER, times=-1))
+    r = download(proxy, bucket, tmp_path)
+    assert r.returncode == 5, r.stderr
+    assert "mismatch" in r.stderr and TOKENIZER in r.stderr and "Traceback" not in r.stderr
+    assert read_manifest(str(tmp_path / "m")) is None
+    assert not (tmp_path / "m" / TOKENIZER).exists()
+
+
+def test_an_object_replaced_mid_download_is_fetched_again(proxy: FaultProxy, small_model, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    bucket, files = small_model
+    rule = proxy.add_rule(Rule(Status(412), match_method="GET", match_path=TOKENIZER))  # If-Match failed
+    r = download(proxy, bucket, tmp_path)
+    assert r.returncode == 0, r.stderr
+    assert rule.fired == 1 and "changed during download" in r.stderr
+    assert read_tree(str(tmp_path / "m")) == files
+
+
+def test_an_answer_the_crt_path_does_not_know_hands_every_get_to_botocore(
+    proxy: FaultProxy, small_model, tmp_path
+) -> None:  # type: ignore[no-untyped-def]
+    bucket, files = small_model
+    rule = proxy.add_rule(Rule(Status(400), match_method="GET", match_path=TOKENIZER))
+    r = download(proxy, bucket, tmp_path, "--num-threads", "1")
+    assert r.returncode == 0, r.stderr
+    assert rule.fired == 1
+    assert read_tree(str(tmp_path / "m")) == files
+    tokenizer = gets_of(proxy, TOKENIZER)
+    assert [g.status for g in tokenizer] == [400, 200] and tokenizer[0].user_agent.startswith(CRT_UA)
+    later = proxy.log[proxy.log.index(tokenizer[1]) :]
+    assert all(not g.user_agent.startswith(CRT_UA) for g in later)
+
+
+def test_access_denied_through_the_crt_is_a_clear_error(proxy: FaultProxy, small_model, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    bucket, _ = small_model
+    proxy.add_rule(Rule(Status(403), match_method="GET", match_path="/m/", times=-1))  # may list, may not read
+    r = download(proxy, bucket, tmp_path)
+    assert r.returncode == 3, r.stderr
+    assert "AccessDenied" in r.stderr and "Traceback" not in r.stderr
+    assert read_manifest(str(tmp_path / "m")) is None
