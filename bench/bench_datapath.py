@@ -15,12 +15,16 @@
    interleaved A B, B A, ... for --reps pairs; client CPU seconds per GiB (user, sys) from getrusage of the
    process, which does nothing else meanwhile.
 3. Per-GET cost, small objects: --small-count objects of 256 KiB under s3://bench/datapath/small/ (uploaded
-   when missing), each fetched whole, one after another on one thread, through a real
-   downloader.sources.s3.S3Source: open_range, readinto a reused 1 MiB buffer, close. Two GET paths,
-     botocore   S3Source with _direct = None: every GET through the data client's get_object
-     direct     S3Source as built: GETs signed with botocore's SigV4 signer, sent on the client's HTTP session
-   interleaved A B, B A, ... for --reps pairs; process CPU (user, sys from getrusage) and wall milliseconds
-   per GET, and the median of the per-pair CPU ratios direct / botocore.
+   when missing), each fetched whole into a new file under a scratch directory of bench/.work/ and checked
+   with CRC32 (ISA-L), one after another on one thread, through a real downloader.sources.s3.S3Source.
+   Three GET paths,
+     botocore   S3Source with _direct and _crt = None: open_range through the data client's get_object,
+                readinto a reused 1 MiB buffer (CRC32 as it streams), one write
+     direct     the same with GETs signed by botocore's SigV4 signer, sent on the client's HTTP session
+     crt        S3Source.fetch_whole: the AWS CRT's S3 client, the body handed over into the same buffer
+   rotated A B C, B C A, C A B, ... for --reps rounds; process CPU (user, sys from getrusage, the CRT's
+   native threads included) and wall milliseconds per GET, and the medians of the per-round CPU ratios
+   against botocore.
 4. Disk write path: --disk-mib MiB of random data (one 8 MiB page-aligned buffer, reused) written into a new
    file under bench/.work/ (the filesystem the benchmark downloads into), preallocated with posix_fallocate,
    in 1 MiB pwrite calls, then fdatasync, with
@@ -65,6 +69,7 @@ from downloader.sources.base import RemoteFile, direct_body  # noqa: E402
 from downloader.sources.s3 import S3Source  # noqa: E402
 from downloader.state import open_direct, start_writeback  # noqa: E402
 from downloader.uri import parse_model_uri  # noqa: E402
+from downloader.verify import new_hasher  # noqa: E402
 
 MiB = 1 << 20
 GiB = 1 << 30
@@ -74,7 +79,11 @@ SMALL_SIZE = 256 * 1024
 WRITEBACK_STEP = 64 * MiB  # start_writeback after every this many bytes on the page-cache path
 DISK_BUFFER = 8 * MiB
 SECTIONS = ("checksums", "reads", "gets", "disk")
-GET_MODES = {"botocore": "botocore get_object", "direct": "direct signed GET (chosen)"}
+GET_MODES = {
+    "botocore": "botocore `get_object`",
+    "direct": "signed by botocore's SigV4 signer, sent on the client's HTTP session (larger files)",
+    "crt": "the AWS CRT's S3 client, body handed over into the buffer (files that fit in it, chosen)",
+}
 DISK_MODES = {"pagecache": "page cache", "direct": "O_DIRECT (chosen)"}
 
 
@@ -220,25 +229,49 @@ def small_source(endpoint: str, mode: str) -> S3Source:
         connections=4,
         stall_timeout=60,
     )
+    if mode != "crt":
+        source._crt = None
     if mode == "botocore":
         source._direct = None
-    else:
+    if mode != "botocore":
         assert source._direct is not None, "S3Source did not set up its direct GET path against this server"
+    if mode == "crt":
+        assert source._crt is not None, "S3Source did not set up the CRT's client (is awscrt installed?)"
     return source
 
 
-def fetch_small(source: S3Source, files: list[RemoteFile], view: memoryview) -> None:
-    for f in files:
-        reader = source.open_range(f, None, 0, f.size - 1)
+def crc32(data: memoryview) -> None:
+    new_hasher("crc32", len(data)).update(data)  # the engine's CRC32 (ISA-L where installed)
+
+
+def fetch_small(source: S3Source, files: list[RemoteFile], view: memoryview, scratch: Path) -> None:
+    halt = threading.Event()
+    for i, f in enumerate(files):
+        path = str(scratch / f"{i:05d}")
+        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_TRUNC, 0o644)
         try:
-            left = f.size
-            while left:
-                n = reader.readinto(view)
-                if not n:
-                    raise RuntimeError(f"{f.key}: body ended with {left} bytes to go")
-                left -= n
+            if source._crt is not None:
+                fetched = source.fetch_whole(f, view, halt)
+                if fetched is None:
+                    raise RuntimeError(f"{f.key}: the CRT declined the GET")
+                fill = fetched[1]
+                crc32(view[:fill])
+            else:
+                reader = source.open_range(f, None, 0, f.size - 1)
+                try:
+                    fill = 0
+                    while fill < f.size:
+                        n = reader.readinto(view[fill:])
+                        if not n:
+                            raise RuntimeError(f"{f.key}: body ended with {f.size - fill} bytes to go")
+                        crc32(view[fill : fill + n])
+                        fill += n
+                finally:
+                    reader.close()
+            os.pwrite(fd, view[:fill], 0)
         finally:
-            reader.close()
+            os.close(fd)
+        os.unlink(path)
 
 
 def small_gets(endpoint: str, count: int, reps: int) -> dict[str, Any]:
@@ -248,37 +281,42 @@ def small_gets(endpoint: str, count: int, reps: int) -> dict[str, Any]:
     if len(files) != count or any(f.size != SMALL_SIZE for f in files):
         raise RuntimeError(f"listed {len(files)} of the {count} small objects")
     view = memoryview(bytearray(MiB))
+    modes = list(GET_MODES)
     runs: dict[str, list[dict[str, float]]] = {mode: [] for mode in GET_MODES}
+    run_bench.DEFAULT_WORK.mkdir(parents=True, exist_ok=True)
     try:
-        for source in sources.values():  # warm: connections, lazily loaded botocore parts, server cache
-            fetch_small(source, files, view)
-        for i in range(reps):
-            order = ("botocore", "direct") if i % 2 == 0 else ("direct", "botocore")
-            for mode in order:
-                r0 = resource.getrusage(resource.RUSAGE_SELF)
-                t0 = time.perf_counter()
-                fetch_small(sources[mode], files, view)
-                wall = time.perf_counter() - t0
-                r1 = resource.getrusage(resource.RUSAGE_SELF)
-                user, sys_ = r1.ru_utime - r0.ru_utime, r1.ru_stime - r0.ru_stime
-                runs[mode].append(
-                    {
-                        "user_ms": 1000 * user / count,
-                        "sys_ms": 1000 * sys_ / count,
-                        "cpu_ms": 1000 * (user + sys_) / count,
-                        "wall_ms": 1000 * wall / count,
-                    }
-                )
-        # a refused signed GET would have switched the source to get_object for good, and measured that instead
+        with tempfile.TemporaryDirectory(prefix="datapath-gets-", dir=run_bench.DEFAULT_WORK) as tmp:
+            scratch = Path(tmp)
+            for source in sources.values():  # warm: connections, lazily loaded botocore parts, server cache
+                fetch_small(source, files, view, scratch)
+            for i in range(reps):
+                for mode in modes[i % len(modes) :] + modes[: i % len(modes)]:
+                    r0 = resource.getrusage(resource.RUSAGE_SELF)
+                    t0 = time.perf_counter()
+                    fetch_small(sources[mode], files, view, scratch)
+                    wall = time.perf_counter() - t0
+                    r1 = resource.getrusage(resource.RUSAGE_SELF)
+                    user, sys_ = r1.ru_utime - r0.ru_utime, r1.ru_stime - r0.ru_stime
+                    runs[mode].append(
+                        {
+                            "user_ms": 1000 * user / count,
+                            "sys_ms": 1000 * sys_ / count,
+                            "cpu_ms": 1000 * (user + sys_) / count,
+                            "wall_ms": 1000 * wall / count,
+                        }
+                    )
+        # a refused GET would have switched the source to another path for good, and measured that instead
         assert sources["direct"]._direct is not None, "the direct source fell back to get_object during the runs"
+        assert sources["crt"]._crt is not None, "the CRT source fell back to botocore's transport during the runs"
     finally:
         for source in sources.values():
             source.close()
     summary: dict[str, Any] = {
         mode: {k: round(statistics.median(r[k] for r in rs), 3) for k in rs[0]} for mode, rs in runs.items()
     }
-    ratios = [d["cpu_ms"] / max(1e-9, b["cpu_ms"]) for d, b in zip(runs["direct"], runs["botocore"], strict=True)]
-    summary["cpu_ratio_direct_over_botocore"] = round(statistics.median(ratios), 3)
+    for mode in ("direct", "crt"):
+        ratios = [m["cpu_ms"] / max(1e-9, b["cpu_ms"]) for m, b in zip(runs[mode], runs["botocore"], strict=True)]
+        summary[f"cpu_ratio_{mode}_over_botocore"] = round(statistics.median(ratios), 3)
     return {"objects": count, "object_bytes": SMALL_SIZE, "runs": runs, "summary": summary}
 
 
@@ -401,12 +439,16 @@ def print_read_paths(s: dict[str, Any], reps: int) -> None:
 
 def print_small_gets(r: dict[str, Any], reps: int) -> None:
     s = r["summary"]
-    print(f"{r['objects']} objects of {r['object_bytes'] // 1024} KiB, one thread, medians of {reps} runs")
+    kib = r["object_bytes"] // 1024
+    print(f"{r['objects']} objects of {kib} KiB, each into a new file, CRC32-checked; one thread; medians of {reps}")
     print("\n| GET path | user CPU ms/GET | sys CPU ms/GET | CPU ms/GET | wall ms/GET |\n|---|---|---|---|---|")
     for mode, label in GET_MODES.items():
         m = s[mode]
         print(f"| {label} | {m['user_ms']} | {m['sys_ms']} | {m['cpu_ms']} | {m['wall_ms']} |")
-    print(f"\ndirect ÷ botocore, CPU per GET (median of {reps} pairs): {s['cpu_ratio_direct_over_botocore']}")
+    print(
+        f"\nCPU per GET ÷ botocore's (median of {reps} rounds): direct {s['cpu_ratio_direct_over_botocore']}, "
+        f"crt {s['cpu_ratio_crt_over_botocore']}"
+    )
 
 
 def print_disk_write(r: dict[str, Any], reps: int) -> None:

@@ -54,6 +54,7 @@ KNOWN_ENV = {
     "DOWNLOADER_TOS_VERSION",
 }
 
+_SUFFIX_LEAD = re.compile(r"^[\s.]+")
 _PROXY_VARIABLES = ("HTTPS_PROXY", "https_proxy", "HTTP_PROXY", "http_proxy", "ALL_PROXY", "all_proxy")
 
 EXTRA_CONFIG_KEYS = {
@@ -136,7 +137,7 @@ class Settings:
     part_threshold: int = 64 * MiB
     part_chunksize: int = 64 * MiB
     buffer_size: int = 1 * MiB
-    direct_io: bool = True  # large files written with O_DIRECT where the filesystem allows it
+    direct_io: bool = True  # files written with O_DIRECT where the filesystem allows it
     force_download: bool = False
     dry_run: bool = False
     progress: str = "auto"  # auto | bar | lines | none
@@ -235,7 +236,7 @@ def parse_suffixes(setting: str, raw: object) -> tuple[str, ...]:
     items = [str(x) for x in raw] if isinstance(raw, (list, tuple)) else str(raw).split(",")
     out: list[str] = []
     for item in items:
-        suffix = item.strip().lstrip(".")
+        suffix = _SUFFIX_LEAD.sub("", item).rstrip()  # " .py", ". py" and "..py" are all "py"
         if not suffix:
             continue
         if "/" in suffix or "\\" in suffix or "*" in suffix or "\x00" in suffix:
@@ -307,7 +308,7 @@ def build_arg_parser() -> argparse.ArgumentParser:
         "--direct-io",
         action=argparse.BooleanOptionalAction,
         default=None,
-        help="write files fetched in ranges with O_DIRECT, past the page cache [DOWNLOADER_DIRECT_IO, on]",
+        help="write files with O_DIRECT, past the page cache [DOWNLOADER_DIRECT_IO, on]",
     )
     p.add_argument(
         "--s3-crt",

@@ -7,12 +7,15 @@ from __future__ import annotations
 
 import fnmatch
 import posixpath
+import re
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 
 from .errors import InsufficientSpaceError, UnsafePathError
 from .sources.base import RemoteFile
 from .state import STATE_DIR_NAME, DoneRecord, LocalStat
+
+_CONTROL_CHARACTER = re.compile(r"[\x00-\x1f]")
 
 MAX_NAME_BYTES = 255
 MAX_PATH_BYTES = 4096
@@ -86,7 +89,7 @@ def safe_parts(key: str, rel_path: str) -> tuple[str, ...]:
             raise UnsafePathError(key, f"has a {part or 'empty'!r} path component")
         if len(part.encode()) > MAX_NAME_BYTES:
             raise UnsafePathError(key, f"a path component is longer than {MAX_NAME_BYTES} bytes")
-        if any(ord(c) < 0x20 for c in part):
+        if _CONTROL_CHARACTER.search(part):
             raise UnsafePathError(key, "contains a control character")
     if parts[0] == STATE_DIR_NAME:
         raise UnsafePathError(key, f"would overwrite the downloader's own {STATE_DIR_NAME}/ directory")

@@ -6,6 +6,7 @@ model is touched and written again, atomically, only when every selected file is
 
 from __future__ import annotations
 
+import gc
 import logging
 import os
 import threading
@@ -39,6 +40,9 @@ class Result:
 def download(settings: Settings, cancel: threading.Event, out: TextIO, err: TextIO) -> Result:
     started = time.monotonic()
     source = open_source(settings)
+    # The SDKs' clients and models are hundreds of thousands of long-lived objects: keep the cyclic collector,
+    # which runs again and again while thousands of small files are fetched, from walking them every time.
+    gc.freeze()
     try:
         return _download(settings, source, cancel, out, err, started)
     finally:

@@ -300,14 +300,6 @@ class ModelTree:
             raise LocalStorageError(os.path.join(self.model_dir, *parts), _os_reason(exc)) from None
         return name, fd
 
-    def temp_path(self, parts: Sequence[str], name: str) -> str:
-        """A path to the temp file `name` for code that opens files by path itself (a native client).
-
-        It goes through the directory descriptor we hold (/proc/self/fd), so it reaches our directory even if
-        something renamed a parent or put a symlink in its place since we opened it.
-        """
-        return f"/proc/self/fd/{self.dir_fd(parts[:-1], create=False)}/{name}"
-
     def open_temp(self, parts: Sequence[str], name: str, size: int) -> int | None:
         """Reopen an existing temp file for resuming; None if it is gone or not what we expect."""
         try:
@@ -626,7 +618,7 @@ class StateDir:
         """Record finished files: one write(2) for the batch, through a descriptor kept open for the run."""
         if not records:
             return
-        data = b"".join(_json_line(asdict(r)) for r in records)
+        data = b"".join(_json_line(vars(r)) for r in records)  # flat records: no asdict() deep copy
         path = os.path.join(self.path, DONE_NAME)
         with self._done_lock:
             if self._done_fd is None:

@@ -4,8 +4,10 @@ One pool of `num_threads` workers serves every file, so the number of connection
 the whole download. Large files are split into ranges that workers fetch concurrently; each range is
 written at its offset into a preallocated temporary file, its checksum parts are digested as the bytes
 stream past, and its completion is appended to the file's journal so a restarted run fetches only what is
-missing. A file appears under its final name only after it is complete and verified. Memory is bounded by
-num_threads x buffer_size, whatever the file sizes.
+missing. A file that fits in one buffer may instead come whole through the source's own native client
+(`Source.fetch_whole`), then is checked and written the same way. A file appears under its final name only
+after it is complete and verified. Memory is bounded by num_threads x buffer_size, whatever the file sizes
+(twice that with S3's native client, which holds a body until it hands it over).
 """
 
 from __future__ import annotations
@@ -95,7 +97,7 @@ class _Attempt:
     inflight: int = 0
     abandoned: bool = False
     closed: bool = False
-    dfd: int = -1  # the same file opened with O_DIRECT (large files), while `direct`
+    dfd: int = -1  # the same file opened with O_DIRECT, while `direct`
     direct: bool = False
 
     def close(self) -> None:
@@ -303,7 +305,7 @@ class Engine:
         if not pending or f.size == 0:
             self._finalize(job, attempt)
         elif len(ranges) == 1:
-            if not self._fetch_whole(job, attempt, ranges[0]):
+            if not self._fetch_whole(job, attempt, ranges[0], view):
                 self._run_range(job, attempt, ranges[0], view)
         else:
             self._push_front([(job, attempt, r) for r in pending])
@@ -338,12 +340,11 @@ class Engine:
                 f.rel_path, f.key, f.version, job.detail.version_id if job.detail else None, f.size, temp, layout
             )
             self.state.start_journal(token, header)
-        attempt = _Attempt(token, temp, fd, ranges, journaled)
-        return self._with_direct(attempt) if journaled else attempt
+        return self._with_direct(_Attempt(token, temp, fd, ranges, journaled))
 
     def _with_direct(self, attempt: _Attempt) -> _Attempt:
-        """Large files bypass the page cache: on the benchmark VM buffered writes cost 0.7-3.7 kernel CPU-seconds
-        per GiB (page cache, writeback), O_DIRECT 0.1-0.2 (BENCHMARKS.md). Small files keep it."""
+        """Files bypass the page cache: on the benchmark VM buffered writes cost 0.3-3.7 kernel CPU-seconds per GiB
+        (page cache, writeback), O_DIRECT 0.1-0.2 (BENCHMARKS.md), small files included."""
         if self.settings.direct_io:
             dfd = open_direct(attempt.fd)
             if dfd is not None:
@@ -355,15 +356,15 @@ class Engine:
         self.state.drop_journal(j.token)
 
     # ------------------------------------------------------------------------------------------ ranges
-    def _fetch_whole(self, job: _Job, attempt: _Attempt, r: ByteRange) -> bool:
-        """A one-range file through the source's own native path, when it has one; False when it has not."""
+    def _fetch_whole(self, job: _Job, attempt: _Attempt, r: ByteRange, view: memoryview) -> bool:
+        """A one-range file in one request of the source's own native client, when it has one for this file:
+        the body lands in `view`, then is checked and written like any range. False when it has none."""
         f = job.f
-        dest = self.tree.temp_path(job.parts, attempt.temp)
         tries = 0
         while True:
             self._check_halt()
             try:
-                detail = self.source.fetch_whole(f, dest, self._halt)
+                fetched = self.source.fetch_whole(f, view, self._halt)
             except ObjectChangedError as exc:
                 self._restart(job, attempt, exc)
                 return True
@@ -373,14 +374,16 @@ class Engine:
                 self._wait_to_retry(f, exc, tries, f"{f.rel_path}: {exc}")
                 continue
             break
-        if detail is None:
+        if fetched is None:
             return False
-        # The source wrote the file in its own code: verified by a second read, from the page cache.
-        job.detail = detail
-        job.checksum, _ = choose_checksum(detail, multi_range=False)
-        job.strategy = "reread" if job.checksum is not None else "size"
-        self.stats.add_bytes(f.rel_path, f.size)
-        attempt.done[r.index] = []
+        job.detail, n = fetched
+        job.checksum, job.strategy = choose_checksum(job.detail, multi_range=False)
+        hasher = self._range_hasher(job, r)
+        if hasher is not None:
+            hasher.update(view[:n])
+        self._write(attempt, job, view[:n], 0)
+        self.stats.add_bytes(f.rel_path, n)
+        attempt.done[r.index] = hasher.finish() if hasher is not None else []
         self._finalize(job, attempt)
         return True
 

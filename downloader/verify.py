@@ -231,8 +231,7 @@ def combine_range_crcs(algorithm: str, digests: list[str], lengths: list[int]) -
 
 
 def digest_file(fd: int, algorithm: str, size: int, cancel: threading.Event, block: int = 4 * 1024 * 1024) -> bytes:
-    """A second full read: files fetched in several ranges whose checksum cannot be combined, and files a
-    native client wrote."""
+    """A second full read; used only for full-object checksums of files fetched in several ranges."""
     h = new_hasher(algorithm, size)
     block = max(1, min(block, size))  # a fresh buffer is zeroed: no larger than the file
     buf = bytearray(block)

@@ -136,12 +136,12 @@ class Source(Protocol):
         """Bytes [start, end] (inclusive) of exactly the listed version of `f`."""
         ...
 
-    def fetch_whole(self, f: RemoteFile, dest: str, halt: threading.Event) -> ObjectDetail | None:
-        """Write the listed version of `f`, whole, into the existing file `dest` in one request of the source's own
-        (a native client), returning what the response says about it; the caller verifies the file.
+    def fetch_whole(self, f: RemoteFile, buf: memoryview, halt: threading.Event) -> tuple[ObjectDetail, int] | None:
+        """The listed version of `f`, whole, into the start of `buf`, in one request of the source's own (a native
+        client): what the response says about the object, and the number of bytes (the object's size).
 
-        None, with nothing written, when this source has no such path for `f`: the caller then reads it through
-        open_range. Failures raise like open_range's.
+        None, with nothing fetched, when this source has no such path for `f` (or `f` does not fit in `buf`):
+        the caller then reads it through open_range. Failures raise like open_range's.
         """
         ...
 

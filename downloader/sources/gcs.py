@@ -242,7 +242,7 @@ class GcsSource:
         return self._call(key, probe)
 
     # ---------------------------------------------------------------------------------------- reading
-    def fetch_whole(self, f: RemoteFile, dest: str, halt: threading.Event) -> None:
+    def fetch_whole(self, f: RemoteFile, buf: memoryview, halt: threading.Event) -> None:
         return None  # every read goes through open_range
 
     def open_range(self, f: RemoteFile, detail: ObjectDetail | None, start: int, end: int) -> RangeReader:

@@ -243,7 +243,7 @@ class HfSource:
         return RemoteFile(key=f.key, rel_path=f.rel_path, size=size, version=version, version_id=f.version_id)
 
     # ---------------------------------------------------------------------------------------- reading
-    def fetch_whole(self, f: RemoteFile, dest: str, halt: threading.Event) -> None:
+    def fetch_whole(self, f: RemoteFile, buf: memoryview, halt: threading.Event) -> None:
         return None  # every read goes through open_range
 
     def open_range(self, f: RemoteFile, detail: ObjectDetail | None, start: int, end: int) -> RangeReader:

@@ -88,7 +88,7 @@ class LocalSource:
             raise RetryableError("io", str(exc)) from None
         return RemoteFile(f.key, f.rel_path, st.st_size, _version(st))
 
-    def fetch_whole(self, f: RemoteFile, dest: str, halt: threading.Event) -> None:
+    def fetch_whole(self, f: RemoteFile, buf: memoryview, halt: threading.Event) -> None:
         return None  # every read goes through open_range
 
     def open_range(self, f: RemoteFile, detail: ObjectDetail | None, start: int, end: int) -> RangeReader:

@@ -47,7 +47,7 @@ from ..errors import (
 )
 from ..uri import ModelUri
 from .base import Checksum, ObjectDetail, RangeReader, RemoteFile, direct_body, parse_retry_after
-from .s3_crt import MAX_OBJECT_SIZE, CrtGetter
+from .s3_crt import CrtGetter
 
 # Cheapest first: a CRC costs a fraction of a cryptographic hash per byte.
 _CHECKSUM_FIELDS = (
@@ -258,19 +258,19 @@ class S3Source:
         return RemoteFile(key=f.key, rel_path=f.rel_path, size=int(head["ContentLength"]), version=head["ETag"])
 
     # ---------------------------------------------------------------------------------------- reading
-    def fetch_whole(self, f: RemoteFile, dest: str, halt: threading.Event) -> ObjectDetail | None:
+    def fetch_whole(self, f: RemoteFile, buf: memoryview, halt: threading.Event) -> tuple[ObjectDetail, int] | None:
         """A small object through the CRT's native client (see s3_crt); None when it is not for this one."""
         crt = self._crt
-        if crt is None or f.size > MAX_OBJECT_SIZE:
+        if crt is None or f.size > len(buf):
             return None
         query = "versionId=" + quote(f.version_id, safe="") if f.version_id else ""
         headers = {"If-Match": f.version, "x-amz-checksum-mode": "ENABLED"}
         try:
-            resp = crt.get(quote(f.key, safe="/~"), query, headers, dest, halt)
+            resp = crt.get(quote(f.key, safe="/~"), query, headers, buf, halt)
         except RetryableError as exc:
             if exc.kind != "tls":
                 raise
-            resp = None  # a TLS setup botocore's transport has and the CRT's has not (a private CA, ...)
+            resp = None  # a TLS setup botocore's transport has and the CRT's has not
         status = resp.status if resp is not None else 0
         if resp is not None and status == 200:
             fields = _fields_from_headers(resp.headers)
@@ -279,16 +279,17 @@ class S3Source:
                 raise RetryableError(
                     "bad-content-range", f"asked for the whole object, server sent {fields['ContentRange']!r}"
                 )
-            if int(fields.get("ContentLength", -1)) != f.size:
-                raise RetryableError("bad-length", f"Content-Length {fields.get('ContentLength')} for {f.size} bytes")
-            return self._detail(f, {**fields, "ContentLength": f.size})
+            if int(fields.get("ContentLength", -1)) != f.size or resp.length != f.size:
+                raise RetryableError(
+                    "bad-length", f"Content-Length {fields.get('ContentLength')}, {resp.length} bytes, for {f.size}"
+                )
+            return self._detail(f, {**fields, "ContentLength": f.size}), resp.length
         if status in (412, 416):
             raise ObjectChangedError(f.key, "ETag no longer matches (If-Match failed)")
         if status in (429, 500, 502, 503, 504):
             kind = "throttled" if status in (429, 503) else "server-error"
-            raise RetryableError(
-                kind, f"HTTP {status}", retry_after=parse_retry_after(resp.headers.get("retry-after") if resp else None)
-            )
+            retry_after = parse_retry_after(resp.headers.get("retry-after") if resp else None)
+            raise RetryableError(kind, f"HTTP {status}", retry_after=retry_after)
         # Redirects, auth errors and anything else: botocore's path knows them all, and keeps every later GET.
         if self._crt is crt:
             self._crt = None

@@ -2,15 +2,16 @@
 
 A model of thousands of small files is bound by the client's work per request, not by bytes: Python's
 HTTP stack and SigV4 signing cost about 1 ms of CPU per GET, more than the kernel's share of writing the
-file. The CRT signs, sends, receives and writes the body to the file in native threads, so one GET costs
-the interpreter a few Python calls. It is used only for what it is good at here: one GET, no Range, of an
-object small enough that the CRT's whole-body buffer stays small (`MAX_OBJECT_SIZE`). Its own retries are
-off (the engine retries), the request is signed with botocore's credentials (refreshed as botocore
-refreshes them), and its checksum validation is not used: the caller verifies the file it wrote against
-the response's headers, the same way as every other file.
+file. The CRT signs, sends and receives in native threads, and hands the body over in one piece, so one GET
+costs the interpreter a few Python calls. It is used only for what it is good at here: one GET, no Range,
+of an object that fits in the engine's read buffer (the CRT holds a body whole before it hands it over, so
+its memory stays within the same bound). Its own retries are off (the engine retries), the request is
+signed with botocore's credentials (refreshed as botocore refreshes them), and its checksum validation is
+not used: the engine verifies the bytes against the response's headers, as it does for every file, and
+writes them itself (O_DIRECT, batched durability).
 
-This module is the only one that imports awscrt. Everything it cannot do (a proxy, a TLS setup it cannot
-build) stays on the botocore path; `CrtGetter.create` returns None when awscrt is missing.
+This module is the only one that imports awscrt. What it cannot do (a proxy) stays on botocore's transport;
+`CrtGetter.create` returns None when awscrt is missing or its client cannot be set up.
 """
 
 from __future__ import annotations
@@ -26,19 +27,16 @@ from ..errors import RetryableError
 
 log = logging.getLogger(__name__)
 
-# The CRT buffers a DEFAULT request's whole body before it writes the file: this bounds that memory to
-# connections x 1 MiB. Larger files go through the engine's own buffers.
-MAX_OBJECT_SIZE = 1024 * 1024
 _STATUS_OF_ERROR = {"AWS_ERROR_S3_INTERNAL_ERROR": 500, "AWS_ERROR_S3_SLOW_DOWN": 503}
 
 
 @dataclass(frozen=True)
 class CrtResponse:
-    """A GET's status and headers (names lowercased). The body is in the file the GET was asked to write."""
+    """A GET's status, headers (names lowercased) and body length (the body is in the caller's buffer)."""
 
     status: int
     headers: dict[str, str]
-    error_body: bytes = b""
+    length: int
 
 
 class CrtGetter:
@@ -99,7 +97,7 @@ class CrtGetter:
                 tls_mode=S3RequestTlsMode.ENABLED if tls is not None else S3RequestTlsMode.DISABLED,
                 tls_connection_options=tls,
                 credential_provider=AwsCredentialsProvider.new_delegate(provide),
-                part_size=8 * MAX_OBJECT_SIZE,
+                part_size=8 * 1024 * 1024,  # unused: every request here is one GET
                 max_active_connections_override=connections,
                 retry_config=S3RetryConfig(retry_mode=S3RetryMode.NONE),  # the engine retries
                 connect_timeout_ms=int(min(10.0, stall_timeout) * 1000),
@@ -111,11 +109,11 @@ class CrtGetter:
         return cls(client, host, "/" + path, user_agent, stall_timeout)
 
     def get(
-        self, encoded_key: str, query: str, headers: dict[str, str], dest: str, halt: threading.Event
+        self, encoded_key: str, query: str, headers: dict[str, str], buf: memoryview, halt: threading.Event
     ) -> CrtResponse:
-        """GET the object into the file at `dest` (created or truncated). Non-2xx answers are returned, not
-        raised; transport failures raise RetryableError, and so does a halt (after the request has ended, so
-        nothing writes `dest` any more)."""
+        """GET the object into the start of `buf`. Non-2xx answers are returned, not raised; transport failures
+        raise RetryableError, and so do a body longer than `buf` and a halt (each after the request has ended,
+        so nothing touches `buf` any more)."""
         from awscrt.http import HttpHeaders, HttpRequest
         from awscrt.s3 import S3RequestType
 
@@ -125,52 +123,52 @@ class CrtGetter:
             path,
             HttpHeaders([("Host", self._host), ("User-Agent", self._user_agent), *headers.items()]),
         )
-        done = threading.Event()
-        outcome: dict[str, Any] = {}
+        outcome: dict[str, Any] = {"length": 0}
 
         def on_headers(status_code: int, headers: list[tuple[str, str]], **_: Any) -> None:
             outcome["status"] = status_code
-            outcome["headers"] = {k.lower(): v for k, v in headers}
+            outcome["headers"] = headers
 
-        def on_done(
-            error: Exception | None = None,
-            error_headers: list[tuple[str, str]] | None = None,
-            error_body: bytes | None = None,
-            status_code: int | None = None,
-            **_: Any,
-        ) -> None:
-            outcome["error"] = error
-            if error_headers is not None:
-                outcome["headers"] = {k.lower(): v for k, v in error_headers}
-            if status_code is not None:
-                outcome["status"] = status_code
-            outcome["error_body"] = error_body or b""
-            done.set()
+        def on_body(chunk: Any, offset: int, **_: Any) -> None:
+            # The CRT holds a GET's body until it is complete and hands it over in one call (it is valid only
+            # during the call): one copy into the engine's buffer.
+            end = offset + len(chunk)
+            if end > len(buf):
+                outcome["overflow"] = end
+                return
+            buf[offset:end] = chunk
+            outcome["length"] = max(outcome["length"], end)
 
+        # No on_done: the request's future is set first and carries the same facts (an error answer's status and
+        # headers in an S3ResponseError); one Python callback less per GET.
         meta = self._client.make_request(
             type=S3RequestType.DEFAULT,
             operation_name="GetObject",
             request=request,
-            recv_filepath=dest,
             on_headers=on_headers,
-            on_done=on_done,
+            on_body=on_body,
         )
-        # The CRT reports no progress for such a request and writes the file only at its end: a GET of at most
-        # MAX_OBJECT_SIZE that is not over within the stall timeout is stalled.
+        # The CRT reports no progress for such a request before its end: a GET of a body that fits in one read
+        # buffer that is not over within the stall timeout is stalled.
         deadline = time.monotonic() + self._stall_timeout
-        while not done.wait(0.25):
-            stalled = time.monotonic() >= deadline
-            if stalled or halt.is_set():
-                meta.cancel()
-                done.wait()  # the CRT no longer touches `dest` once the request has ended
-                if stalled:
-                    raise RetryableError(
-                        "stall", f"no complete answer within the stall timeout ({self._stall_timeout:g}s)"
-                    )
+        cancelled = stalled = False
+        while True:
+            try:
+                # Once the future is done the CRT no longer touches `buf`, whatever the outcome.
+                error = meta.finished_future.exception(timeout=0.25)
+                break
+            except TimeoutError:
+                if not cancelled and (time.monotonic() >= deadline or halt.is_set()):
+                    cancelled, stalled = True, not halt.is_set()
+                    meta.cancel()
         if halt.is_set():
             raise RetryableError("halted", "the download is stopping")
-        error = outcome.get("error")
-        status = int(outcome.get("status") or 0)
+        if stalled:
+            raise RetryableError("stall", f"no complete answer within the stall timeout ({self._stall_timeout:g}s)")
+        if "overflow" in outcome:
+            raise RetryableError("bad-length", f"the body ran past {len(buf)} bytes (to {outcome['overflow']})")
+        status = int(getattr(error, "status_code", None) or outcome.get("status") or 0)
+        answer_headers: list[tuple[str, str]] = getattr(error, "headers", None) or outcome.get("headers") or []
         name = getattr(error, "name", type(error).__name__)
         if error is not None and not status:
             # The CRT classifies some answers itself and then reports no status code: what they stood for.
@@ -179,7 +177,7 @@ class CrtGetter:
             # No answer, or the connection broke after a 2xx status line: a transport failure.
             kind = "tls" if "TLS" in name else "connection"
             raise RetryableError(kind, f"{name}: {getattr(error, 'message', error)}")
-        return CrtResponse(status, outcome.get("headers", {}), outcome.get("error_body", b""))
+        return CrtResponse(status, {k.lower(): v for k, v in answer_headers}, outcome["length"])
 
     def close(self) -> None:
         self._client = None
