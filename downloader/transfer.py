@@ -37,7 +37,7 @@ from .errors import (
 )
 from .plan import ByteRange, is_complete_on_disk, safe_parts, split_ranges
 from .progress import Stats
-from .sources.base import Checksum, ObjectDetail, RangeReader, RemoteFile, Source
+from .sources.base import Checksum, ObjectDetail, RangeReader, RemoteFile, Source, Whole
 from .state import (
     DoneRecord,
     Journal,
@@ -57,6 +57,8 @@ MAX_OBJECT_RESTARTS = 3
 # age, or when the workers run out of other work.
 BATCH_MAX_FILES = 256
 BATCH_MAX_AGE = 1.0
+# GETs a worker sends at once when every file comes whole through a native client (see Engine.run).
+WHOLE_DEPTH = 4
 KERNEL_COPY_STEP = 16 * 1024 * 1024
 # Most readers fill all they are given before they return, and lose it if the connection breaks meanwhile:
 # asking for this much at a time bounds what a reset costs, at a few microseconds per call.
@@ -185,6 +187,7 @@ class Engine:
         self._unplaced_bytes = 0
         self._unplaced_since = 0.0
         self._placing = False
+        self._depth = 1  # files each worker fetches at once (see run)
 
     # ------------------------------------------------------------------------------------------ driver
     def run(self, files: Sequence[RemoteFile], journals: Sequence[Journal]) -> list[DoneRecord]:
@@ -193,10 +196,16 @@ class Engine:
         jobs = [_Job(f, safe_parts(f.key, f.rel_path)) for f in files]
         self._outstanding = len(jobs)
         self._queue.extend((job, None, None) for job in jobs)
-        workers = [
-            threading.Thread(target=self._worker, name=f"fetch-{i}", daemon=True)
-            for i in range(min(self.settings.num_threads, max(1, self._range_upper_bound(files))))
-        ]
+        count = min(self.settings.num_threads, max(1, self._range_upper_bound(files)))
+        if files and self.source.native_whole and all(self._fits_whole(f) for f in files):
+            # A model made only of files a native client fetches whole: each worker sends WHOLE_DEPTH GETs at once
+            # and writes each body as it comes in. Half as many workers as connections keep up to twice as many
+            # GETs queued as the client's connection cap (num_threads) lets run, so the connections stay busy
+            # while workers write, from a quarter of the Python threads (the GIL hand-offs between many threads
+            # were most of the client's work on such a model, BENCHMARKS.md).
+            self._depth = WHOLE_DEPTH
+            count = -(-2 * count // WHOLE_DEPTH)
+        workers = [threading.Thread(target=self._worker, name=f"fetch-{i}", daemon=True) for i in range(count)]
         for w in workers:
             w.start()
         halted_at: float | None = None
@@ -222,13 +231,18 @@ class Engine:
             raise Halted()
         return self._records
 
+    def _fits_whole(self, f: RemoteFile) -> bool:
+        return f.size < self.settings.part_threshold and f.size <= self.settings.buffer_size
+
     def _range_upper_bound(self, files: Sequence[RemoteFile]) -> int:
         chunk = self.settings.part_chunksize
         return sum(max(1, -(-f.size // chunk)) for f in files)
 
     def _worker(self) -> None:
-        buf = mmap.mmap(-1, self.settings.buffer_size)  # page-aligned, as O_DIRECT writes need
-        view = memoryview(buf)
+        size = self.settings.buffer_size
+        buf = mmap.mmap(-1, size * self._depth)  # page-aligned, as O_DIRECT writes need
+        views = [memoryview(buf)[i * size : (i + 1) * size] for i in range(self._depth)]
+        view = views[0]
         while True:
             with self._cv:
                 while not self._queue and self._outstanding > 0 and not self._halt.is_set():
@@ -238,6 +252,7 @@ class Engine:
                 if self._halt.is_set() or self._outstanding == 0:
                     return
                 item = self._queue.popleft() if self._queue else None
+                more = self._take_fresh(self._depth - 1) if item is not None and item[2] is None else []
             if item is None:
                 try:
                     self._place_batch()
@@ -248,7 +263,7 @@ class Engine:
             job, attempt, rng = item
             try:
                 if rng is None:
-                    self._prepare(job, view)
+                    self._prepare([job, *more], views)
                 else:
                     assert attempt is not None
                     self._run_range(job, attempt, rng, view)
@@ -257,6 +272,13 @@ class Engine:
             except BaseException as exc:
                 self._fail(exc)
                 return
+
+    def _take_fresh(self, count: int) -> list[_Job]:
+        """Up to `count` more files not started yet from the front of the queue (the caller holds the lock)."""
+        taken: list[_Job] = []
+        while len(taken) < count and self._queue and self._queue[0][1] is None and self._queue[0][2] is None:
+            taken.append(self._queue.popleft()[0])
+        return taken
 
     def _fail(self, exc: BaseException) -> None:
         with self._cv:
@@ -276,7 +298,51 @@ class Engine:
             raise Halted()
 
     # ----------------------------------------------------------------------------------------- prepare
-    def _prepare(self, job: _Job, view: memoryview) -> None:
+    def _prepare(self, jobs: list[_Job], views: list[memoryview]) -> None:
+        """Start files (one, or several small ones at once, one buffer each): large files are split into ranges
+        for any worker; the GETs of one-range files are all in flight together through the source's native
+        client when it has one, and any it declines or that fails is then fetched alone, the usual way."""
+        started: list[tuple[_Job, _Attempt, ByteRange, memoryview]] = []
+        for job, view in zip(jobs, views, strict=False):
+            opened = self._open(job)
+            if opened is None:
+                continue
+            attempt, ranges, pending = opened
+            if not pending or job.f.size == 0:
+                self._finalize(job, attempt)
+            elif len(ranges) == 1:
+                started.append((job, attempt, ranges[0], view))
+            else:
+                self._push_front([(job, attempt, r) for r in pending])
+        outcomes = self.source.fetch_whole([(job.f, view) for job, _, _, view in started], self._halt)
+        try:
+            for (job, attempt, r, view), outcome in zip(started, outcomes, strict=True):
+                self._whole_outcome(job, attempt, r, view, outcome, 0)
+        finally:
+            outcomes.close()
+
+    def _whole_outcome(
+        self, job: _Job, attempt: _Attempt, r: ByteRange, view: memoryview, outcome: Whole, tries: int
+    ) -> None:
+        """Act on what Source.fetch_whole gave for one file; a failure to retry asks again for that file alone."""
+        f = job.f
+        while isinstance(outcome, RetryableError):
+            self._check_halt()
+            tries += 1
+            self._wait_to_retry(f, outcome, tries, f"{f.rel_path}: {outcome}")
+            self._check_halt()
+            outcome = self._fetch_one(f, view)
+        if isinstance(outcome, ObjectChangedError):
+            self._restart(job, attempt, outcome)
+        elif isinstance(outcome, Exception):
+            raise outcome
+        elif outcome is None:
+            self._run_range(job, attempt, r, view)
+        else:
+            self._finish_whole(job, attempt, r, view, outcome)
+
+    def _open(self, job: _Job) -> tuple[_Attempt, list[ByteRange], list[ByteRange]] | None:
+        """A file's attempt, its ranges and those still to fetch; None when it starts over instead."""
         self._check_halt()
         f = job.f
         multi = f.size >= self.settings.part_threshold
@@ -286,10 +352,10 @@ class Engine:
                 job.detail = self._retrying(f.key, lambda: self.source.describe(f))
             except ObjectChangedError as exc:
                 self._restart(job, None, exc)
-                return
+                return None
             if job.detail.size != f.size:
                 self._restart(job, None, ObjectChangedError(f.key, "size changed since listing"))
-                return
+                return None
             job.checksum, job.strategy = choose_checksum(job.detail, multi_range=True)
             if job.checksum is not None and job.strategy == "stream":
                 part_size = job.checksum.part_size  # ranges aligned to the source's parts
@@ -301,14 +367,7 @@ class Engine:
         if already:
             job.resumed = True
             log.info("resuming %s: %d of %d bytes already on disk", f.rel_path, already, f.size)
-        pending = [r for r in ranges if r.index not in attempt.done]
-        if not pending or f.size == 0:
-            self._finalize(job, attempt)
-        elif len(ranges) == 1:
-            if not self._fetch_whole(job, attempt, ranges[0], view):
-                self._run_range(job, attempt, ranges[0], view)
-        else:
-            self._push_front([(job, attempt, r) for r in pending])
+        return attempt, ranges, [r for r in ranges if r.index not in attempt.done]
 
     def _layout(self, job: _Job, ranges: list[ByteRange]) -> str:
         alg = job.checksum.algorithm if job.checksum and job.strategy in ("stream", "combine") else "-"
@@ -356,26 +415,17 @@ class Engine:
         self.state.drop_journal(j.token)
 
     # ------------------------------------------------------------------------------------------ ranges
-    def _fetch_whole(self, job: _Job, attempt: _Attempt, r: ByteRange, view: memoryview) -> bool:
-        """A one-range file in one request of the source's own native client, when it has one for this file:
-        the body lands in `view`, then is checked and written like any range. False when it has none."""
+    def _fetch_one(self, f: RemoteFile, view: memoryview) -> Whole:
+        outcomes = self.source.fetch_whole([(f, view)], self._halt)
+        try:
+            return next(outcomes)
+        finally:
+            outcomes.close()
+
+    def _finish_whole(
+        self, job: _Job, attempt: _Attempt, r: ByteRange, view: memoryview, fetched: tuple[ObjectDetail, int]
+    ) -> None:
         f = job.f
-        tries = 0
-        while True:
-            self._check_halt()
-            try:
-                fetched = self.source.fetch_whole(f, view, self._halt)
-            except ObjectChangedError as exc:
-                self._restart(job, attempt, exc)
-                return True
-            except RetryableError as exc:
-                self._check_halt()
-                tries += 1
-                self._wait_to_retry(f, exc, tries, f"{f.rel_path}: {exc}")
-                continue
-            break
-        if fetched is None:
-            return False
         job.detail, n = fetched
         job.checksum, job.strategy = choose_checksum(job.detail, multi_range=False)
         hasher = self._range_hasher(job, r)
@@ -385,7 +435,6 @@ class Engine:
         self.stats.add_bytes(f.rel_path, n)
         attempt.done[r.index] = hasher.finish() if hasher is not None else []
         self._finalize(job, attempt)
-        return True
 
     def _wait_to_retry(self, f: RemoteFile, exc: RetryableError, tries: int, message: str) -> None:
         """Count a failed request; wait out its backoff, or give up after the last attempt."""

@@ -156,3 +156,25 @@ def test_access_denied_through_the_crt_is_a_clear_error(proxy: FaultProxy, small
     assert r.returncode == 3, r.stderr
     assert "AccessDenied" in r.stderr and "Traceback" not in r.stderr
     assert read_manifest(str(tmp_path / "m")) is None
+
+
+def test_a_model_of_small_files_is_fetched_several_gets_per_worker(proxy: FaultProxy, s3, bucket, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    """Every file fits in a buffer: each worker sends several GETs at once (transfer.WHOLE_DEPTH), and a fault
+    on any of them is retried for that file alone."""
+    files = {f"part-{i:02d}.bin": random_bytes(50_000 + i, 100 + i) for i in range(24)}
+    upload(s3, bucket, "m", files)
+    faults = {
+        "part-03.bin": proxy.add_rule(Rule(Status(503), match_method="GET", match_path="part-03")),
+        "part-10.bin": proxy.add_rule(Rule(FlipBit(offset=777), match_method="GET", match_path="part-10")),
+        "part-17.bin": proxy.add_rule(Rule(Reset(after_bytes=10_000), match_method="GET", match_path="part-17")),
+    }
+    r = download(proxy, bucket, tmp_path)
+    assert r.returncode == 0, r.stderr
+    assert all(rule.fired == 1 for rule in faults.values())
+    assert read_tree(str(tmp_path / "m")) == files
+    for name in files:
+        gets = gets_of(proxy, name)
+        assert len(gets) == (2 if name in faults else 1), (name, gets)
+        assert all(g.user_agent.startswith(CRT_UA) and g.range is None for g in gets)
+    manifest = read_manifest(str(tmp_path / "m"))
+    assert manifest is not None and len(manifest.files) == len(files)

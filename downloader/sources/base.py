@@ -10,7 +10,7 @@ from __future__ import annotations
 import http.client
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Generator, Iterator, Sequence
 from dataclasses import dataclass, field
 from email.utils import parsedate_to_datetime
 from typing import Any, Protocol
@@ -115,6 +115,11 @@ def parse_retry_after(raw: str | None) -> float | None:
         return None
 
 
+# One object of Source.fetch_whole: (its detail, its length), the failure to retry or act on, or None.
+Whole = tuple[ObjectDetail, int] | Exception | None
+Wholes = Generator[Whole, None, None]
+
+
 class Source(Protocol):
     """A storage backend. Implementations must be safe to call from many threads at once."""
 
@@ -136,12 +141,19 @@ class Source(Protocol):
         """Bytes [start, end] (inclusive) of exactly the listed version of `f`."""
         ...
 
-    def fetch_whole(self, f: RemoteFile, buf: memoryview, halt: threading.Event) -> tuple[ObjectDetail, int] | None:
-        """The listed version of `f`, whole, into the start of `buf`, in one request of the source's own (a native
-        client): what the response says about the object, and the number of bytes (the object's size).
+    @property
+    def native_whole(self) -> bool:
+        """Whether fetch_whole has a path of its own (a native client) for objects that fit in a buffer."""
+        ...
 
-        None, with nothing fetched, when this source has no such path for `f` (or `f` does not fit in `buf`):
-        the caller then reads it through open_range. Failures raise like open_range's.
+    def fetch_whole(self, items: Sequence[tuple[RemoteFile, memoryview]], halt: threading.Event) -> Wholes:
+        """Each listed object version, whole, into the start of its buffer, in one request of the source's own
+        (a native client), all of them in flight at once; the answers come in the order of `items`, each as soon
+        as it is in (closing the generator early waits for, or cancels, the rest). Per item: what the response
+        says about the object and
+        the number of bytes (its size); the exception open_range would have raised (RetryableError,
+        ObjectChangedError); or None, with nothing fetched, when the source has no such path for that object
+        (the caller then reads it through open_range). Other failures raise.
         """
         ...
 

@@ -25,7 +25,7 @@ import logging
 import re
 import threading
 import time
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, TypeVar
 from urllib.parse import quote, urljoin, urlsplit
@@ -47,7 +47,7 @@ from ..errors import (
     TransferError,
 )
 from ..uri import ModelUri
-from .base import Checksum, ObjectDetail, RangeReader, RemoteFile, direct_body, parse_retry_after
+from .base import Checksum, ObjectDetail, RangeReader, RemoteFile, Wholes, direct_body, parse_retry_after
 
 log = logging.getLogger(__name__)
 
@@ -243,8 +243,10 @@ class HfSource:
         return RemoteFile(key=f.key, rel_path=f.rel_path, size=size, version=version, version_id=f.version_id)
 
     # ---------------------------------------------------------------------------------------- reading
-    def fetch_whole(self, f: RemoteFile, buf: memoryview, halt: threading.Event) -> None:
-        return None  # every read goes through open_range
+    native_whole = False  # every read goes through open_range
+
+    def fetch_whole(self, items: Sequence[tuple[RemoteFile, memoryview]], halt: threading.Event) -> Wholes:
+        yield from [None] * len(items)
 
     def open_range(self, f: RemoteFile, detail: ObjectDetail | None, start: int, end: int) -> RangeReader:
         size = detail.size if detail else f.size

@@ -13,12 +13,12 @@ import errno
 import os
 import stat
 import threading
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 
 from ..errors import AccessDeniedError, NotFoundError, ObjectChangedError, RetryableError, SourceError
 from ..state import STATE_DIR_NAME, TEMP_SUFFIX
 from ..uri import ModelUri
-from .base import ObjectDetail, RangeReader, RemoteFile
+from .base import ObjectDetail, RangeReader, RemoteFile, Wholes
 
 _UNVERIFIABLE = "a local file publishes no checksum; size checked"
 
@@ -88,8 +88,10 @@ class LocalSource:
             raise RetryableError("io", str(exc)) from None
         return RemoteFile(f.key, f.rel_path, st.st_size, _version(st))
 
-    def fetch_whole(self, f: RemoteFile, buf: memoryview, halt: threading.Event) -> None:
-        return None  # every read goes through open_range
+    native_whole = False  # every read goes through open_range
+
+    def fetch_whole(self, items: Sequence[tuple[RemoteFile, memoryview]], halt: threading.Event) -> Wholes:
+        yield from [None] * len(items)
 
     def open_range(self, f: RemoteFile, detail: ObjectDetail | None, start: int, end: int) -> RangeReader:
         try:

@@ -24,7 +24,7 @@ import logging
 import math
 import re
 import threading
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from typing import Any
 from urllib.parse import quote, urlsplit
 
@@ -46,8 +46,8 @@ from ..errors import (
     TransferError,
 )
 from ..uri import ModelUri
-from .base import Checksum, ObjectDetail, RangeReader, RemoteFile, direct_body, parse_retry_after
-from .s3_crt import CrtGetter
+from .base import Checksum, ObjectDetail, RangeReader, RemoteFile, Whole, Wholes, direct_body, parse_retry_after
+from .s3_crt import CrtGet, CrtGetter, CrtResponse
 
 # Cheapest first: a CRC costs a fraction of a cryptographic hash per byte.
 _CHECKSUM_FIELDS = (
@@ -258,19 +258,50 @@ class S3Source:
         return RemoteFile(key=f.key, rel_path=f.rel_path, size=int(head["ContentLength"]), version=head["ETag"])
 
     # ---------------------------------------------------------------------------------------- reading
-    def fetch_whole(self, f: RemoteFile, buf: memoryview, halt: threading.Event) -> tuple[ObjectDetail, int] | None:
-        """A small object through the CRT's native client (see s3_crt); None when it is not for this one."""
+    @property
+    def native_whole(self) -> bool:
+        return self._crt is not None
+
+    def fetch_whole(self, items: Sequence[tuple[RemoteFile, memoryview]], halt: threading.Event) -> Wholes:
+        """Small objects through the CRT's native client (see s3_crt), all in flight at once, each answer given as
+        soon as it and those before it are in."""
         crt = self._crt
-        if crt is None or f.size > len(buf):
-            return None
-        query = "versionId=" + quote(f.version_id, safe="") if f.version_id else ""
-        headers = {"If-Match": f.version, "x-amz-checksum-mode": "ENABLED"}
+        early: dict[int, Whole] = {}
+        started: dict[int, CrtGet] = {}
+        for i, (f, buf) in enumerate(items):
+            if crt is None or f.size > len(buf):
+                early[i] = None
+                continue
+            query = "versionId=" + quote(f.version_id, safe="") if f.version_id else ""
+            headers = {"If-Match": f.version, "x-amz-checksum-mode": "ENABLED"}
+            try:
+                started[i] = crt.start(quote(f.key, safe="/~"), query, headers, buf)
+            except Exception as exc:  # awscrt's own error types; the ones already started are still awaited
+                early[i] = RetryableError("connection", f"the CRT did not take the request: {exc}")
         try:
-            resp = crt.get(quote(f.key, safe="/~"), query, headers, buf, halt)
-        except RetryableError as exc:
-            if exc.kind != "tls":
-                raise
-            resp = None  # a TLS setup botocore's transport has and the CRT's has not
+            for i, (f, _) in enumerate(items):
+                get = started.pop(i, None)
+                if get is None:
+                    yield early[i]
+                    continue
+                assert crt is not None
+                try:
+                    outcome: Whole = self._whole(crt, f, crt.finish(get, halt))
+                except RetryableError as exc:
+                    outcome = self._whole(crt, f, None) if exc.kind == "tls" else exc
+                except ObjectChangedError as exc:
+                    outcome = exc
+                yield outcome
+        finally:
+            # The caller stopped early (a failure, a halt): no buffer may be written once we return.
+            for get in started.values():
+                assert crt is not None
+                with contextlib.suppress(RetryableError):
+                    crt.finish(get, _HALTED)
+
+    def _whole(self, crt: CrtGetter, f: RemoteFile, resp: CrtResponse | None) -> tuple[ObjectDetail, int] | None:
+        """What a CRT GET's answer means; None (and no more CRT) for an answer botocore's path should handle.
+        `resp` is None after a TLS failure: a TLS setup botocore's transport has and the CRT's has not."""
         status = resp.status if resp is not None else 0
         if resp is not None and status == 200:
             fields = _fields_from_headers(resp.headers)
@@ -435,6 +466,9 @@ class S3Source:
             return SourceError(self.display_uri, f"{reason}; still failing after retries", key=key)
         return SourceError(self.display_uri, reason, key=key)
 
+
+_HALTED = threading.Event()  # cancels what is still in flight when a caller stops reading fetch_whole's answers
+_HALTED.set()
 
 _NO_CREDENTIALS = (
     "no AWS credentials found: set AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY from a Secret, "

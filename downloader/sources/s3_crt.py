@@ -39,6 +39,33 @@ class CrtResponse:
     length: int
 
 
+class CrtGet:
+    """One GET in flight: what its callbacks (on the CRT's threads) have seen so far."""
+
+    def __init__(self, buf: memoryview, deadline: float) -> None:
+        self.buf = buf
+        self.deadline = deadline
+        self.request: Any = None
+        self.status = 0
+        self.headers: list[tuple[str, str]] = []
+        self.length = 0
+        self.overflow = 0
+
+    def on_headers(self, status_code: int, headers: list[tuple[str, str]], **_: Any) -> None:
+        self.status = status_code
+        self.headers = headers
+
+    def on_body(self, chunk: Any, offset: int, **_: Any) -> None:
+        # The CRT holds a GET's body until it is complete and hands it over in one call (it is valid only during
+        # the call): one copy into the engine's buffer.
+        end = offset + len(chunk)
+        if end > len(self.buf):
+            self.overflow = end
+            return
+        self.buf[offset:end] = chunk
+        self.length = max(self.length, end)
+
+
 class CrtGetter:
     """One CRT S3 client bound to an endpoint, a signing region and botocore's credentials."""
 
@@ -98,7 +125,7 @@ class CrtGetter:
                 tls_connection_options=tls,
                 credential_provider=AwsCredentialsProvider.new_delegate(provide),
                 part_size=8 * 1024 * 1024,  # unused: every request here is one GET
-                max_active_connections_override=connections,
+                max_active_connections_override=connections,  # a cap: GETs beyond it wait in the CRT's queue
                 retry_config=S3RetryConfig(retry_mode=S3RetryMode.NONE),  # the engine retries
                 connect_timeout_ms=int(min(10.0, stall_timeout) * 1000),
             )
@@ -108,12 +135,8 @@ class CrtGetter:
         user_agent = f"aibrix-download awscrt/{getattr(awscrt, '__version__', '')}"
         return cls(client, host, "/" + path, user_agent, stall_timeout)
 
-    def get(
-        self, encoded_key: str, query: str, headers: dict[str, str], buf: memoryview, halt: threading.Event
-    ) -> CrtResponse:
-        """GET the object into the start of `buf`. Non-2xx answers are returned, not raised; transport failures
-        raise RetryableError, and so do a body longer than `buf` and a halt (each after the request has ended,
-        so nothing touches `buf` any more)."""
+    def start(self, encoded_key: str, query: str, headers: dict[str, str], buf: memoryview) -> CrtGet:
+        """Send a GET of the object, its body to go into the start of `buf`; `finish` waits for it."""
         from awscrt.http import HttpHeaders, HttpRequest
         from awscrt.s3 import S3RequestType
 
@@ -123,52 +146,44 @@ class CrtGetter:
             path,
             HttpHeaders([("Host", self._host), ("User-Agent", self._user_agent), *headers.items()]),
         )
-        outcome: dict[str, Any] = {"length": 0}
-
-        def on_headers(status_code: int, headers: list[tuple[str, str]], **_: Any) -> None:
-            outcome["status"] = status_code
-            outcome["headers"] = headers
-
-        def on_body(chunk: Any, offset: int, **_: Any) -> None:
-            # The CRT holds a GET's body until it is complete and hands it over in one call (it is valid only
-            # during the call): one copy into the engine's buffer.
-            end = offset + len(chunk)
-            if end > len(buf):
-                outcome["overflow"] = end
-                return
-            buf[offset:end] = chunk
-            outcome["length"] = max(outcome["length"], end)
-
+        get = CrtGet(buf, time.monotonic() + self._stall_timeout)
         # No on_done: the request's future is set first and carries the same facts (an error answer's status and
         # headers in an S3ResponseError); one Python callback less per GET.
-        meta = self._client.make_request(
+        get.request = self._client.make_request(
             type=S3RequestType.DEFAULT,
             operation_name="GetObject",
             request=request,
-            on_headers=on_headers,
-            on_body=on_body,
+            on_headers=get.on_headers,
+            on_body=get.on_body,
         )
-        # The CRT reports no progress for such a request before its end: a GET of a body that fits in one read
-        # buffer that is not over within the stall timeout is stalled.
-        deadline = time.monotonic() + self._stall_timeout
+        return get
+
+    def finish(self, get: CrtGet, halt: threading.Event) -> CrtResponse:
+        """Wait for a GET. Non-2xx answers are returned, not raised; transport failures raise RetryableError, and
+        so do a body longer than its buffer, a GET not over within the stall timeout (the CRT reports no progress
+        before the end of such a request) and a halt: each once the request has ended, so that nothing touches
+        the buffer any more."""
+        # The request holds `get`'s callbacks and `get` the request: drop that cycle now, so the CRT's memory for
+        # the request goes as soon as it is over rather than at the next garbage collection.
+        request, get.request = get.request, None
         cancelled = stalled = False
         while True:
             try:
-                # Once the future is done the CRT no longer touches `buf`, whatever the outcome.
-                error = meta.finished_future.exception(timeout=0.25)
+                error = request.finished_future.exception(timeout=0.25)
                 break
             except TimeoutError:
-                if not cancelled and (time.monotonic() >= deadline or halt.is_set()):
+                if not cancelled and (time.monotonic() >= get.deadline or halt.is_set()):
                     cancelled, stalled = True, not halt.is_set()
-                    meta.cancel()
+                    request.cancel()
+        del request
         if halt.is_set():
             raise RetryableError("halted", "the download is stopping")
         if stalled:
             raise RetryableError("stall", f"no complete answer within the stall timeout ({self._stall_timeout:g}s)")
-        if "overflow" in outcome:
-            raise RetryableError("bad-length", f"the body ran past {len(buf)} bytes (to {outcome['overflow']})")
-        status = int(getattr(error, "status_code", None) or outcome.get("status") or 0)
-        answer_headers: list[tuple[str, str]] = getattr(error, "headers", None) or outcome.get("headers") or []
+        if get.overflow:
+            raise RetryableError("bad-length", f"the body ran past {len(get.buf)} bytes (to {get.overflow})")
+        status = int(getattr(error, "status_code", None) or get.status)
+        answer_headers: list[tuple[str, str]] = getattr(error, "headers", None) or get.headers
         name = getattr(error, "name", type(error).__name__)
         if error is not None and not status:
             # The CRT classifies some answers itself and then reports no status code: what they stood for.
@@ -177,7 +192,7 @@ class CrtGetter:
             # No answer, or the connection broke after a 2xx status line: a transport failure.
             kind = "tls" if "TLS" in name else "connection"
             raise RetryableError(kind, f"{name}: {getattr(error, 'message', error)}")
-        return CrtResponse(status, {k.lower(): v for k, v in answer_headers}, outcome["length"])
+        return CrtResponse(status, {k.lower(): v for k, v in answer_headers}, get.length)
 
     def close(self) -> None:
         self._client = None
