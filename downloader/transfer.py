@@ -7,7 +7,8 @@ stream past, and its completion is appended to the file's journal so a restarted
 missing. A file that fits in one buffer may instead come whole through the source's own native client
 (`Source.fetch_whole`), then is checked and written the same way. A file appears under its final name only
 after it is complete and verified. Memory is bounded by num_threads x buffer_size, whatever the file sizes
-(twice that with S3's native client, which holds a body until it hands it over).
+(up to three times that for a model of small files through S3's native client: twice as many GETs queued,
+each with its buffer, and the client holds each body until it hands it over).
 """
 
 from __future__ import annotations

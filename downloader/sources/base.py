@@ -117,7 +117,7 @@ def parse_retry_after(raw: str | None) -> float | None:
 
 # One object of Source.fetch_whole: (its detail, its length), the failure to retry or act on, or None.
 Whole = tuple[ObjectDetail, int] | Exception | None
-Wholes = Generator[Whole, None, None]
+Wholes = Generator[Whole, None, None]  # what Source.fetch_whole yields, one per object asked for
 
 
 class Source(Protocol):
@@ -149,11 +149,10 @@ class Source(Protocol):
     def fetch_whole(self, items: Sequence[tuple[RemoteFile, memoryview]], halt: threading.Event) -> Wholes:
         """Each listed object version, whole, into the start of its buffer, in one request of the source's own
         (a native client), all of them in flight at once; the answers come in the order of `items`, each as soon
-        as it is in (closing the generator early waits for, or cancels, the rest). Per item: what the response
-        says about the object and
-        the number of bytes (its size); the exception open_range would have raised (RetryableError,
-        ObjectChangedError); or None, with nothing fetched, when the source has no such path for that object
-        (the caller then reads it through open_range). Other failures raise.
+        as it is in (closing the generator early cancels the rest and waits for them). Per item: what the
+        response says about the object and the number of bytes (its size); the exception open_range would have
+        raised (RetryableError, ObjectChangedError); or None, with nothing fetched, when the source has no such
+        path for that object (the caller then reads it through open_range). Other failures raise.
         """
         ...
 
