@@ -328,10 +328,9 @@ class Engine:
         """Act on what Source.fetch_whole gave for one file; a failure to retry asks again for that file alone."""
         f = job.f
         while isinstance(outcome, RetryableError):
-            self._check_halt()
+            self._check_halt()  # a halt also ends the GETs in flight: not a failure to count
             tries += 1
             self._wait_to_retry(f, outcome, tries, f"{f.rel_path}: {outcome}")
-            self._check_halt()
             outcome = self._fetch_one(f, view)
         if isinstance(outcome, ObjectChangedError):
             self._restart(job, attempt, outcome)

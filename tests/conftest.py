@@ -30,6 +30,8 @@ for _name in [k for k in os.environ if k.startswith("DOWNLOADER_")]:
 import boto3  # noqa: E402
 from moto.server import ThreadedMotoServer  # noqa: E402
 
+from tests.faultproxy import FaultProxy  # noqa: E402
+
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
@@ -54,6 +56,13 @@ def s3_server() -> Iterator[S3Server]:
     host, port = server.get_host_and_port()
     yield S3Server(host, port)
     server.stop()
+
+
+@pytest.fixture
+def proxy(s3_server: S3Server) -> Iterator[FaultProxy]:
+    """A fault-injecting proxy in front of the S3 server (tests that proxy something else define their own)."""
+    with FaultProxy(s3_server.host, s3_server.port) as p:
+        yield p
 
 
 @pytest.fixture

@@ -166,12 +166,6 @@ def test_plan_layer_refuses_keys_no_s3_server_would_store() -> None:
 # ------------------------------------------------------------------------------------------ symlinks
 
 
-@pytest.fixture
-def proxy(s3_server: S3Server) -> Iterator[FaultProxy]:
-    with FaultProxy(s3_server.host, s3_server.port) as p:
-        yield p
-
-
 SLOW = ["--part-threshold", "1MiB", "--part-chunksize", "1MiB", "--num-threads", "1", "--log-level", "debug"]
 
 

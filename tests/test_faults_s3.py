@@ -8,14 +8,13 @@ import shutil
 import signal
 import subprocess
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 from downloader import read_manifest, read_progress
 from downloader.state import open_direct
-from tests.conftest import S3Server, journal_ranges, popen_cli, read_tree, run_cli
+from tests.conftest import journal_ranges, popen_cli, read_tree, run_cli
 from tests.faultproxy import (
     Callback,
     Delay,
@@ -36,12 +35,6 @@ pytestmark = pytest.mark.slow
 SHARD = "weights.safetensors"
 # 1 MiB ranges over a 12 MiB shard: 12 ranged GETs, 4 connections.
 RANGED = ["--part-threshold", "2MiB", "--part-chunksize", "1MiB", "--num-threads", "4", "--max-attempts", "6"]
-
-
-@pytest.fixture
-def proxy(s3_server: S3Server) -> Iterator[FaultProxy]:
-    with FaultProxy(s3_server.host, s3_server.port) as p:
-        yield p
 
 
 @pytest.fixture

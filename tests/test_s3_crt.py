@@ -4,13 +4,12 @@ can make, and the fallbacks to botocore's transport."""
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 from downloader import read_manifest, read_progress
-from tests.conftest import S3Server, read_tree, run_cli
+from tests.conftest import read_tree, run_cli
 from tests.faultproxy import FaultProxy, FlipBit, RequestRecord, Reset, Rule, Stall, Status, Truncate
 from tests.synthetic import MiB, random_bytes, upload
 
@@ -20,12 +19,6 @@ CRT_UA = "aibrix-download awscrt/"
 DIRECT_UA = "aibrix-download Botocore/"
 TOKENIZER = "tokenizer.json"
 SHARD = "model.safetensors"  # over the CRT's 1 MiB limit: the engine's own GET
-
-
-@pytest.fixture
-def proxy(s3_server: S3Server) -> Iterator[FaultProxy]:
-    with FaultProxy(s3_server.host, s3_server.port) as p:
-        yield p
 
 
 @pytest.fixture

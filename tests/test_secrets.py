@@ -16,7 +16,6 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
@@ -89,12 +88,6 @@ def assert_absent(secrets: dict[str, str], **places: str) -> None:
 
 
 # --------------------------------------------------------------------------------------------------- S3
-
-
-@pytest.fixture
-def proxy(s3_server: S3Server) -> Iterator[FaultProxy]:
-    with FaultProxy(s3_server.host, s3_server.port) as p:
-        yield p
 
 
 def test_aws_credentials_never_appear_anywhere(proxy: FaultProxy, s3: object, bucket: str, tmp_path: Path) -> None:
