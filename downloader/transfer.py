@@ -315,6 +315,8 @@ class Engine:
                 started.append((job, attempt, ranges[0], view))
             else:
                 self._push_front([(job, attempt, r) for r in pending])
+        if not started:
+            return
         outcomes = self.source.fetch_whole([(job.f, view) for job, _, _, view in started], self._halt)
         try:
             for (job, attempt, r, view), outcome in zip(started, outcomes, strict=True):

@@ -296,8 +296,7 @@ class S3Source:
             # The caller stopped early (a failure, a halt): no buffer may be written once we return.
             for get in started.values():
                 assert crt is not None
-                with contextlib.suppress(RetryableError):
-                    crt.finish(get, _HALTED)
+                crt.abandon(get)
 
     def _whole(self, crt: CrtGetter, f: RemoteFile, resp: CrtResponse | None) -> tuple[ObjectDetail, int] | None:
         """What a CRT GET's answer means; None (and no more CRT) for an answer botocore's path should handle.
@@ -305,22 +304,14 @@ class S3Source:
         status = resp.status if resp is not None else 0
         if resp is not None and status == 200:
             fields = _fields_from_headers(resp.headers)
-            whole = f"bytes 0-{f.size - 1}/{f.size}"
-            if fields.get("ContentRange") not in (None, whole):
-                raise RetryableError(
-                    "bad-content-range", f"asked for the whole object, server sent {fields['ContentRange']!r}"
-                )
-            if int(fields.get("ContentLength", -1)) != f.size or resp.length != f.size:
-                raise RetryableError(
-                    "bad-length", f"Content-Length {fields.get('ContentLength')}, {resp.length} bytes, for {f.size}"
-                )
+            problem = _body_mismatch(fields, 0, f.size - 1, f.size)
+            if problem is None and resp.length != f.size:
+                problem = RetryableError("bad-length", f"{resp.length} bytes for {f.size}")
+            if problem is not None:
+                raise problem
             return self._detail(f, {**fields, "ContentLength": f.size}), resp.length
-        if status in (412, 416):
-            raise ObjectChangedError(f.key, "ETag no longer matches (If-Match failed)")
-        if status in (429, 500, 502, 503, 504):
-            kind = "throttled" if status in (429, 503) else "server-error"
-            retry_after = parse_retry_after(resp.headers.get("retry-after") if resp else None)
-            raise RetryableError(kind, f"HTTP {status}", retry_after=retry_after)
+        if resp is not None:
+            _raise_for_status(f.key, status, resp.headers.get("retry-after"))
         # Redirects, auth errors and anything else: botocore's path knows them all, and keeps every later GET.
         if self._crt is crt:
             self._crt = None
@@ -380,15 +371,9 @@ class S3Source:
         if raw.status in (200, 206):
             fields = _fields_from_headers(raw.headers)
             return self._reader(f, size, start, end, detail, fields, raw, None)
-        status = raw.status
-        retry_after = parse_retry_after(raw.headers.get("retry-after"))
+        retry_after = raw.headers.get("retry-after")
         _discard(raw)
-        if status in (412, 416):
-            what = "ETag no longer matches (If-Match failed)" if status == 412 else "requested range is no longer valid"
-            raise ObjectChangedError(f.key, what)
-        if status in (429, 500, 502, 503, 504):
-            kind = "throttled" if status in (429, 503) else "server-error"
-            raise RetryableError(kind, f"HTTP {status}", retry_after=retry_after)
+        _raise_for_status(f.key, raw.status, retry_after)
         return None  # redirects, auth and other errors: the client's path knows them all
 
     def _reader(
@@ -403,22 +388,11 @@ class S3Source:
         body: Any,
     ) -> RangeReader:
         reader = _S3RangeReader(start, end, None, raw, body)
-        expected = f"bytes {start}-{end}/{size}"
-        # A whole object is asked for without a Range (stores send its checksum only then): 200, and either no
-        # Content-Range or the full one. A range must come back as exactly that range.
-        whole = start == 0 and end == size - 1
-        content_range = fields.get("ContentRange")
-        if size > 0 and content_range != expected and not (whole and content_range is None):
+        problem = _body_mismatch(fields, start, end, size)
+        if problem is not None:
             reader.close()
-            raise RetryableError(
-                "bad-content-range", f"asked for {expected}, server sent {fields.get('ContentRange')!r}"
-            )
-        if int(fields.get("ContentLength", -1)) != end - start + 1:
-            reader.close()
-            raise RetryableError(
-                "bad-length", f"Content-Length {fields.get('ContentLength')} for {end - start + 1} bytes"
-            )
-        if whole and detail is None:
+            raise problem
+        if start == 0 and end == size - 1 and detail is None:
             reader.detail = self._detail(f, {**fields, "ContentLength": size})
         return reader
 
@@ -466,9 +440,6 @@ class S3Source:
             return SourceError(self.display_uri, f"{reason}; still failing after retries", key=key)
         return SourceError(self.display_uri, reason, key=key)
 
-
-_HALTED = threading.Event()  # cancels what is still in flight when a caller stops reading fetch_whole's answers
-_HALTED.set()
 
 _NO_CREDENTIALS = (
     "no AWS credentials found: set AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY from a Secret, "
@@ -638,6 +609,32 @@ def _fields_from_headers(headers: Mapping[str, str]) -> dict[str, Any]:
         if value is not None:
             out[field] = int(value) if field == "ContentLength" and value.isdigit() else value
     return out
+
+
+def _raise_for_status(key: str, status: int, retry_after: str | None) -> None:
+    """The error a GET's answer stands for when the engine handles it (the object changed, try again later)."""
+    if status in (412, 416):
+        what = "ETag no longer matches (If-Match failed)" if status == 412 else "requested range is no longer valid"
+        raise ObjectChangedError(key, what)
+    if status in (429, 500, 502, 503, 504):
+        kind = "throttled" if status in (429, 503) else "server-error"
+        raise RetryableError(kind, f"HTTP {status}", retry_after=parse_retry_after(retry_after))
+
+
+def _body_mismatch(fields: Mapping[str, Any], start: int, end: int, size: int) -> RetryableError | None:
+    """Why the answer to a GET of bytes [start, end] does not carry exactly those bytes; None when it does.
+
+    A whole object is asked for without a Range (stores send its checksum only then): 200, and either no
+    Content-Range or the full one. A range must come back as exactly that range.
+    """
+    expected = f"bytes {start}-{end}/{size}"
+    whole = start == 0 and end == size - 1
+    content_range = fields.get("ContentRange")
+    if size > 0 and content_range != expected and not (whole and content_range is None):
+        return RetryableError("bad-content-range", f"asked for {expected}, server sent {content_range!r}")
+    if int(fields.get("ContentLength", -1)) != end - start + 1:
+        return RetryableError("bad-length", f"Content-Length {fields.get('ContentLength')} for {end - start + 1} bytes")
+    return None
 
 
 def _discard(raw: Any) -> None:

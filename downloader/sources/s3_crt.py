@@ -158,6 +158,12 @@ class CrtGetter:
         )
         return get
 
+    def abandon(self, get: CrtGet) -> None:
+        """Cancel a GET nobody will read and wait until it has ended (and so no longer touches its buffer)."""
+        request, get.request = get.request, None
+        request.cancel()
+        request.finished_future.exception()
+
     def finish(self, get: CrtGet, halt: threading.Event) -> CrtResponse:
         """Wait for a GET. Non-2xx answers are returned, not raised; transport failures raise RetryableError, and
         so do a body longer than its buffer, a GET not over within the stall timeout (the CRT reports no progress
