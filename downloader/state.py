@@ -22,6 +22,7 @@ import errno
 import fcntl
 import json
 import os
+import random
 import secrets
 import socket
 import stat
@@ -398,8 +399,28 @@ def temp_name(final_name: str, token: str) -> str:
     return f".{stem}.{token}{TEMP_SUFFIX}"
 
 
+class _Tokens:
+    """Names for temp files and journals, unique among every process that writes into a model directory.
+
+    secrets.token_hex would cost a getrandom(2) per file; a generator seeded once from the OS (and again in a
+    forked child, which would otherwise repeat its parent's names) draws from the same 2**64 space for free."""
+
+    def __init__(self) -> None:
+        self._rng = random.Random(secrets.randbits(128))
+        os.register_at_fork(after_in_child=self._reseed)
+
+    def _reseed(self) -> None:
+        self._rng.seed(secrets.randbits(128))
+
+    def new(self) -> str:
+        return f"{self._rng.getrandbits(64):016x}"
+
+
+_tokens = _Tokens()
+
+
 def new_token() -> str:
-    return secrets.token_hex(8)
+    return _tokens.new()
 
 
 def preallocate(fd: int, size: int) -> None:

@@ -96,6 +96,11 @@ def s3_error_body(code: int) -> bytes:
 # --------------------------------------------------------------------------
 
 
+def _access_key_of(authorization: str) -> str:
+    m = re.search(r"Credential=([^/,\s]+)/", authorization)
+    return m.group(1) if m else ""
+
+
 @dataclass
 class RequestRecord:
     """What the proxy did with one client request.
@@ -113,6 +118,7 @@ class RequestRecord:
     body_bytes: int = 0
     fault: str | None = None
     user_agent: str = ""
+    access_key: str = ""  # the key id a SigV4 Authorization header names (never the secret or the signature)
 
 
 @dataclass
@@ -381,7 +387,11 @@ class _Handler(BaseHTTPRequestHandler):
         path = self.path
         range_header = self.headers.get("Range")
         record = RequestRecord(
-            method=method, path=path, range=range_header, user_agent=self.headers.get("User-Agent", "")
+            method=method,
+            path=path,
+            range=range_header,
+            user_agent=self.headers.get("User-Agent", ""),
+            access_key=_access_key_of(self.headers.get("Authorization", "")),
         )
         action = proxy._pick_action(method, path, range_header is not None)
         if action is not None:

@@ -171,3 +171,32 @@ def test_a_model_of_small_files_is_fetched_several_gets_per_worker(proxy: FaultP
         assert all(g.user_agent.startswith(CRT_UA) and g.range is None for g in gets)
     manifest = read_manifest(str(tmp_path / "m"))
     assert manifest is not None and len(manifest.files) == len(files)
+
+
+def test_each_crt_get_is_signed_with_the_credentials_current_when_it_starts(proxy: FaultProxy, s3, bucket) -> None:  # type: ignore[no-untyped-def]
+    """The CRT signs with a static copy of botocore's credentials, made again whenever they change (a refresh)."""
+    import threading
+
+    from downloader.sources.s3_crt import CrtGetter
+
+    files = {f"obj-{i}.bin": random_bytes(20_000 + i, 200 + i) for i in range(6)}
+    upload(s3, bucket, "m", files)
+    current = ["AKIDFIRST"]
+    getter = CrtGetter.create(
+        f"{proxy.url}/{bucket}/",
+        "us-east-1",
+        lambda: (current[0], "secret-" + current[0], None),
+        ca_bundle=None,
+        connections=2,
+        stall_timeout=30,
+    )
+    assert getter is not None
+    buf = memoryview(bytearray(64 * 1024))
+    for i, (name, body) in enumerate(sorted(files.items())):
+        if i == 3:
+            current[0] = "AKIDROTATED"
+        response = getter.finish(getter.start(f"m/{name}", "", {}, buf), threading.Event())
+        assert response.status == 200 and bytes(buf[: response.length]) == body
+    getter.close()
+    keys = [r.access_key for r in sorted(proxy.log, key=lambda r: r.path) if r.method == "GET"]
+    assert keys == ["AKIDFIRST"] * 3 + ["AKIDROTATED"] * 3

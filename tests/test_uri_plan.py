@@ -158,3 +158,23 @@ def test_ranges_cover_the_file_exactly() -> None:
         assert all(a.end + 1 == b.start for a, b in itertools.pairwise(ranges))
     # aligned to multipart parts: 5-byte parts, ~10-byte chunks -> ranges of two whole parts
     assert [(r.start, r.end, r.first_part) for r in split_ranges(23, 1, 10, 5)] == [(0, 9, 0), (10, 19, 2), (20, 22, 4)]
+
+
+def test_temp_tokens_are_unique_and_a_forked_child_draws_its_own() -> None:
+    import os
+
+    from downloader.state import new_token
+
+    tokens = {new_token() for _ in range(50_000)}
+    assert len(tokens) == 50_000 and all(len(t) == 16 and int(t, 16) >= 0 for t in tokens)
+    read_end, write_end = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # the child: its next tokens, then out without running any cleanup
+        os.write(write_end, " ".join(new_token() for _ in range(3)).encode())
+        os._exit(0)
+    os.close(write_end)
+    os.waitpid(pid, 0)
+    with os.fdopen(read_end) as r:
+        child = r.read().split()
+    parent = [new_token() for _ in range(3)]
+    assert len(child) == 3 and not set(child) & set(parent), (child, parent)
