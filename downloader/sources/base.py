@@ -120,6 +120,16 @@ Whole = tuple[ObjectDetail, int] | Exception | None
 Wholes = Generator[Whole, None, None]  # what Source.fetch_whole yields, one per object asked for
 
 
+class NoNativeWhole:
+    """Source.fetch_whole for a source without a native client: it declines every object, so every read goes
+    through open_range."""
+
+    native_whole = False
+
+    def fetch_whole(self, items: Sequence[tuple[RemoteFile, memoryview]], halt: threading.Event) -> Wholes:
+        yield from [None] * len(items)
+
+
 class Source(Protocol):
     """A storage backend. Implementations must be safe to call from many threads at once."""
 

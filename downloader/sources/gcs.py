@@ -22,7 +22,7 @@ import json
 import logging
 import re
 import threading
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping
 from typing import Any, NoReturn, TypeVar
 from urllib.parse import quote
 
@@ -46,7 +46,7 @@ from ..errors import (
     TransferError,
 )
 from ..uri import ModelUri
-from .base import Checksum, ObjectDetail, RangeReader, RemoteFile, Wholes, direct_body, parse_retry_after
+from .base import Checksum, NoNativeWhole, ObjectDetail, RangeReader, RemoteFile, direct_body, parse_retry_after
 
 log = logging.getLogger(__name__)
 
@@ -65,7 +65,7 @@ _NO_CREDENTIALS = (
 )
 
 
-class GcsSource:
+class GcsSource(NoNativeWhole):
     def __init__(self, uri: ModelUri, gcs: GcsSettings, *, connections: int, stall_timeout: float) -> None:
         self.uri = uri
         self.bucket = uri.bucket
@@ -242,11 +242,6 @@ class GcsSource:
         return self._call(key, probe)
 
     # ---------------------------------------------------------------------------------------- reading
-    native_whole = False  # every read goes through open_range
-
-    def fetch_whole(self, items: Sequence[tuple[RemoteFile, memoryview]], halt: threading.Event) -> Wholes:
-        yield from [None] * len(items)
-
     def open_range(self, f: RemoteFile, detail: ObjectDetail | None, start: int, end: int) -> RangeReader:
         size = detail.size if detail else f.size
         pinned = detail.version if detail else f.version

@@ -25,7 +25,7 @@ import logging
 import re
 import threading
 import time
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any, TypeVar
 from urllib.parse import quote, urljoin, urlsplit
@@ -47,7 +47,7 @@ from ..errors import (
     TransferError,
 )
 from ..uri import ModelUri
-from .base import Checksum, ObjectDetail, RangeReader, RemoteFile, Wholes, direct_body, parse_retry_after
+from .base import Checksum, NoNativeWhole, ObjectDetail, RangeReader, RemoteFile, direct_body, parse_retry_after
 
 log = logging.getLogger(__name__)
 
@@ -91,7 +91,7 @@ def _norm_etag(raw: str | None) -> str | None:
     return value.strip('"').lower() or None
 
 
-class HfSource:
+class HfSource(NoNativeWhole):
     def __init__(self, uri: ModelUri, hf: HfSettings, *, connections: int, stall_timeout: float) -> None:
         self.repo = uri.bucket
         self.revision = hf.revision
@@ -243,11 +243,6 @@ class HfSource:
         return RemoteFile(key=f.key, rel_path=f.rel_path, size=size, version=version, version_id=f.version_id)
 
     # ---------------------------------------------------------------------------------------- reading
-    native_whole = False  # every read goes through open_range
-
-    def fetch_whole(self, items: Sequence[tuple[RemoteFile, memoryview]], halt: threading.Event) -> Wholes:
-        yield from [None] * len(items)
-
     def open_range(self, f: RemoteFile, detail: ObjectDetail | None, start: int, end: int) -> RangeReader:
         size = detail.size if detail else f.size
         whole = start == 0 and end == size - 1

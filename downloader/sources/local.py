@@ -13,12 +13,12 @@ import errno
 import os
 import stat
 import threading
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator
 
 from ..errors import AccessDeniedError, NotFoundError, ObjectChangedError, RetryableError, SourceError
 from ..state import STATE_DIR_NAME, TEMP_SUFFIX
 from ..uri import ModelUri
-from .base import ObjectDetail, RangeReader, RemoteFile, Wholes
+from .base import NoNativeWhole, ObjectDetail, RangeReader, RemoteFile
 
 _UNVERIFIABLE = "a local file publishes no checksum; size checked"
 
@@ -27,7 +27,7 @@ def _version(st: os.stat_result) -> str:
     return f"{st.st_size}:{st.st_mtime_ns}"
 
 
-class LocalSource:
+class LocalSource(NoNativeWhole):
     def __init__(self, uri: ModelUri) -> None:
         self.root = os.path.abspath(uri.prefix)
         self.display_uri = uri.display
@@ -87,11 +87,6 @@ class LocalSource:
         except OSError as exc:
             raise RetryableError("io", str(exc)) from None
         return RemoteFile(f.key, f.rel_path, st.st_size, _version(st))
-
-    native_whole = False  # every read goes through open_range
-
-    def fetch_whole(self, items: Sequence[tuple[RemoteFile, memoryview]], halt: threading.Event) -> Wholes:
-        yield from [None] * len(items)
 
     def open_range(self, f: RemoteFile, detail: ObjectDetail | None, start: int, end: int) -> RangeReader:
         try:
