@@ -7,8 +7,8 @@ stream past, and its completion is appended to the file's journal so a restarted
 missing. A file that fits in one buffer may instead come whole through the source's own native client
 (`Source.fetch_whole`), then is checked and written the same way. A file appears under its final name only
 after it is complete and verified. Memory is bounded by num_threads x buffer_size, whatever the file sizes
-(up to three times that for a model of small files through S3's native client: twice as many GETs queued,
-each with its buffer, and the client holds each body until it hands it over).
+(up to three times that for a model of small files through S3's native client: its GETs' buffers, sized to
+its largest file, take up to twice that, and the client holds each body until it hands it over).
 """
 
 from __future__ import annotations
@@ -58,8 +58,10 @@ MAX_OBJECT_RESTARTS = 3
 # age, or when the workers run out of other work.
 BATCH_MAX_FILES = 256
 BATCH_MAX_AGE = 1.0
-# GETs a worker sends at once when every file comes whole through a native client (see Engine.run).
-WHOLE_DEPTH = 4
+# When every file comes whole through a native client (see Engine.run): the GETs a worker sends at once, and
+# the GETs in flight per connection (the client queues those beyond its connection cap).
+WHOLE_DEPTH = 16
+WHOLE_PER_CONNECTION = 3
 KERNEL_COPY_STEP = 16 * 1024 * 1024
 # Most readers fill all they are given before they return, and lose it if the connection breaks meanwhile:
 # asking for this much at a time bounds what a reset costs, at a few microseconds per call.
@@ -189,6 +191,7 @@ class Engine:
         self._unplaced_since = 0.0
         self._placing = False
         self._depth = 1  # files each worker fetches at once (see run)
+        self._slot = settings.buffer_size  # bytes of buffer per file in flight
 
     # ------------------------------------------------------------------------------------------ driver
     def run(self, files: Sequence[RemoteFile], journals: Sequence[Journal]) -> list[DoneRecord]:
@@ -199,13 +202,18 @@ class Engine:
         self._queue.extend((job, None, None) for job in jobs)
         count = min(self.settings.num_threads, max(1, self._range_upper_bound(files)))
         if files and self.source.native_whole and all(self._fits_whole(f) for f in files):
-            # A model made only of files a native client fetches whole: each worker sends WHOLE_DEPTH GETs at once
-            # and writes each body as it comes in. Half as many workers as connections keep up to twice as many
-            # GETs queued as the client's connection cap (num_threads) lets run, so the connections stay busy
-            # while workers write, from a quarter of the Python threads (the GIL hand-offs between many threads
-            # were most of the client's work on such a model, BENCHMARKS.md).
-            self._depth = WHOLE_DEPTH
-            count = -(-2 * count // WHOLE_DEPTH)
+            # A model made only of files a native client fetches whole: each worker sends WHOLE_DEPTH GETs at once,
+            # writes each body as it comes in, then sends the next WHOLE_DEPTH. A few workers keep three GETs per
+            # connection (num_threads caps the client's connections; it queues the rest) in flight, so the
+            # connections stay busy while workers write, from a fifth of the Python threads: the GIL hand-offs
+            # between threads, and GETs sent and awaited one by one, were most of the client's work on such a
+            # model (BENCHMARKS.md). Each GET's buffer is the size of the largest file, and all of them together
+            # take at most 2 x num_threads x buffer_size.
+            page = mmap.PAGESIZE
+            self._slot = max(page, -(-max(f.size for f in files) // page) * page)
+            gets = max(1, min(WHOLE_PER_CONNECTION * count, 2 * count * self.settings.buffer_size // self._slot))
+            self._depth = min(WHOLE_DEPTH, gets)
+            count = -(-gets // self._depth)
         workers = [threading.Thread(target=self._worker, name=f"fetch-{i}", daemon=True) for i in range(count)]
         for w in workers:
             w.start()
@@ -240,7 +248,7 @@ class Engine:
         return sum(max(1, -(-f.size // chunk)) for f in files)
 
     def _worker(self) -> None:
-        size = self.settings.buffer_size
+        size = self._slot
         buf = mmap.mmap(-1, size * self._depth)  # page-aligned, as O_DIRECT writes need
         views = [memoryview(buf)[i * size : (i + 1) * size] for i in range(self._depth)]
         view = views[0]
