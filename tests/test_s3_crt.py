@@ -200,3 +200,28 @@ def test_each_crt_get_is_signed_with_the_credentials_current_when_it_starts(prox
     getter.close()
     keys = [r.access_key for r in sorted(proxy.log, key=lambda r: r.path) if r.method == "GET"]
     assert keys == ["AKIDFIRST"] * 3 + ["AKIDROTATED"] * 3
+
+
+def test_the_crt_reads_in_large_fragments_and_bodies_of_many_stay_whole(
+    proxy: FaultProxy, s3, bucket, tmp_path
+) -> None:  # type: ignore[no-untyped-def]
+    """Setting up the CRT raises aws-c-io's channel fragment size (16 KiB by default, BENCHMARKS.md) before any
+    connection; bodies of many fragments, one of them cut mid-way, still arrive whole and verified."""
+    from downloader.sources import s3_crt
+
+    files = {f"w-{i}.bin": random_bytes(700_000 + i, 300 + i) for i in range(3)}
+    upload(s3, bucket, "m", files)
+    getter = s3_crt.CrtGetter.create(
+        f"{proxy.url}/{bucket}/", "us-east-1", lambda: ("k", "s", None), ca_bundle=None, connections=1, stall_timeout=5
+    )
+    assert getter is not None
+    getter.close()
+    assert s3_crt.raise_fragment_size() == s3_crt.CRT_FRAGMENT  # found, raised, and left as it is by a second call
+
+    cut = proxy.add_rule(Rule(Reset(after_bytes=400_000, linger=0.5), match_method="GET", match_path="w-1"))
+    r = download(proxy, bucket, tmp_path)
+    assert r.returncode == 0, r.stderr
+    assert cut.fired == 1
+    assert read_tree(str(tmp_path / "m")) == files
+    assert all(g.user_agent.startswith(CRT_UA) for name in files for g in gets_of(proxy, name))
+    assert len(gets_of(proxy, "w-1.bin")) == 2

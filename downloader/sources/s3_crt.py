@@ -18,6 +18,9 @@ from __future__ import annotations
 
 import ctypes
 import logging
+import os
+import struct
+import sys
 import threading
 import time
 from collections.abc import Callable
@@ -48,6 +51,79 @@ def _keep_thread_state() -> None:
 def _on_done(**_: Any) -> None:
     # Runs on the thread that finishes GETs, which may run no other callback of ours.
     _keep_thread_state()
+
+
+# The CRT's channels read a socket and pass data on in messages of aws-c-io's `g_aws_channel_max_fragment_size`
+# bytes, 16 KiB by default: 16 reads, event-loop wake-ups and timer resets per 256 KiB body, two-thirds of the
+# CRT's system calls on a model of small files. aws-c-io declares the variable public for applications to tune,
+# but the awscrt wheel links it statically and exports no symbol for it: it is found through the extension's
+# symbol table and set, with checks, before the client makes its first connection (BENCHMARKS.md).
+_FRAGMENT_SYMBOL = b"g_aws_channel_max_fragment_size"
+_DEFAULT_FRAGMENT = 16 * 1024
+CRT_FRAGMENT = 256 * 1024
+
+
+def _symbol_offset(path: str, name: bytes) -> int | None:
+    """st_value of the 8-byte data object `name` in the ELF64 shared object at `path`, when the first loadable
+    segment starts at address 0 (so the object lies at load base + st_value); None otherwise."""
+    with open(path, "rb") as f:
+        header = f.read(64)
+        if header[:4] != b"\x7fELF" or header[4] != 2 or header[5] != 1:  # 64-bit, little-endian
+            return None
+        phoff, shoff = struct.unpack_from("<QQ", header, 32)
+        phentsize, phnum, shentsize, shnum = struct.unpack_from("<HHHH", header, 54)
+        f.seek(phoff)
+        programs = f.read(phentsize * phnum)
+        loads = [struct.unpack_from("<IIQQ", programs, i * phentsize) for i in range(phnum)]
+        first_load = next((p for p in loads if p[0] == 1), None)  # PT_LOAD
+        if first_load is None or first_load[3] != 0:
+            return None
+        f.seek(shoff)
+        table = f.read(shentsize * shnum)
+        sections = [struct.unpack_from("<IIQQQQII", table, i * shentsize) for i in range(shnum)]
+        for _name, kind, _flags, _addr, offset, size, link, _info in sections:
+            if kind != 2:  # SHT_SYMTAB: present unless the library was stripped
+                continue
+            f.seek(sections[link][4])
+            strings = f.read(sections[link][5])
+            f.seek(offset)
+            symbols = f.read(size)
+            for i in range(0, len(symbols) - 23, 24):
+                st_name, st_info, _other, _shndx, st_value, st_size = struct.unpack_from("<IBBHQQ", symbols, i)
+                if st_info & 0xF == 1 and st_size == 8 and strings[st_name : st_name + len(name) + 1] == name + b"\0":
+                    return int(st_value)
+    return None
+
+
+def _load_base(path: str) -> int | None:
+    real = os.path.realpath(path)
+    with open("/proc/self/maps") as maps:
+        for line in maps:
+            fields = line.split(maxsplit=5)
+            if len(fields) == 6 and int(fields[2], 16) == 0 and os.path.realpath(fields[5].strip()) == real:
+                return int(fields[0].split("-")[0], 16)
+    return None
+
+
+def raise_fragment_size(size: int = CRT_FRAGMENT) -> int | None:
+    """Set the CRT's channel fragment size (see above); its value afterwards, None where it cannot be found.
+    Only the default is ever overwritten, so a second call, or a value someone else chose, is left as it is."""
+    try:
+        import _awscrt  # type: ignore[import-not-found]  # awscrt's extension module: no stubs
+
+        path = _awscrt.__file__
+        if not sys.platform.startswith("linux") or not path:
+            return None
+        offset = _symbol_offset(path, _FRAGMENT_SYMBOL)
+        base = _load_base(path) if offset is not None else None
+    except (ImportError, OSError, struct.error, ValueError, IndexError):
+        return None
+    if offset is None or base is None:
+        return None
+    value = ctypes.c_size_t.from_address(base + offset)
+    if value.value == _DEFAULT_FRAGMENT:
+        value.value = size
+    return int(value.value)
 
 
 _STATUS_OF_ERROR = {"AWS_ERROR_S3_INTERNAL_ERROR": 500, "AWS_ERROR_S3_SLOW_DOWN": 503}
@@ -137,6 +213,8 @@ class CrtGetter:
             from awscrt.s3 import S3Client, S3RequestTlsMode, S3RetryConfig, S3RetryMode
         except ImportError:
             return None
+        fragment = raise_fragment_size()
+        log.debug("CRT channel fragment size: %s", fragment or "default (not found)")
         scheme, _, rest = base_url.partition("://")
         host, _, path = rest.partition("/")
         if scheme not in ("http", "https") or not host:
