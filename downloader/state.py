@@ -44,6 +44,7 @@ TEMP_SUFFIX = ".aibrix-tmp"
 MANIFEST_FORMAT = "aibrix-model-manifest/1"
 
 _DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
+_O_DIRECT: int = getattr(os, "O_DIRECT", 0)  # Linux; 0 where there is none
 
 
 # ---------------------------------------------------------------------------------------------- records
@@ -278,17 +279,26 @@ class ModelTree:
         return LocalStat(st.st_size, st.st_mtime_ns, stat.S_ISREG(st.st_mode))
 
     def create_temp(
-        self, parts: Sequence[str], token: str, size: int, *, preallocate_blocks: bool = True
-    ) -> tuple[str, int]:
-        """Create (and preallocate) the temp file for `parts`; returns (temp name, fd open for writing).
+        self, parts: Sequence[str], token: str, size: int, *, preallocate_blocks: bool = True, direct: bool = False
+    ) -> tuple[str, int, bool]:
+        """Create (and preallocate) the temp file for `parts`; returns (temp name, fd open for writing, whether the
+        fd is open with O_DIRECT: asked for with `direct`, and only where the filesystem takes it).
 
         Preallocation is for files written in ranges, out of order and over minutes; a small file written in
         one go gets its blocks from that write (fallocate would cost a syscall and an extent conversion).
         """
         parent = self.dir_fd(parts[:-1], create=True)
         name = temp_name(parts[-1], token)
+        flags = os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
+        direct = direct and bool(_O_DIRECT)
         try:
-            fd = os.open(name, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o644, dir_fd=parent)
+            try:
+                fd = os.open(name, flags | (_O_DIRECT if direct else 0), 0o644, dir_fd=parent)
+            except OSError as exc:
+                if not direct or exc.errno != errno.EINVAL:
+                    raise
+                direct = False  # this filesystem refuses O_DIRECT (tmpfs): the page cache it is
+                fd = os.open(name, flags, 0o644, dir_fd=parent)
         except OSError as exc:
             raise LocalStorageError(os.path.join(self.model_dir, *parts[:-1], name), _os_reason(exc)) from None
         try:
@@ -299,7 +309,7 @@ class ModelTree:
             with contextlib.suppress(OSError):
                 os.unlink(name, dir_fd=parent)
             raise LocalStorageError(os.path.join(self.model_dir, *parts), _os_reason(exc)) from None
-        return name, fd
+        return name, fd, direct
 
     def open_temp(self, parts: Sequence[str], name: str, size: int) -> int | None:
         """Reopen an existing temp file for resuming; None if it is gone or not what we expect."""
@@ -319,12 +329,16 @@ class ModelTree:
             parent = self.dir_fd(parts[:-1], create=False)
             os.unlink(name, dir_fd=parent)
 
-    def commit(self, parts: Sequence[str], name: str, *, durable: bool = True) -> int | None:
+    def commit(
+        self, parts: Sequence[str], name: str, *, durable: bool = True, mtime_ns: int | None = None
+    ) -> int | None:
         """Atomically move the finished temp file onto its final name; returns the final mtime_ns.
 
         rename(2) replaces whatever is at the target, including a symlink, without following it. Returns
         None when the temp file is gone: another process (that did not respect the lock) finished it.
         With durable=False the directory is not flushed: the caller makes a batch durable with sync().
+        `mtime_ns`, when the caller has it from the descriptor after its last write, spares a stat (a rename
+        leaves the modification time as it is).
         """
         parent = self.dir_fd(parts[:-1], create=False)
         try:
@@ -338,10 +352,11 @@ class ModelTree:
         try:
             if durable:
                 os.fsync(parent)
-            st = os.stat(parts[-1], dir_fd=parent, follow_symlinks=False)
+            if mtime_ns is None:
+                mtime_ns = os.stat(parts[-1], dir_fd=parent, follow_symlinks=False).st_mtime_ns
         except OSError as exc:
             raise LocalStorageError(os.path.join(self.model_dir, *parts), _os_reason(exc)) from None
-        return st.st_mtime_ns
+        return mtime_ns
 
     def sync(self) -> None:
         """Make everything written under the model directory durable: data, new names, new directories.
@@ -456,13 +471,17 @@ def open_direct(fd: int) -> int | None:
 
     Reopened through /proc/self/fd, so it is the same inode whatever happened to the name meanwhile.
     """
-    flag = getattr(os, "O_DIRECT", 0)
-    if not flag:
+    if not _O_DIRECT:
         return None
     try:
-        return os.open(f"/proc/self/fd/{fd}", os.O_WRONLY | flag | os.O_CLOEXEC)
+        return os.open(f"/proc/self/fd/{fd}", os.O_WRONLY | _O_DIRECT | os.O_CLOEXEC)
     except OSError:
         return None
+
+
+def clear_direct(fd: int) -> None:
+    """Take O_DIRECT off a descriptor: its next writes and reads go through the page cache."""
+    fcntl.fcntl(fd, fcntl.F_SETFL, fcntl.fcntl(fd, fcntl.F_GETFL) & ~_O_DIRECT)
 
 
 def _syncfs() -> Callable[[int], None]:

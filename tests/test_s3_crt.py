@@ -3,6 +3,9 @@ can make, and the fallbacks to botocore's transport."""
 
 from __future__ import annotations
 
+import os
+import shutil
+import tempfile
 import time
 from pathlib import Path
 
@@ -225,3 +228,34 @@ def test_the_crt_reads_in_large_fragments_and_bodies_of_many_stay_whole(
     assert read_tree(str(tmp_path / "m")) == files
     assert all(g.user_agent.startswith(CRT_UA) for name in files for g in gets_of(proxy, name))
     assert len(gets_of(proxy, "w-1.bin")) == 2
+
+
+def _tmpfs_dir() -> str | None:
+    with open("/proc/mounts") as mounts:
+        for line in mounts:
+            fields = line.split()
+            if len(fields) > 2 and fields[1] == "/dev/shm" and fields[2] == "tmpfs" and os.access("/dev/shm", os.W_OK):
+                return "/dev/shm"
+    return None
+
+
+@pytest.mark.parametrize("where", ["disk", "tmpfs"])
+def test_files_of_every_size_land_whole_with_or_without_o_direct(
+    proxy: FaultProxy, small_model, tmp_path, where
+) -> None:  # type: ignore[no-untyped-def]
+    """A one-range file is written through one descriptor opened with O_DIRECT, its unaligned tail through the
+    page cache; a filesystem that refuses O_DIRECT (tmpfs) gets every write through the page cache."""
+    bucket, files = small_model
+    local = tmp_path
+    if where == "tmpfs":
+        shm = _tmpfs_dir()
+        if shm is None:
+            pytest.skip("no writable tmpfs at /dev/shm")
+        local = Path(tempfile.mkdtemp(prefix="crt-", dir=shm))
+    try:
+        r = download(proxy, bucket, local)
+        assert r.returncode == 0, r.stderr
+        assert read_tree(str(local / "m")) == files  # and no temp file left beside them
+    finally:
+        if local != tmp_path:
+            shutil.rmtree(local, ignore_errors=True)
