@@ -27,6 +27,9 @@ from .transfer import Engine, Halted
 log = logging.getLogger(__name__)
 
 
+GC_YOUNG_THRESHOLD = 50_000
+
+
 @dataclass(frozen=True)
 class Result:
     model_dir: str
@@ -40,9 +43,12 @@ class Result:
 def download(settings: Settings, cancel: threading.Event, out: TextIO, err: TextIO) -> Result:
     started = time.monotonic()
     source = open_source(settings)
-    # The SDKs' clients and models are hundreds of thousands of long-lived objects: keep the cyclic collector,
-    # which runs again and again while thousands of small files are fetched, from walking them every time.
+    # The SDKs' clients and models are hundreds of thousands of long-lived objects: keep the cyclic collector from
+    # walking them again and again while thousands of small files are fetched. Each file leaves a few dozen
+    # short-lived containers, almost none in cycles (those of a GET are broken by hand): collect the young
+    # generation every GC_YOUNG_THRESHOLD of them rather than every 700 (3 % of the CPU on 10,000 files).
     gc.freeze()
+    gc.set_threshold(GC_YOUNG_THRESHOLD, *gc.get_threshold()[1:])
     try:
         return _download(settings, source, cancel, out, err, started)
     finally:

@@ -59,10 +59,15 @@ MAX_OBJECT_RESTARTS = 3
 # age, or when the workers run out of other work.
 BATCH_MAX_FILES = 256
 BATCH_MAX_AGE = 1.0
-# When every file comes whole through a native client (see Engine.run): the GETs a worker sends at once, and
-# the GETs in flight per connection (the client queues those beyond its connection cap).
+# When every file comes whole through a native client (see Engine.run, whole_concurrency): the most GETs a worker
+# sends at once; the GETs in flight per connection (the client queues those beyond its connection cap); the
+# bodies in flight, counted in read buffers (each GET holds a buffer of ours from its start and, while it arrives,
+# the client's copy of the body as well): a budget that does not grow with the connection count, so neither does
+# peak memory; and the fewest workers (one writes while the GETs of the others are in flight).
 WHOLE_DEPTH = 16
 WHOLE_PER_CONNECTION = 3
+WHOLE_BUDGET_BUFFERS = 24
+WHOLE_MIN_WORKERS = 3
 KERNEL_COPY_STEP = 16 * 1024 * 1024
 # Most readers fill all they are given before they return, and lose it if the connection breaks meanwhile:
 # asking for this much at a time bounds what a reset costs, at a few microseconds per call.
@@ -162,6 +167,18 @@ def choose_checksum(detail: ObjectDetail, multi_range: bool) -> tuple[Checksum |
     return usable[0], "reread"
 
 
+def whole_concurrency(connections: int, slot: int, budget: int) -> tuple[int, int]:
+    """(GETs each worker sends at once, workers) for whole-file GETs of up to `slot` bytes over `connections`
+    connections: up to WHOLE_PER_CONNECTION GETs per connection, with our `slot` per GET in flight plus the
+    client's copy of each body arriving (one per busy connection) within `budget` bytes, but at least one GET;
+    and at least WHOLE_MIN_WORKERS workers where there are that many GETs, so that one writes while the GETs of
+    the others are in flight."""
+    bodies = budget // slot
+    gets = max(1, min(WHOLE_PER_CONNECTION * connections, max(bodies - connections, bodies // 2)))
+    workers = max(min(WHOLE_MIN_WORKERS, gets), -(-gets // WHOLE_DEPTH))
+    return gets // workers, workers
+
+
 def backoff_delay(attempt: int, retry_after: float | None, kind: str) -> float:
     """Exponential backoff with full jitter; throttling waits at least a second or what the server asked."""
     ceiling = min(BACKOFF_CAP, BACKOFF_BASE * (2 ** (attempt - 1)))
@@ -212,18 +229,17 @@ class Engine:
         self._queue.extend((job, None, None) for job in jobs)
         count = min(self.settings.num_threads, max(1, self._range_upper_bound(files)))
         if files and self.source.native_whole and all(self._fits_whole(f) for f in files):
-            # A model made only of files a native client fetches whole: each worker sends WHOLE_DEPTH GETs at once,
-            # writes each body as it comes in, then sends the next WHOLE_DEPTH. A few workers keep three GETs per
-            # connection (num_threads caps the client's connections; it queues the rest) in flight, so the
+            # A model made only of files a native client fetches whole: each worker sends up to WHOLE_DEPTH GETs at
+            # once, writes each body as it comes in, then sends the next batch. A few workers keep up to three GETs
+            # per connection (num_threads caps the client's connections; it queues the rest) in flight, so the
             # connections stay busy while workers write, from a fifth of the Python threads: the GIL hand-offs
             # between threads, and GETs sent and awaited one by one, were most of the client's work on such a
-            # model (BENCHMARKS.md). Each GET's buffer is the size of the largest file, and all of them together
-            # take at most 2 x num_threads x buffer_size.
+            # model (BENCHMARKS.md). Each GET's buffer is the size of the largest file. Our buffers and the
+            # client's copies of the bodies arriving stay within WHOLE_BUDGET_BUFFERS x buffer_size, whatever
+            # num_threads: fewer GETs in flight when files are large or connections many.
             page = mmap.PAGESIZE
             self._slot = max(page, -(-max(f.size for f in files) // page) * page)
-            gets = max(1, min(WHOLE_PER_CONNECTION * count, 2 * count * self.settings.buffer_size // self._slot))
-            self._depth = min(WHOLE_DEPTH, gets)
-            count = -(-gets // self._depth)
+            self._depth, count = whole_concurrency(count, self._slot, WHOLE_BUDGET_BUFFERS * self.settings.buffer_size)
         workers = [threading.Thread(target=self._worker, name=f"fetch-{i}", daemon=True) for i in range(count)]
         for w in workers:
             w.start()
