@@ -126,6 +126,12 @@ def raise_fragment_size(size: int = CRT_FRAGMENT) -> int | None:
     return int(value.value)
 
 
+# One event-loop thread serves every connection of the client: it only parses HTTP and copies bodies (a small
+# file's cost is in the interpreter and the kernel), and each extra loop thread is one more thread calling into
+# Python three times per GET, taking the GIL from the workers: with two, 40 % more context switches and 5 % more
+# CPU on a model of 10,000 small files, for the same wall time (BENCHMARKS.md, "Sixth round").
+CRT_EVENT_LOOP_THREADS = 1
+
 _STATUS_OF_ERROR = {"AWS_ERROR_S3_INTERNAL_ERROR": 500, "AWS_ERROR_S3_SLOW_DOWN": 503}
 
 
@@ -227,7 +233,7 @@ class CrtGetter:
                 if ca_bundle:
                     options.override_default_trust_store_from_path(ca_filepath=ca_bundle)
                 tls = ClientTlsContext(options).new_connection_options()
-            loops = EventLoopGroup(2)
+            loops = EventLoopGroup(CRT_EVENT_LOOP_THREADS)
             client = S3Client(
                 bootstrap=ClientBootstrap(loops, DefaultHostResolver(loops)),
                 region=region,
