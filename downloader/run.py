@@ -46,7 +46,7 @@ def download(settings: Settings, cancel: threading.Event, out: TextIO, err: Text
     # The SDKs' clients and models are hundreds of thousands of long-lived objects: keep the cyclic collector from
     # walking them again and again while thousands of small files are fetched. Each file leaves a few dozen
     # short-lived containers, almost none in cycles (those of a GET are broken by hand): collect the young
-    # generation every GC_YOUNG_THRESHOLD of them rather than every 700 (3 % of the CPU on 10,000 files).
+    # generation every GC_YOUNG_THRESHOLD of them rather than every 700 (GC time on 10,000 files: 0.17 -> 0.06 s).
     gc.freeze()
     gc.set_threshold(GC_YOUNG_THRESHOLD, *gc.get_threshold()[1:])
     try:

@@ -446,7 +446,7 @@ def test_whole_gets_in_flight_keep_to_the_memory_budget(connections: int, slot: 
     # Our buffers, plus the client's copy of each body arriving (one per busy connection), within the budget:
     # whatever the connection count, unless one GET alone is over it.
     assert gets * slot + min(gets, connections) * slot <= max(budget, 2 * slot)
-    # Never fewer in flight than half the budget buys, nor than the connections can carry within it.
+    # No fewer than the budget allows: three per connection, or half of what it buys, less the rounding to batches.
     assert gets >= min(transfer.WHOLE_PER_CONNECTION * connections, budget // slot // 2) - workers + 1
     if connections == 16 and slot == 256 * 1024 and budget == 24 * 2**20:
         assert (depth, workers) == (16, 3)
