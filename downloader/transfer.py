@@ -6,9 +6,9 @@ written at its offset into a preallocated temporary file, its checksum parts are
 stream past, and its completion is appended to the file's journal so a restarted run fetches only what is
 missing. A file that fits in one buffer may instead come whole through the source's own native client
 (`Source.fetch_whole`), then is checked and written the same way. A file appears under its final name only
-after it is complete and verified. Memory is bounded by num_threads x buffer_size, whatever the file sizes
-(up to three times that for a model of small files through S3's native client: its GETs' buffers, sized to
-its largest file, take up to twice that, and the client holds each body until it hands it over).
+after it is complete and verified. Memory is bounded by num_threads x buffer_size, whatever the file sizes;
+for a model of small files through S3's native client, its GETs' buffers and the client's copies of the bodies
+arriving take at most WHOLE_BUDGET_BUFFERS x buffer_size, whatever num_threads (see whole_concurrency).
 """
 
 from __future__ import annotations
