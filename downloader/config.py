@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from .errors import ConfigError
+from .pagecache import PageCache
 from .uri import ModelUri, parse_model_uri
 
 MiB = 1024 * 1024
@@ -35,6 +36,7 @@ KNOWN_ENV = {
     "DOWNLOADER_PART_CHUNKSIZE",
     "DOWNLOADER_BUFFER_SIZE",
     "DOWNLOADER_FORCE_DOWNLOAD",
+    "DOWNLOADER_PAGE_CACHE",
     "DOWNLOADER_DIRECT_IO",
     "DOWNLOADER_S3_CRT",
     "DOWNLOADER_CHECK_FILE_EXIST",
@@ -137,7 +139,7 @@ class Settings:
     part_threshold: int = 64 * MiB
     part_chunksize: int = 64 * MiB
     buffer_size: int = 1 * MiB
-    direct_io: bool = True  # files written with O_DIRECT where the filesystem allows it
+    page_cache: PageCache = PageCache.AUTO  # whether written files stay in the page cache (downloader/pagecache.py)
     force_download: bool = False
     dry_run: bool = False
     progress: str = "auto"  # auto | bar | lines | none
@@ -305,10 +307,16 @@ def build_arg_parser() -> argparse.ArgumentParser:
     p.add_argument("--part-chunksize", help="range size [DOWNLOADER_PART_CHUNKSIZE, 64MiB]")
     p.add_argument("--buffer-size", help="read buffer per connection [DOWNLOADER_BUFFER_SIZE, 1MiB]")
     p.add_argument(
+        "--page-cache",
+        help="auto, keep (written through the page cache: the weights are in memory at the end) or bypass "
+        "(O_DIRECT) [DOWNLOADER_PAGE_CACHE, auto: keep when the model fits in the memory this process may fill]",
+    )
+    p.add_argument(
         "--direct-io",
         action=argparse.BooleanOptionalAction,
         default=None,
-        help="write files with O_DIRECT, past the page cache [DOWNLOADER_DIRECT_IO, on]",
+        help="older spelling: --direct-io = --page-cache bypass, --no-direct-io = --page-cache keep "
+        "[DOWNLOADER_DIRECT_IO]",
     )
     p.add_argument(
         "--s3-crt",
@@ -463,7 +471,7 @@ def settings_from(args: argparse.Namespace, env: Mapping[str, str]) -> Settings:
     if check_exist is False and args.force_download is None:
         force = True  # AIBrix: CHECK_FILE_EXIST=0 means "do not trust what is on disk"
     dry_run = args.dry_run if args.dry_run is not None else bool(_env_bool(env, "DOWNLOADER_DRY_RUN"))
-    direct_io = args.direct_io if args.direct_io is not None else _env_bool(env, "DOWNLOADER_DIRECT_IO") is not False
+    page_cache = _page_cache(args, env)
 
     if args.enable_progress_bar and args.progress is None:
         progress = "bar"
@@ -507,7 +515,7 @@ def settings_from(args: argparse.Namespace, env: Mapping[str, str]) -> Settings:
         part_threshold=part_threshold,
         part_chunksize=part_chunksize,
         buffer_size=buffer_size,
-        direct_io=direct_io,
+        page_cache=page_cache,
         force_download=force,
         dry_run=dry_run,
         progress=progress,
@@ -523,6 +531,25 @@ def settings_from(args: argparse.Namespace, env: Mapping[str, str]) -> Settings:
         local_mode=local_mode,
         warnings=tuple(warnings),
     )
+
+
+def _page_cache(args: argparse.Namespace, env: Mapping[str, str]) -> PageCache:
+    """--page-cache, or its older boolean spelling --direct-io (flags before the environment, each time)."""
+    choices = [p.value for p in PageCache]
+    legacy_flag = None if args.direct_io is None else PageCache.BYPASS if args.direct_io else PageCache.KEEP
+    if args.page_cache is not None:
+        chosen = PageCache(parse_choice("--page-cache", args.page_cache, choices))
+        if legacy_flag is not None and legacy_flag is not chosen:
+            raise ConfigError("--direct-io", args.direct_io, f"contradicts --page-cache {chosen.value}")
+        return chosen
+    if legacy_flag is not None:
+        return legacy_flag
+    if env.get("DOWNLOADER_PAGE_CACHE", "").strip():
+        return PageCache(parse_choice("DOWNLOADER_PAGE_CACHE", env["DOWNLOADER_PAGE_CACHE"], choices))
+    legacy_env = _env_bool(env, "DOWNLOADER_DIRECT_IO")
+    if legacy_env is not None:
+        return PageCache.BYPASS if legacy_env else PageCache.KEEP
+    return PageCache.AUTO
 
 
 def _hf_settings(extra: Mapping[str, Any], env: Mapping[str, str], uri: ModelUri) -> HfSettings:

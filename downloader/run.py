@@ -18,6 +18,7 @@ from typing import TextIO
 from . import __version__
 from .config import Settings
 from .errors import Interrupted, NotFoundError, UnsafePathError
+from .pagecache import decide, read_memory_room
 from .plan import Plan, check_free_space, check_layout, dropped_load_critical, plan_downloads, safe_parts, select
 from .progress import Reporter, Stats, human_bytes
 from .sources import RemoteFile, Source, open_source
@@ -164,8 +165,10 @@ def _fetch(run: _Run, selected: list[RemoteFile]) -> Result:
     log.info(
         "fetching %d file(s), %s; %d already present", len(plan.fetch), human_bytes(plan.fetch_bytes), len(plan.skip)
     )
+    pages = decide(settings.page_cache, plan.fetch_bytes, read_memory_room())
+    log.info("page cache: %s (%s)", "keep" if pages.keep else "bypass", pages.reason)
     run.reporter.start()
-    engine = Engine(run.source, run.tree, state, settings, stats, run.cancel)
+    engine = Engine(run.source, run.tree, state, settings, stats, run.cancel, keep_pages=pages.keep)
     try:
         new_records = engine.run(plan.fetch, journals)
     except Halted:

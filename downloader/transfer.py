@@ -69,6 +69,11 @@ WHOLE_PER_CONNECTION = 3
 WHOLE_BUDGET_BUFFERS = 24
 WHOLE_MIN_WORKERS = 3
 KERNEL_COPY_STEP = 16 * 1024 * 1024
+# Bytes written through the page cache are queued for writeback every this many bytes of a range: the disk works
+# while the network does, the fdatasync at the end of a file has little left to wait for, and the pages not yet
+# queued for writeback stay below num_threads x WRITEBACK_STEP (a memory cgroup counts dirty pages and cannot
+# reclaim them until they are written).
+WRITEBACK_STEP = 8 * 1024 * 1024
 # Most readers fill all they are given before they return, and lose it if the connection breaks meanwhile:
 # asking for this much at a time bounds what a reset costs, at a few microseconds per call.
 READ_STEP = 128 * 1024
@@ -199,6 +204,8 @@ class Engine:
         settings: Settings,
         stats: Stats,
         cancel: threading.Event,
+        *,
+        keep_pages: bool,
     ) -> None:
         self.source = source
         self.tree = tree
@@ -219,6 +226,9 @@ class Engine:
         self._placing = False
         self._depth = 1  # files each worker fetches at once (see run)
         self._slot = settings.buffer_size  # bytes of buffer per file in flight
+        # Written files stay in the page cache (the engine's first load reads them from memory), or go past it with
+        # O_DIRECT (least CPU): see downloader/pagecache.py.
+        self._direct = not keep_pages
 
     # ------------------------------------------------------------------------------------------ driver
     def run(self, files: Sequence[RemoteFile], journals: Sequence[Journal]) -> list[DoneRecord]:
@@ -431,7 +441,7 @@ class Engine:
         token = new_token()
         # A one-range file has one writer: one descriptor, opened with O_DIRECT (one open and one close fewer per
         # file, which counts on a model of thousands of small files). A file in ranges keeps a buffered one too.
-        one_fd = not journaled and self.settings.direct_io
+        one_fd = not journaled and self._direct
         temp, fd, direct = self.tree.create_temp(job.parts, token, f.size, preallocate_blocks=journaled, direct=one_fd)
         if journaled:
             header = JournalHeader(
@@ -443,9 +453,9 @@ class Engine:
         return self._with_direct(_Attempt(token, temp, fd, ranges, journaled))
 
     def _with_direct(self, attempt: _Attempt) -> _Attempt:
-        """Files bypass the page cache: on the benchmark VM buffered writes cost 0.3-3.7 kernel CPU-seconds per GiB
-        (page cache, writeback), O_DIRECT 0.1-0.2 (BENCHMARKS.md), small files included."""
-        if self.settings.direct_io:
+        """Where the pages are not kept, files bypass the page cache: on the benchmark VM buffered writes cost
+        0.3-3.7 kernel CPU-seconds per GiB (page cache, writeback), O_DIRECT 0.1-0.2 (BENCHMARKS.md)."""
+        if self._direct:
             dfd = open_direct(attempt.fd)
             if dfd is not None:
                 attempt.dfd, attempt.direct = dfd, True
@@ -529,6 +539,7 @@ class Engine:
                         job.checksum, job.strategy = choose_checksum(reader.detail, multi_range=False)
                         hasher = self._range_hasher(job, r)
                     fill = 0  # bytes in view[:fill] arrived but are not written yet; they belong at `pos`
+                    queued = pos  # writeback is queued for the bytes before this offset (page cache writes)
                     try:
                         while pos + fill <= r.end:
                             if self._halt.is_set():
@@ -555,6 +566,9 @@ class Engine:
                             if fill == len(view) or pos + fill > r.end:
                                 self._write(attempt, job, view[:fill], pos)
                                 pos, fill = pos + fill, 0
+                                if pos - queued >= WRITEBACK_STEP and not attempt.direct:
+                                    start_writeback(attempt.fd, queued, pos - queued)
+                                    queued = pos
                     finally:
                         if fill:  # keep what arrived before a failure: the retry asks for the rest only
                             self._write(attempt, job, view[:fill], pos)

@@ -339,7 +339,7 @@ def resident_bytes(path: Path) -> int:
 
 
 @pytest.mark.skipif(shutil.which("fincore") is None, reason="needs util-linux fincore")
-def test_large_files_bypass_the_page_cache_and_odd_resets_lose_nothing(proxy: FaultProxy, s3, bucket, tmp_path) -> None:  # type: ignore[no-untyped-def]
+def test_page_cache_bypassed_or_kept_and_odd_resets_lose_nothing(proxy: FaultProxy, s3, bucket, tmp_path) -> None:  # type: ignore[no-untyped-def]
     files = {SHARD: random_bytes(12 * MiB + 1234, 5), "config.json": b'{"model_type": "demo"}'}
     upload(s3, bucket, "m", files)
     probe = os.open(tmp_path / "probe", os.O_RDWR | os.O_CREAT, 0o644)
@@ -350,9 +350,9 @@ def test_large_files_bypass_the_page_cache_and_odd_resets_lose_nothing(proxy: Fa
     os.close(probe_direct)
     # Two ranges break at odd byte counts: what arrived is written through the page cache, the rest resumes.
     proxy.add_rule(Rule(Reset(after_bytes=333_333), match_method="GET", match_path=SHARD, times=2, skip=1))
-    r = download(proxy, bucket, tmp_path / "direct")
+    r = download(proxy, bucket, tmp_path / "direct", "--page-cache", "bypass")
     assert r.returncode == 0, r.stderr
-    r = download(proxy, bucket, tmp_path / "buffered", "--no-direct-io")
+    r = download(proxy, bucket, tmp_path / "buffered", "--page-cache", "keep")
     assert r.returncode == 0, r.stderr
     # Written with O_DIRECT, the shard is not in the page cache (but for the odd tail and the two broken
     # ranges' rest); written through it, all of it is (nothing evicts 12 MiB here in a second). Measured

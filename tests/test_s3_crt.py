@@ -239,12 +239,14 @@ def _tmpfs_dir() -> str | None:
     return None
 
 
+@pytest.mark.parametrize("pages", ["bypass", "keep"])
 @pytest.mark.parametrize("where", ["disk", "tmpfs"])
 def test_files_of_every_size_land_whole_with_or_without_o_direct(
-    proxy: FaultProxy, small_model, tmp_path, where
+    proxy: FaultProxy, small_model, tmp_path, where, pages
 ) -> None:  # type: ignore[no-untyped-def]
-    """A one-range file is written through one descriptor opened with O_DIRECT, its unaligned tail through the
-    page cache; a filesystem that refuses O_DIRECT (tmpfs) gets every write through the page cache."""
+    """Bypassing the page cache, a one-range file is written through one descriptor opened with O_DIRECT, its
+    unaligned tail through the page cache; a filesystem that refuses O_DIRECT (tmpfs) gets every write through the
+    page cache. Keeping it, every write goes through the page cache."""
     bucket, files = small_model
     local = tmp_path
     if where == "tmpfs":
@@ -253,7 +255,7 @@ def test_files_of_every_size_land_whole_with_or_without_o_direct(
             pytest.skip("no writable tmpfs at /dev/shm")
         local = Path(tempfile.mkdtemp(prefix="crt-", dir=shm))
     try:
-        r = download(proxy, bucket, local)
+        r = download(proxy, bucket, local, "--page-cache", pages)
         assert r.returncode == 0, r.stderr
         assert read_tree(str(local / "m")) == files  # and no temp file left beside them
     finally:
