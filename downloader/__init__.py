@@ -3,11 +3,12 @@
 Public, read-only state API (used by the sidecar and the runtime):
     read_manifest(model_dir) -> Manifest | None   the readiness signal: complete and verified
     read_progress(model_dir) -> Progress | None   live progress of a running (or the last) download
+    Phase                                         the phases progress.json names, and when each began
     is_ready(model_dir) -> bool                   manifest present and every file still in place
 """
 
-from .state import Manifest, ManifestFile, Progress, is_ready, read_manifest, read_progress
+from .state import Manifest, ManifestFile, Phase, Progress, is_ready, read_manifest, read_progress
 
 __version__ = "0.1.0"
 
-__all__ = ["Manifest", "ManifestFile", "Progress", "__version__", "is_ready", "read_manifest", "read_progress"]
+__all__ = ["Manifest", "ManifestFile", "Phase", "Progress", "__version__", "is_ready", "read_manifest", "read_progress"]

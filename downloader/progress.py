@@ -11,7 +11,7 @@ import time
 from collections import deque
 from typing import TextIO
 
-from .state import Progress, StateDir
+from .state import Phase, Progress, StateDir
 
 
 class Stats:
@@ -19,10 +19,11 @@ class Stats:
 
     def __init__(self, source: str, model_dir: str) -> None:
         self._lock = threading.Lock()
-        self.phase = "pending"
+        self.phase = Phase.PENDING
         self.source = source
         self.model_dir = model_dir
         self.started_at = time.time()
+        self.phase_started: dict[str, float] = {}
         self.bytes_total = 0
         self.bytes_done = 0
         self.bytes_fetched = 0
@@ -35,9 +36,10 @@ class Stats:
         self.active: dict[str, list[int]] = {}
         self._samples: deque[tuple[float, int]] = deque(maxlen=64)
 
-    def set_phase(self, phase: str) -> None:
+    def set_phase(self, phase: Phase) -> None:
         with self._lock:
             self.phase = phase
+            self.phase_started.setdefault(phase.value, time.time())
 
     def set_totals(self, bytes_total: int, files_total: int, bytes_done: int, files_done: int) -> None:
         with self._lock:
@@ -86,7 +88,8 @@ class Stats:
 
     def failed(self, message: str) -> None:
         with self._lock:
-            self.phase = "failed"
+            self.phase = Phase.FAILED
+            self.phase_started.setdefault(Phase.FAILED.value, time.time())
             self.last_error = message
 
     def snapshot(self) -> Progress:
@@ -101,7 +104,7 @@ class Stats:
             remaining = max(0, self.bytes_total - self.bytes_done)
             eta = remaining / rate if rate > 0 else None
             return Progress(
-                phase=self.phase,
+                phase=self.phase.value,
                 source=self.source,
                 model_dir=self.model_dir,
                 pid=os.getpid(),
@@ -120,6 +123,7 @@ class Stats:
                 object_changes=self.object_changes,
                 last_error=self.last_error,
                 active_files={k: {"size": v[0], "done": v[1]} for k, v in self.active.items()},
+                phase_started=dict(self.phase_started),
             )
 
 

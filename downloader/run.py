@@ -22,7 +22,17 @@ from .pagecache import decide, read_memory_room
 from .plan import Plan, check_free_space, check_layout, dropped_load_critical, plan_downloads, safe_parts, select
 from .progress import Reporter, Stats, human_bytes
 from .sources import RemoteFile, Source, open_source
-from .state import DoneRecord, Journal, LocalStat, Manifest, ManifestFile, ModelTree, StateDir, read_manifest
+from .state import (
+    DoneRecord,
+    Journal,
+    LocalStat,
+    Manifest,
+    ManifestFile,
+    ModelTree,
+    Phase,
+    StateDir,
+    read_manifest,
+)
 from .transfer import Engine, Halted
 
 log = logging.getLogger(__name__)
@@ -80,6 +90,7 @@ def _download(
     stats = Stats(source.display_uri, model_dir)
     reporter = Reporter(stats, "none" if settings.dry_run else settings.progress, settings.progress_interval, err)
 
+    stats.set_phase(Phase.LISTING)
     log.info("listing %s", source.display_uri)
     listed = list(source.list(cancel))
     if cancel.is_set():
@@ -108,7 +119,7 @@ def _download(
         tree.open_root(create=True)
         state.ensure()
         reporter.attach(state)
-        stats.set_phase("waiting")
+        stats.set_phase(Phase.WAITING)
         reporter.tick()
         last_note = [0.0]
 
@@ -124,7 +135,7 @@ def _download(
                 return _link_in_place(run, selected)
             return _fetch(run, selected)
         except Interrupted:
-            stats.set_phase("interrupted")
+            stats.set_phase(Phase.INTERRUPTED)
             raise
         except BaseException as exc:
             stats.failed(str(exc))  # progress.json says why, for the sidecar and for people
@@ -152,7 +163,7 @@ def _fetch(run: _Run, selected: list[RemoteFile]) -> Result:
         manifest = read_manifest(settings.model_dir)
         if manifest is None or not _manifest_matches(manifest, selected):
             _write_manifest(run, selected, records)
-        stats.set_phase("ready")
+        stats.set_phase(Phase.READY)
         log.info("%s is complete; nothing to fetch", settings.model_dir)
         return run.result(0, len(plan.skip), 0, total)
 
@@ -161,7 +172,7 @@ def _fetch(run: _Run, selected: list[RemoteFile]) -> Result:
     journals = [] if settings.force_download else state.journals()
     _check_space(settings, run.tree, plan, journals)
 
-    stats.set_phase("downloading")
+    stats.set_phase(Phase.DOWNLOADING)
     log.info(
         "fetching %d file(s), %s; %d already present", len(plan.fetch), human_bytes(plan.fetch_bytes), len(plan.skip)
     )
@@ -176,11 +187,12 @@ def _fetch(run: _Run, selected: list[RemoteFile]) -> Result:
     finally:
         run.reporter.stop()
 
+    stats.set_phase(Phase.VERIFYING)
     for rec in new_records:
         records[rec.rel_path] = rec
     _write_manifest(run, selected, records)
     _clean_leftovers(run.tree, state, selected)
-    stats.set_phase("ready")
+    stats.set_phase(Phase.READY)
     return run.result(len(plan.fetch), len(plan.skip), stats.snapshot().bytes_fetched, total)
 
 
@@ -194,7 +206,7 @@ def _link_in_place(run: _Run, selected: list[RemoteFile]) -> Result:
     total = sum(f.size for f in selected)
     run.stats.set_totals(total, len(selected), total, len(selected))
     run.state.write_manifest(_manifest(run, files))
-    run.stats.set_phase("ready")
+    run.stats.set_phase(Phase.READY)
     log.info("linked %d files in place from %s", len(files), run.source.display_uri)
     return run.result(0, len(selected), 0, total)
 

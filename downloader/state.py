@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
+import enum
 import errno
 import fcntl
 import json
@@ -97,11 +98,24 @@ class Manifest:
         return sum(f.size for f in self.files)
 
 
+class Phase(str, enum.Enum):
+    """A download's phase, as progress.json names it."""
+
+    PENDING = "pending"
+    LISTING = "listing"  # listing the source and choosing the files
+    WAITING = "waiting"  # for another process that holds the model's lock
+    DOWNLOADING = "downloading"  # fetching; checksums are computed while the bytes stream
+    VERIFYING = "verifying"  # the last byte is in: last checks and flushes, the manifest
+    READY = "ready"
+    FAILED = "failed"
+    INTERRUPTED = "interrupted"
+
+
 @dataclass
 class Progress:
     """Live progress of a download, as the downloader last wrote it."""
 
-    phase: str  # pending, waiting, listing, downloading, verifying, ready, failed, interrupted
+    phase: str  # a Phase value
     source: str
     model_dir: str
     pid: int
@@ -120,6 +134,7 @@ class Progress:
     object_changes: int = 0
     last_error: str | None = None
     active_files: dict[str, dict[str, int]] = field(default_factory=dict)
+    phase_started: dict[str, float] = field(default_factory=dict)  # Phase value -> when it was first entered
 
 
 # ------------------------------------------------------------------------------------- public reading
@@ -148,12 +163,16 @@ def read_manifest(model_dir: str) -> Manifest | None:
         return None
 
 
+_PROGRESS_FIELDS = frozenset(Progress.__dataclass_fields__)
+
+
 def read_progress(model_dir: str) -> Progress | None:
     data = _read_json(os.path.join(state_dir(model_dir), PROGRESS_NAME))
     if not isinstance(data, dict):
         return None
     try:
-        return Progress(**data)
+        # Fields a newer downloader added are left out: a sidecar of an older release still reads the rest.
+        return Progress(**{k: v for k, v in data.items() if k in _PROGRESS_FIELDS})
     except TypeError:
         return None
 

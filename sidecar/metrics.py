@@ -57,6 +57,16 @@ class DownloadCollector(Collector):
         for name in PHASES:
             phase.add_metric([name], 1.0 if verdict.phase == name else 0.0)
         yield phase
+        steps = GaugeMetricFamily(
+            "aibrix_cold_start_step_seconds",
+            "Seconds each step of this start took (listing, download, verification, ray, engine, total); "
+            "a step not reached yet is absent",
+            labels=["step"],
+        )
+        for step, seconds in self.monitor.coldstart.durations().items():
+            if seconds is not None:
+                steps.add_metric([step.value], seconds)
+        yield steps
         yield gauge("aibrix_model_complete", "1 when the manifest says complete and verified", 1.0 if complete else 0.0)
         yield gauge("aibrix_ready", "1 when /readyz answers 200", 1.0 if verdict.ok else 0.0)
         if self.monitor.settings.engine_url:

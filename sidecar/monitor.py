@@ -27,6 +27,7 @@ import httpx
 from downloader import Manifest, Progress, is_ready, read_manifest, read_progress
 from downloader.state import MANIFEST_NAME, PROGRESS_NAME, state_dir
 
+from .coldstart import ColdStart
 from .config import SidecarSettings
 
 log = logging.getLogger(__name__)
@@ -92,6 +93,7 @@ class Monitor:
         self.download_failed = threading.Event()  # set when the download child failed (native-sidecar mode)
         self.child_failed: str | None = None
         self.child_exit: int | None = None
+        self.coldstart = ColdStart(watch_ray=bool(settings.expected_ray_nodes), watch_engine=bool(settings.engine_url))
 
     # ------------------------------------------------------------------------------------ lifecycle
     def start(self) -> None:
@@ -158,6 +160,13 @@ class Monitor:
             self._poll_engine()
         if self.settings.expected_ray_nodes:
             self._poll_ray()
+        self._observe_start(progress, self.model()[0])
+
+    def _observe_start(self, progress: Progress | None, ready: bool) -> None:
+        with self._lock:
+            expected, alive, engine_up = self.settings.expected_ray_nodes, self.ray_alive, self.engine_up
+        ray_complete = bool(expected and alive is not None and alive >= expected)
+        self.coldstart.observe(progress, ready, ray_complete, bool(engine_up))
 
     def _poll_engine(self) -> None:
         assert self.settings.engine_url is not None
@@ -292,6 +301,7 @@ class Monitor:
         ready, manifest = self.model()
         verdict = self.readiness()
         p = read_progress(self.model_dir)  # fresh, not the last poll: status is read by people
+        self._observe_start(p, ready)
         with self._lock:
             body: dict[str, Any] = {
                 "phase": verdict.phase,
@@ -308,6 +318,7 @@ class Monitor:
                 "download_process": None
                 if self._child is None
                 else {"pid": self._child.pid, "exit_code": self.child_exit, "failed": self.child_failed},
+                "cold_start": self.coldstart.as_status(),
             }
         if p is not None:
             body.update(

@@ -256,6 +256,58 @@ def test_readiness_waits_for_the_engine_and_the_ray_cluster(s3_server: S3Server,
             engine.shutdown()
 
 
+@pytest.mark.slow
+def test_cold_start_steps_from_the_first_listing_to_the_engines_first_200(
+    proxy: FaultProxy, model, tmp_path: Path
+) -> None:  # type: ignore[no-untyped-def]
+    """/status and /metrics give the seconds of each step of a start: the download's from its own record, Ray's
+    and the engine's from what the sidecar sees; a step not reached yet is None (absent from the metrics)."""
+    bucket, _ = model
+    proxy.add_rule(Rule(Delay(0.3), match_method="GET", only_ranged=True, times=-1))  # the download takes >= 0.3 s
+    placeholder = socket.socket()  # the engine's port, not listening yet
+    placeholder.bind(("127.0.0.1", 0))
+    engine_port = placeholder.getsockname()[1]
+    _Dashboard.states = ["ALIVE"]
+    dashboard = serve(_Dashboard)
+    sidecar = Sidecar(
+        ["--engine-url", f"http://127.0.0.1:{engine_port}", "--expected-ray-nodes", "2",
+         "--ray-dashboard-url", f"http://127.0.0.1:{dashboard.server_address[1]}",
+         "--", "--model-uri", f"s3://{bucket}/m/", "--local-dir", str(tmp_path), *RANGED],
+        proxy.url,
+    )  # fmt: skip
+    engine = None
+    try:
+        status = wait_for(lambda: (s := sidecar.get("/status").json())["model_complete"] and s, timeout=90)
+        steps = status["cold_start"]
+        assert steps["download_seconds"] >= 0.3 and steps["listing_seconds"] >= 0
+        assert steps["verification_seconds"] >= 0
+        assert (steps["ray_seconds"], steps["engine_seconds"], steps["total_seconds"]) == (None, None, None)
+        assert steps["complete"] is False
+        families = {f.name: f for f in text_string_to_metric_families(sidecar.get("/metrics").text)}
+        labelled = {s.labels["step"] for s in families["aibrix_cold_start_step_seconds"].samples}
+        assert labelled == {"listing", "download", "verification"}
+
+        _Dashboard.states = ["ALIVE", "ALIVE"]
+        wait_for(lambda: sidecar.get("/status").json()["cold_start"]["ray_seconds"] is not None)
+        placeholder.close()
+        engine = serve(_Engine, engine_port)
+        assert wait_for(lambda: sidecar.get("/readyz").status_code == 200)
+        steps = wait_for(lambda: (c := sidecar.get("/status").json()["cold_start"])["complete"] and c)
+        parts = ("listing", "download", "verification", "ray", "engine")
+        assert all(steps[f"{p}_seconds"] >= 0 for p in parts), steps
+        # the steps follow one another: together they are the total (each is rounded to the millisecond)
+        assert abs(sum(steps[f"{p}_seconds"] for p in parts) - steps["total_seconds"]) < 0.01, steps
+        families = {f.name: f for f in text_string_to_metric_families(sidecar.get("/metrics").text)}
+        samples = {s.labels["step"]: s.value for s in families["aibrix_cold_start_step_seconds"].samples}
+        assert set(samples) == {*parts, "total"} and samples["total"] >= samples["download"] >= 0.3
+    finally:
+        _Dashboard.states = ["ALIVE"]
+        sidecar.close()
+        dashboard.shutdown()
+        if engine is not None:
+            engine.shutdown()
+
+
 def test_read_only_surface_and_config_errors(tmp_path: Path, s3_server: S3Server) -> None:
     sidecar = Sidecar(["--model-dir", str(tmp_path / "nothing")], s3_server.url)
     try:
