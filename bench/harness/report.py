@@ -85,7 +85,8 @@ def details_table(rows: list[dict[str, Any]]) -> str:
     for r in rows:
         if not r["runs"]:
             continue
-        pc = f" {fmt(r.get('pct_physical'), '.0f')} % |" if pct else ""
+        share = r.get("pct_physical")
+        pc = (" — |" if share is None else f" {share:.0f} % |") if pct else ""
         out.append(
             f"| {r['tool']} | {fmt(r['mb_per_s_median'], '.0f')} |{pc} {fmt(r['server_cpu_s_median'], '.1f')} "
             f"| {fmt(r['other_cpu_s_median'], '.1f')} | {fmt(r.get('reader_disk_mib_median'), '.0f')} |"
