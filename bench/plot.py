@@ -28,7 +28,8 @@ def _tools(rows: list[dict[str, Any]]) -> list[str]:
 
 
 def _bar_phases(rec: dict[str, Any]) -> list[tuple[str, list[dict[str, Any]]]]:
-    """(label, summary rows of one config) for every matrix phase; the sweep contributes one point."""
+    """(label, summary rows of one config) for every matrix phase (one per variant: defaults, matched, ...); the
+    sweep contributes one point. The bars are the download only."""
     out = []
     for key, ph in rec.get("phases", {}).items():
         rows = ph.get("summary") or []
@@ -41,6 +42,10 @@ def _bar_phases(rec: dict[str, Any]) -> list[tuple[str, list[dict[str, Any]]]]:
             ch = 64 if 64 in chunks else chunks[-1]
             rows = [r for r in rows if r["conns"] == c and r["chunk_mib"] == ch]
             label = f"{key}\n{c} conns x {ch} MiB"
+        elif "groups" in ph:  # one bar group per variant (defaults, matched, in a cgroup)
+            size = f"{ph['model']['total_gib']:.2f} GiB / {ph['model']['n_files']} files"
+            out += [(f"{key}\n{size}, {g['variant']['label']}", g["summary"]) for g in ph["groups"]]
+            continue
         else:
             cfg = ph["configs"][0]
             label = f"{key}\n{ph['model']['total_gib']:.2f} GiB / {ph['model']['n_files']} files, c={cfg['conns']}"

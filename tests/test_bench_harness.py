@@ -1,0 +1,131 @@
+"""The benchmark harness's pure logic (bench/harness): what each tool's settings allow in flight, which runs
+measure which end point, the ratios the tables print, reading old results files, and the weights reader."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import pytest
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "bench"))
+
+from harness import reader, results, stats, tools
+from harness.endpoints import EndPoint, Then, measure, runs_needed
+from harness.model import ModelSpec
+
+MiB = 1 << 20
+LARGE = [1024 * MiB + 5000] * 4 + [2_000, 1_300_000, 300, 200, 5_000, 100]  # 4 shards and 6 small files
+SMALL = [256 * 1024] * 3000
+
+
+def ctx(sizes: list[int], variant: tools.Variant) -> tools.Ctx:
+    spec = ModelSpec(files=3000, file_kib=256) if sizes is SMALL else ModelSpec(4, 1024)
+    return tools.Ctx("", spec, variant, 4, Path("/nonexistent"), sizes=sizes)
+
+
+MATCHED = tools.Variant(tools.Setting.MATCHED, 16, 64)
+
+
+def test_s5cmd_matched_caps_gets_in_flight_at_n_for_both_shapes() -> None:
+    assert tools.s5cmd_matched(ctx(SMALL, MATCHED)) == (16, 1)  # one-part objects: in flight = numworkers
+    assert tools.s5cmd_matched(ctx(LARGE, MATCHED)) == (4, 4)
+    for sizes in (SMALL, LARGE):
+        assert tools.make_tools()["s5cmd"].setup(ctx(sizes, MATCHED)).max_in_flight == 16
+
+
+def test_every_tool_matched_has_the_same_bound_where_it_can() -> None:
+    made = tools.make_tools()
+    for sizes in (SMALL, LARGE):
+        bounds = {name: t.setup(ctx(sizes, MATCHED)).max_in_flight for name, t in made.items()}
+        # AIBrix 0.8 fetches one file at a time: 1 GET for a small file, at most N on a 17-part shard
+        want_old = 1 if sizes is SMALL else 16
+        assert bounds == {"aibrix-download": 16, "aibrix-0.8.0": want_old, "boto3": 16, "s5cmd": 16}
+
+
+def test_peer_defaults_in_flight() -> None:
+    made = tools.make_tools()
+    defaults = tools.Variant(tools.Setting.DEFAULTS)
+    # s5cmd: 256 workers x 5 parts: 4 shards x 5 + 6 one-part files; 256 on small files
+    assert made["s5cmd"].setup(ctx(LARGE, defaults)).max_in_flight == 26
+    assert made["s5cmd"].setup(ctx(SMALL, defaults)).max_in_flight == 256
+    assert made["boto3"].setup(ctx(SMALL, defaults)).max_in_flight == 10
+    assert made["aibrix-0.8.0"].setup(ctx(LARGE, defaults)).max_in_flight == 17  # 17 parts of 64 MiB < 32 threads
+    assert made["aibrix-0.8.0"].setup(ctx(SMALL, defaults)).max_in_flight == 1
+
+
+def test_invocations_follow_the_setting() -> None:
+    made = tools.make_tools()
+    dest = Path("/d")
+    s5 = made["s5cmd"].build(ctx(SMALL, MATCHED), dest).argv
+    assert s5[s5.index("--numworkers") + 1] == "16" and s5[s5.index("-c") + 1] == "1"
+    assert "--numworkers" not in made["s5cmd"].build(ctx(SMALL, tools.Variant(tools.Setting.DEFAULTS)), dest).argv
+    assert "--defaults" in made["boto3"].build(ctx(LARGE, tools.Variant(tools.Setting.DEFAULTS)), dest).argv
+    assert made["aibrix-0.8.0"].build(ctx(LARGE, tools.Variant(tools.Setting.DEFAULTS)), dest).env == {}
+
+
+def test_runs_needed() -> None:
+    assert runs_needed([EndPoint.DOWNLOAD]) == [Then.SYNC]
+    assert runs_needed([EndPoint.IN_MEMORY]) == [Then.READ]
+    assert runs_needed(list(EndPoint)) == [Then.SYNC, Then.READ]
+
+
+def run(tool: str, then: Then, wall: float, cpu: float, after: float, after_cpu: float) -> dict[str, object]:
+    r: dict[str, object] = {"tool": tool, "then": then.value, "ok": True, "wall_s": wall, "user_s": cpu, "sys_s": 0.0}
+    r["max_rss_kb"] = 1024 * 10
+    if then is Then.SYNC:
+        r |= {"post_sync_s": after, "flush_cpu_s": after_cpu}
+    else:
+        r |= {"in_memory_wall_s": wall + after, "reader_cpu_s": after_cpu}
+    return r
+
+
+def test_measure_end_points() -> None:
+    sync_run = run("s5cmd", Then.SYNC, 4.0, 2.0, 1.0, 0.5)
+    read_run = run("s5cmd", Then.READ, 4.0, 2.0, 1.5, 0.7)
+    assert measure(sync_run, EndPoint.DURABLE) == (5.0, 2.5, 10.0)
+    assert measure(sync_run, EndPoint.IN_MEMORY) is None
+    assert measure(read_run, EndPoint.IN_MEMORY) == (5.5, 2.7, 10.0)
+    assert measure(read_run, EndPoint.DOWNLOAD) == (4.0, 2.0, 10.0)
+
+
+def test_ratios_against_s5cmd_and_speedups() -> None:
+    runs = [
+        run("aibrix-download", Then.SYNC, 4.0, 1.0, 0.0, 0.0),
+        run("aibrix-download", Then.READ, 4.0, 1.0, 2.0, 1.0),
+        run("s5cmd", Then.SYNC, 4.0, 2.0, 2.0, 0.5),
+        run("s5cmd", Then.READ, 4.0, 2.0, 1.0, 0.5),
+        run("boto3", Then.READ, 8.0, 4.0, 1.0, 0.5),
+    ]
+    rows = {r["tool"]: r for r in stats.summarize(runs, ["aibrix-download", "s5cmd", "boto3"], 1 << 30)}
+    ours = rows["aibrix-download"]["endpoints"]
+    assert ours["durable"]["wall_ratio_vs_s5cmd"] == pytest.approx(4.0 / 6.0)
+    assert ours["in-memory"]["wall_ratio_vs_s5cmd"] == pytest.approx(6.0 / 5.0)
+    assert ours["in-memory"]["cpu_ratio_vs_s5cmd"] == pytest.approx(2.0 / 2.5)
+    assert ours["in-memory"]["speedup_vs"]["boto3"] == pytest.approx(9.0 / 6.0)
+
+
+def test_old_results_files_read_as_matched_then_sync() -> None:
+    old = {
+        "config": {"concurrency": 16, "chunk_mib": 64, "reps": 1, "tools_requested": ["s5cmd"]},
+        "model": {"uri": "s3://b/m/", "total_bytes": 1 << 30, "total_gib": 1.0, "n_files": 1},
+        "runs": [run("s5cmd", Then.SYNC, 4.0, 2.0, 1.0, 0.5) | {"then": None}],
+    }
+    old["runs"][0].pop("then")
+    rec = results.upgrade(old)
+    assert rec["runs"][0]["phase"] == "compare@loopback"
+    assert stats.variant_of(rec["runs"][0]) == MATCHED
+    assert rec["phases"]["compare@loopback"]["variants"][0]["setting"] == "matched"
+
+
+@pytest.mark.parametrize("method", [reader.read_mapped, reader.read_plain])
+def test_reader_reads_every_weight_byte(tmp_path: Path, method: object) -> None:
+    (tmp_path / "a.safetensors").write_bytes(b"x" * (3 * MiB + 5))
+    (tmp_path / "empty.safetensors").write_bytes(b"")
+    (tmp_path / "config.json").write_bytes(b"{}")
+    (tmp_path / ".cache").mkdir()
+    (tmp_path / ".cache" / "b.safetensors").write_bytes(b"y")
+    files = reader.weight_files(str(tmp_path), "*.safetensors")
+    assert [Path(f).name for f in files] == ["a.safetensors", "empty.safetensors"]
+    buf = bytearray(MiB)
+    assert sum(method(f, buf) for f in files) == 3 * MiB + 5  # type: ignore[operator]
