@@ -69,6 +69,12 @@ WHOLE_PER_CONNECTION = 3
 WHOLE_BUDGET_BUFFERS = 24
 WHOLE_MIN_WORKERS = 3
 KERNEL_COPY_STEP = 16 * 1024 * 1024
+# Writes through the page cache are at most this large. The kernel sizes the page-cache folios it allocates by the
+# write: on the benchmark VM, whose hypervisor takes back free memory in 2 MiB blocks (virtio-balloon free page
+# reporting), 1 MiB writes cost 2.0-2.8 kernel CPU-seconds per GiB against 0.25 for 64-128 KiB writes, the large
+# folios' first touch faulting on the host (BENCHMARKS.md). Elsewhere it costs a few thousand more system calls
+# per GiB.
+PAGE_CACHE_WRITE = 128 * 1024
 # Bytes written through the page cache are queued for writeback every this many bytes of a range: the disk works
 # while the network does, the fdatasync at the end of a file has little left to wait for, and the pages not yet
 # queued for writeback stay below num_threads x WRITEBACK_STEP (a memory cgroup counts dirty pages and cannot
@@ -85,9 +91,9 @@ BACKOFF_CAP = 20.0
 T = TypeVar("T")
 
 
-def _pwrite_all(fd: int, data: memoryview, offset: int) -> None:
+def _pwrite_all(fd: int, data: memoryview, offset: int, step: int = 1 << 62) -> None:
     while len(data):
-        written = os.pwrite(fd, data, offset)
+        written = os.pwrite(fd, data[:step], offset)
         data = data[written:]
         offset += written
 
@@ -608,7 +614,7 @@ class Engine:
                     attempt.buffered_fd()
                     attempt.direct = False  # this filesystem takes no O_DIRECT writes after all: page cache
             if len(data):
-                _pwrite_all(attempt.buffered_fd(), data, offset)
+                _pwrite_all(attempt.buffered_fd(), data, offset, PAGE_CACHE_WRITE)
         except OSError as exc:
             if attempt.abandoned:
                 raise _Abandoned() from None
