@@ -21,6 +21,7 @@ from .config import Settings, engine_endpoint
 from .errors import (
     ClusterTimeoutError,
     EngineExitedError,
+    EngineLostError,
     EngineStartTimeoutError,
     HeadUnreachableError,
     Interrupted,
@@ -36,6 +37,7 @@ log = logging.getLogger("runtime")
 
 FAILURE_GRACE = 5.0  # after a failure, each child gets at most this long after SIGTERM: nothing is left to drain
 HEAD_BACKOFF = (0.5, 5.0)  # first and largest delay between probes of the head's GCS
+ENGINE_PROBE_TIMEOUT = 2.0  # seconds one /health check of a serving vLLM may take; only sustained failure counts
 
 
 class Runner:
@@ -191,7 +193,8 @@ class Runner:
         log.info("watching %s: %s", "node" if len(watched) == 1 else f"{len(watched)} nodes",
                  ", ".join(n.label(s.accelerator_resource) for n in watched))  # fmt: skip
         started = self.clock()
-        serving = False
+        last_healthy: float | None = None  # when vLLM last answered /health with 200; None until it has served
+        failing = ""  # why its /health fails right now, once it has served
         last_log = self.clock()
         dashboard_down_since: float | None = None
         while True:
@@ -227,10 +230,11 @@ class Runner:
             ray_code = ray.poll()
             if ray_code is not None:
                 raise RayExitedError(f"the Ray head (`ray start`) exited ({describe_exit(ray_code)})", ray_code)
-            now = self.clock()
-            if not serving:
-                if probe_http(health_url, timeout=min(1.0, s.poll_interval + 0.5)) == 200:
-                    serving = True
+            if last_healthy is None:
+                status = probe_http(health_url, timeout=min(1.0, s.poll_interval + 0.5))
+                now = self.clock()
+                if status == 200:
+                    last_healthy = now
                     log.info("vLLM is serving: %s answered 200 after %.0fs", health_url, now - started)
                 elif s.engine_start_timeout and now - started >= s.engine_start_timeout:
                     raise EngineStartTimeoutError(
@@ -241,7 +245,36 @@ class Runner:
                 elif now - last_log >= s.log_interval:
                     log.info("vLLM starting (%.0fs): %s not answering yet", now - started, health_url)
                     last_log = now
+            else:
+                last_healthy, failing = self.watch_engine(health_url, last_healthy, failing)
             self._sleep(s.poll_interval)
+
+    def watch_engine(self, health_url: str, last_healthy: float, failing: str) -> tuple[float, str]:
+        """One /health check of a vLLM that has served. Returns (when it last answered 200, why it fails now or
+        ""); raises EngineLostError once it has failed for --engine-lost-timeout: a hung API server or engine
+        keeps its process (and its GPUs) while the pod just goes NotReady, so only a restart of the group helps."""
+        s = self.s
+        status = probe_http(health_url, timeout=min(ENGINE_PROBE_TIMEOUT, s.engine_lost_timeout))
+        now = self.clock()
+        if status == 200:
+            if failing:
+                log.info("vLLM answers %s again after %.0fs", health_url, now - last_healthy)
+            return now, ""
+        why = "not answering" if status is None else f"answering {status}"
+        if not failing:
+            log.warning(
+                "vLLM's %s is %s; failing if it does not answer 200 within %.0fs of its last answer",
+                health_url,
+                why,
+                s.engine_lost_timeout,
+            )
+        if now - last_healthy >= s.engine_lost_timeout:
+            raise EngineLostError(
+                f"vLLM's {health_url} has not answered 200 for {now - last_healthy:.0f}s ({why}) after it had "
+                f"served (--engine-lost-timeout {s.engine_lost_timeout:g}s): the engine is hung; stopping so that "
+                "the whole group restarts"
+            )
+        return last_healthy, why
 
     # ----------------------------------------------------------------------------------------------- worker
     def run_worker(self) -> None:
