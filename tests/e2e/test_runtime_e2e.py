@@ -81,6 +81,14 @@ def signal_tag(tag: str, sig: int) -> int:
     return count
 
 
+def left_running(tag: str, grace: float = 10.0) -> list[str]:
+    """The command lines of processes under this tag still running after up to `grace` seconds."""
+    deadline = time.monotonic() + grace
+    while tagged_pids(tag) and time.monotonic() < deadline:
+        time.sleep(0.25)
+    return [cmdline(p) for p in tagged_pids(tag)]
+
+
 def cmdline(pid: int) -> str:
     try:
         with open(f"/proc/{pid}/cmdline", "rb") as fh:
@@ -476,11 +484,7 @@ def test_head_killed_worker_exits_and_readiness_drops(group: Group) -> None:
     except subprocess.TimeoutExpired:
         raise AssertionError(f"the worker did not exit after the head was killed\n{g.logs()}") from None
     exited_after = time.monotonic() - killed_at
-    # The worker stopped its own Ray node on the way out: nothing of it is left running.
-    deadline = time.monotonic() + 10
-    while tagged_pids(g.worker.tag) and time.monotonic() < deadline:
-        time.sleep(0.25)
-    left = [cmdline(p) for p in tagged_pids(g.worker.tag)]
+    left = left_running(g.worker.tag)  # the worker stopped its own Ray node on the way out
     print(
         f"head killed: readiness 503 after {not_ready.t - killed_at:.1f}s ({not_ready.reason}); "
         f"worker exited {code} after {exited_after:.1f}s; left running: {left}"
@@ -513,10 +517,7 @@ def test_frozen_vllm_api_server_makes_the_head_exit(tmp_path: Path, s3_server: S
         except subprocess.TimeoutExpired:
             raise AssertionError(f"the head did not exit after vLLM froze\n{g.logs()}") from None
         exited_after = time.monotonic() - frozen_at
-        deadline = time.monotonic() + 10
-        while tagged_pids(g.head.tag) and time.monotonic() < deadline:
-            time.sleep(0.25)
-        left = [cmdline(p) for p in tagged_pids(g.head.tag)]
+        left = left_running(g.head.tag)
         lost = [line for line in g.head.runtime_lines() if "has not answered 200" in line]
         print(f"vLLM frozen: head exited {code} after {exited_after:.1f}s; {lost}; left running: {left}")
         assert code == 18, f"head exit code {code}\n{g.logs()}"
