@@ -997,6 +997,21 @@ def test_head_exits_18_when_vllm_health_fails_and_waits_out_a_short_failure(fake
 
 
 @pytest.mark.slow
+def test_vllm_exiting_because_a_node_died_is_reported_as_the_lost_node(fakes: dict[str, Any]) -> None:
+    """vLLM notices a dead worker (its Ray actor is gone) and exits before Ray's health check declares the node
+    DEAD: the head waits that check's window (1 s x 3 + 1 s here) and names the node, exit 14, not vLLM's 16."""
+    _Nodes.nodes = [_node("h", head=True), _node("w")]
+    proc = run_head(fakes, "-tp", "2", env={"FAKE_VLLM_EXIT_AFTER": "2"})
+    wait_log(fakes, "vllm start serve")
+    time.sleep(2.5)  # vLLM has exited; Ray has not said anything yet
+    _Nodes.nodes = [_node("h", head=True), _node("w", "DEAD")]
+    code, err = finish(proc)
+    assert code == 14, err
+    assert "checking Ray's node states for 4s" in err
+    assert "Ray node lost: 127.0.0.1 [1 GPU] is DEAD; vLLM had already exited (exit code 0)" in err
+
+
+@pytest.mark.slow
 def test_head_exits_14_when_a_node_is_lost(fakes: dict[str, Any]) -> None:
     _Nodes.nodes = [_node("h", head=True), _node("w")]
     proc = run_head(fakes, "-tp", "2")
