@@ -5,8 +5,10 @@
 #   docker build -t aibrix-model-runtime:0.1.0-vllm0.32.0 \
 #       --build-arg VCS_REF="$(git rev-parse HEAD)" --build-arg SOURCE="$(git remote get-url origin)" .
 #
-# BASE_IMAGE selects the base (the tag names the vLLM release; RAY_VERSION must be the Ray that base carries,
-# if it carries one: the build stops otherwise). See manifests/README.md, "The image".
+# BASE_IMAGE selects the base (the tag names the vLLM release). For a reproducible build pin it by digest as well:
+#   --build-arg BASE_IMAGE=vllm/vllm-openai:v0.32.0@sha256:<digest>   (docker buildx imagetools inspect <tag>)
+# Ray: the base's own when it carries one (only the dashboard's extras are added, at that version), else
+# RAY_VERSION. The manifests' rayVersion must name the Ray the build prints. See manifests/README.md, "The image".
 
 ARG BASE_IMAGE=vllm/vllm-openai:v0.32.0
 
@@ -37,22 +39,21 @@ LABEL org.opencontainers.image.title="aibrix-model-runtime" \
 COPY --from=wheel /dist/ /tmp/dist/
 # What the base installed stays as it is (vLLM's environment is released and tested as a whole): every
 # installed distribution becomes a constraint, so a conflict fails the build instead of moving vLLM's
-# dependencies. A base that carries Ray must carry RAY_VERSION; `ray[default]` adds the dashboard.
+# dependencies. `ray[default]` adds the dashboard (the sidecar and the runtime read membership from it) at the
+# base's own Ray version, or RAY_VERSION when the base has no Ray.
 RUN python3 -c 'import importlib.metadata as m; names = {(d.metadata["Name"] or "").lower(): d.version for d in m.distributions()}; print("\n".join(f"{n}=={v}" for n, v in sorted(names.items()) if n not in ("", "pip", "setuptools", "wheel")))' \
         > /tmp/base-constraints.txt \
-    && if grep -q '^ray==' /tmp/base-constraints.txt && ! grep -qx "ray==${RAY_VERSION}" /tmp/base-constraints.txt; then \
-        echo "the base has $(grep '^ray==' /tmp/base-constraints.txt); build with --build-arg RAY_VERSION=<that version>" >&2; \
-        exit 1; \
-    fi \
+    && base_ray="$(sed -n 's/^ray==//p' /tmp/base-constraints.txt)" \
+    && echo "Ray: ${base_ray:-none in the base, installing ${RAY_VERSION}}" \
     && PIP_BREAK_SYSTEM_PACKAGES=1 python3 -m pip install --no-cache-dir --constraint /tmp/base-constraints.txt \
-        "ray[default]==${RAY_VERSION}" /tmp/dist/*.whl \
+        "ray[default]==${base_ray:-${RAY_VERSION}}" /tmp/dist/*.whl \
     && rm -rf /tmp/dist /tmp/base-constraints.txt \
     && aibrix-download --help > /dev/null && aibrix-sidecar --help > /dev/null && aibrix-runtime --help > /dev/null \
-    && python3 -c 'import ray, ray.dashboard; print("ray", ray.__version__)'
+    && aibrix_download --help > /dev/null && aibrix_runtime --help > /dev/null \
+    && python3 -c 'import ray, ray.dashboard; print("ray", ray.__version__, "(set rayVersion in the manifests to it)")'
 
-# Non-root by default. The manifests run the downloader as uid 0 (to write the root-owned hostPath, with no
-# capabilities) and the Ray containers as root (IPC_LOCK only takes effect for root); vllm serve runs as this user.
+# The user the manifests' non-root containers name (runAsUser: 10001; vllm serve on one node). The image itself
+# runs as root by default, like vllm/vllm-openai and AIBrix's runtime image, whose manifests it drops into: their
+# init containers download into a hostPath the kubelet created root-owned, with no securityContext of their own.
 RUN useradd --uid 10001 --user-group --create-home --home-dir /home/aibrix --shell /usr/sbin/nologin aibrix
-USER 10001:10001
-WORKDIR /home/aibrix
 ENTRYPOINT []

@@ -53,3 +53,10 @@ RELIABILITY_SEED ?= 1
 reliability: $(STAMP)
 	mkdir -p build
 	$(PY) -m tests.reliability all --trials 240 --kills 50 --seed $(RELIABILITY_SEED) --json build/reliability-results.json
+
+## validate-apiserver: every CRD and custom object of every overlay through a real API server (apiextensions-apiserver built from Debian's Go source packages, with Debian's etcd; built once into build/apiserver), server-side dry run, strict field validation
+.PHONY: validate-apiserver
+APISERVER_DIR ?= build/apiserver
+validate-apiserver: $(STAMP)
+	bash tests/apiserver/build.sh $(APISERVER_DIR)
+	APISERVER_DIR=$(APISERVER_DIR) $(PY) -m pytest -q -p no:cacheprovider tests/test_apiserver.py

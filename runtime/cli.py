@@ -3,7 +3,8 @@
 Exit codes (see `runtime.errors` and the README): 0 only for --print-commands/--help, 1 internal error,
 2 configuration, 10 model, 11 Ray did not start, 12 cluster incomplete in time, 13 head unreachable,
 14 node lost, 15 local Ray node stopped, 16 vLLM exited 0 (a non-zero vLLM exit code is passed on),
-17 vLLM never answered /health within --engine-start-timeout, 130 / 143 stopped by SIGINT / SIGTERM.
+17 vLLM never answered /health within --engine-start-timeout, 18 vLLM's /health failed for longer than
+--engine-lost-timeout after it had served, 130 / 143 stopped by SIGINT / SIGTERM.
 """
 
 from __future__ import annotations

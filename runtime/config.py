@@ -59,6 +59,7 @@ KNOWN_ENV = {
     "RUNTIME_CLUSTER_WAIT_TIMEOUT",
     "RUNTIME_DASHBOARD_LOST_TIMEOUT",
     "RUNTIME_ENGINE_START_TIMEOUT",
+    "RUNTIME_ENGINE_LOST_TIMEOUT",
     "RUNTIME_HEAD_ADDRESS",
     "RUNTIME_HEAD_WAIT_TIMEOUT",
     "RUNTIME_HEAD_LOST_TIMEOUT",
@@ -149,6 +150,7 @@ class Settings:
     cluster_wait_timeout: float = 600.0
     dashboard_lost_timeout: float = 30.0
     engine_start_timeout: float = 3600.0  # 0 = no limit
+    engine_lost_timeout: float = 60.0  # once vLLM has served: how long /health may fail before the head exits
     vllm_command: tuple[str, ...] = ("vllm",)
     engine_args: tuple[str, ...] = ()
     # worker
@@ -245,6 +247,11 @@ def build_arg_parser() -> argparse.ArgumentParser:
         "--engine-start-timeout",
         help="fail when vLLM has not answered /health this long after it started; 0 = no limit "
         "[RUNTIME_ENGINE_START_TIMEOUT, 3600]",
+    )
+    g.add_argument(
+        "--engine-lost-timeout",
+        help="once vLLM has answered /health, fail when it answers anything but 200 (or nothing) for this long "
+        "[RUNTIME_ENGINE_LOST_TIMEOUT, 60]",
     )
     g.add_argument("--vllm-command", help="how to run vLLM's CLI [RUNTIME_VLLM_COMMAND, vllm]")
     worker = sub.add_parser(WORKER, help="Ray worker", description="Ray worker node joining the head.")
@@ -640,6 +647,8 @@ def _head_settings(
     dashboard_lost = parse_seconds(name, raw, minimum=0.1) if raw is not None else 30.0
     raw, name = src.get("engine_start_timeout", "RUNTIME_ENGINE_START_TIMEOUT")
     engine_start = parse_seconds(name, raw) if raw is not None else 3600.0
+    raw, name = src.get("engine_lost_timeout", "RUNTIME_ENGINE_LOST_TIMEOUT")
+    engine_lost = parse_seconds(name, raw, minimum=0.1) if raw is not None else 60.0
     raw, name = src.get("vllm_command", "RUNTIME_VLLM_COMMAND")
     vllm_command = parse_command(name, raw if raw is not None else "vllm", env)
     check_engine_args(engine_args)
@@ -659,6 +668,7 @@ def _head_settings(
         cluster_wait_timeout=cluster_wait,
         dashboard_lost_timeout=dashboard_lost,
         engine_start_timeout=engine_start,
+        engine_lost_timeout=engine_lost,
         vllm_command=vllm_command,
         engine_args=engine_args,
         warnings=tuple(warnings),

@@ -16,6 +16,8 @@ Kubernetes restarts the group.
     15   the local Ray node stopped (`ray start --block` exited: raylet or GCS died)
     16   vLLM exited with code 0; a non-zero code (128+N for a signal) is passed on as it is
     17   vLLM did not answer /health within --engine-start-timeout (e.g. a hang in NCCL/GLOO initialisation)
+    18   vLLM had served, then its /health failed or did not answer for longer than --engine-lost-timeout (a hung
+         API server or engine)
     130 / 143  stopped by SIGINT / SIGTERM, after stopping vLLM and then Ray
 """
 
@@ -27,6 +29,7 @@ __all__ = [
     "ClusterTimeoutError",
     "ConfigError",
     "EngineExitedError",
+    "EngineLostError",
     "EngineStartTimeoutError",
     "HeadUnreachableError",
     "Interrupted",
@@ -107,6 +110,12 @@ class EngineStartTimeoutError(RuntimeFailure):
     """vLLM started but never answered /health in time: a silent hang (collective setup, a stuck load)."""
 
     exit_code = 17
+
+
+class EngineLostError(RuntimeFailure):
+    """vLLM had answered /health, then failed it (or stopped answering) for longer than --engine-lost-timeout."""
+
+    exit_code = 18
 
 
 class Interrupted(RuntimeFailure):

@@ -17,10 +17,11 @@ from downloader import Progress, is_ready, read_manifest, read_progress
 
 from . import commands
 from .cluster import Dashboard, Membership, Node, engine_nodes, lost_nodes, probe_http, probe_tcp
-from .config import Settings, engine_endpoint
+from .config import HealthCheck, Settings, engine_endpoint
 from .errors import (
     ClusterTimeoutError,
     EngineExitedError,
+    EngineLostError,
     EngineStartTimeoutError,
     HeadUnreachableError,
     Interrupted,
@@ -36,6 +37,9 @@ log = logging.getLogger("runtime")
 
 FAILURE_GRACE = 5.0  # after a failure, each child gets at most this long after SIGTERM: nothing is left to drain
 HEAD_BACKOFF = (0.5, 5.0)  # first and largest delay between probes of the head's GCS
+# Ray's own RAY_health_check_* defaults (ray_config_def.h), which `--ray-health-check ray` keeps.
+RAY_DEFAULT_HEALTH_CHECK = HealthCheck(period_ms=3000, timeout_ms=10000, failure_threshold=5)
+ENGINE_PROBE_TIMEOUT = 2.0  # seconds one /health check of a serving vLLM may take; only sustained failure counts
 
 
 class Runner:
@@ -191,7 +195,8 @@ class Runner:
         log.info("watching %s: %s", "node" if len(watched) == 1 else f"{len(watched)} nodes",
                  ", ".join(n.label(s.accelerator_resource) for n in watched))  # fmt: skip
         started = self.clock()
-        serving = False
+        last_healthy: float | None = None  # when vLLM last answered /health with 200; None until it has served
+        failing = ""  # why its /health fails right now, once it has served
         last_log = self.clock()
         dashboard_down_since: float | None = None
         while True:
@@ -219,18 +224,18 @@ class Runner:
                     ) from None
             engine_code = vllm.poll()
             if lost:
-                what = ", ".join(f"{n.label(s.accelerator_resource)} is {state}" for n, state in lost)
-                after = f"; vLLM had already exited ({describe_exit(engine_code)})" if engine_code is not None else ""
-                raise NodeLostError(f"Ray node lost: {what}{after}; stopping so that the whole group restarts")
+                raise self.node_lost(lost, engine_code)
             if engine_code is not None:
+                self.blame_a_lost_node(dashboard, watched, engine_code)
                 raise EngineExitedError(f"vLLM exited ({describe_exit(engine_code)}); it must never stop", engine_code)
             ray_code = ray.poll()
             if ray_code is not None:
                 raise RayExitedError(f"the Ray head (`ray start`) exited ({describe_exit(ray_code)})", ray_code)
-            now = self.clock()
-            if not serving:
-                if probe_http(health_url, timeout=min(1.0, s.poll_interval + 0.5)) == 200:
-                    serving = True
+            if last_healthy is None:
+                status = probe_http(health_url, timeout=min(1.0, s.poll_interval + 0.5))
+                now = self.clock()
+                if status == 200:
+                    last_healthy = now
                     log.info("vLLM is serving: %s answered 200 after %.0fs", health_url, now - started)
                 elif s.engine_start_timeout and now - started >= s.engine_start_timeout:
                     raise EngineStartTimeoutError(
@@ -241,7 +246,60 @@ class Runner:
                 elif now - last_log >= s.log_interval:
                     log.info("vLLM starting (%.0fs): %s not answering yet", now - started, health_url)
                     last_log = now
+            else:
+                last_healthy, failing = self.watch_engine(health_url, last_healthy, failing)
             self._sleep(s.poll_interval)
+
+    def node_lost(self, lost: Sequence[tuple[Node, str]], engine_code: int | None) -> NodeLostError:
+        what = ", ".join(f"{n.label(self.s.accelerator_resource)} is {state}" for n, state in lost)
+        after = f"; vLLM had already exited ({describe_exit(engine_code)})" if engine_code is not None else ""
+        return NodeLostError(f"Ray node lost: {what}{after}; stopping so that the whole group restarts")
+
+    def blame_a_lost_node(self, dashboard: Dashboard, watched: Sequence[Node], engine_code: int) -> None:
+        """vLLM exited. When a node died under it, vLLM often notices (its Ray actor is gone) before Ray's health
+        check declares the node DEAD: wait that check's window for the cause, and raise NodeLostError if a
+        watched node is lost within it, so the exit code names the node rather than vLLM."""
+        s = self.s
+        window = node_loss_window(s)
+        log.info("vLLM exited (%s); checking Ray's node states for %.0fs", describe_exit(engine_code), window)
+        deadline = self.clock() + window
+        while True:
+            try:
+                lost = lost_nodes(watched, dashboard.nodes(s.accelerator_resource))
+            except (httpx.HTTPError, ValueError):
+                lost = []
+            if lost:
+                raise self.node_lost(lost, engine_code)
+            if self.clock() >= deadline:
+                return
+            self._sleep(min(s.poll_interval, 0.5))
+
+    def watch_engine(self, health_url: str, last_healthy: float, failing: str) -> tuple[float, str]:
+        """One /health check of a vLLM that has served. Returns (when it last answered 200, why it fails now or
+        ""); raises EngineLostError once it has failed for --engine-lost-timeout: a hung API server or engine
+        keeps its process (and its GPUs) while the pod just goes NotReady, so only a restart of the group helps."""
+        s = self.s
+        status = probe_http(health_url, timeout=min(ENGINE_PROBE_TIMEOUT, s.engine_lost_timeout))
+        now = self.clock()
+        if status == 200:
+            if failing:
+                log.info("vLLM answers %s again after %.0fs", health_url, now - last_healthy)
+            return now, ""
+        why = "not answering" if status is None else f"answering {status}"
+        if not failing:
+            log.warning(
+                "vLLM's %s is %s; failing if it does not answer 200 within %.0fs of its last answer",
+                health_url,
+                why,
+                s.engine_lost_timeout,
+            )
+        if now - last_healthy >= s.engine_lost_timeout:
+            raise EngineLostError(
+                f"vLLM's {health_url} has not answered 200 for {now - last_healthy:.0f}s ({why}) after it had "
+                f"served (--engine-lost-timeout {s.engine_lost_timeout:g}s): the engine is hung; stopping so that "
+                "the whole group restarts"
+            )
+        return last_healthy, why
 
     # ----------------------------------------------------------------------------------------------- worker
     def run_worker(self) -> None:
@@ -336,6 +394,13 @@ class Runner:
             raise
         finally:
             self.stop_children(failure)
+
+
+def node_loss_window(s: Settings) -> float:
+    """Seconds within which Ray's GCS declares a node that stopped answering DEAD: its health check's period x
+    failures + timeout (RAY_health_check_*, as the runtime sets them; Ray's own defaults when left alone)."""
+    hc = s.ray_health_check or RAY_DEFAULT_HEALTH_CHECK
+    return (hc.period_ms * hc.failure_threshold + hc.timeout_ms) / 1000
 
 
 def describe_model_wait(p: Progress | None) -> str:

@@ -14,6 +14,7 @@ import math
 from collections.abc import Awaitable, Callable, MutableMapping
 from typing import Any, NamedTuple
 
+import httpx
 from fastapi import FastAPI
 from fastapi.responses import Response
 from prometheus_client import CONTENT_TYPE_LATEST
@@ -150,4 +151,24 @@ def create_app(monitor: Monitor) -> ProbeFastPath:
     def metrics() -> Response:
         return Response(render(monitor, registry), media_type=CONTENT_TYPE_LATEST)
 
+    engine_url = monitor.settings.engine_url
+    engine = httpx.Client(timeout=monitor.settings.engine_timeout, follow_redirects=False, trust_env=False)
+
+    @app.get("/v1/models")  # AIBrix's runtime sidecar answers this from the engine; runs in the thread pool
+    def models() -> Response:
+        """The engine's own answer (status, body and type passed through), or 503 with an OpenAI-style error
+        body when no engine is configured or it does not answer: never a 404 that looks like "no models"."""
+        if not engine_url:
+            return _unavailable("no inference engine configured (--engine-url / INFERENCE_ENGINE_ENDPOINT)")
+        try:
+            r = engine.get(engine_url + "/v1/models")
+        except httpx.HTTPError as exc:
+            return _unavailable(f"inference engine {engine_url} not answering ({type(exc).__name__})")
+        return Response(r.content, status_code=r.status_code, media_type=r.headers.get("content-type"))
+
     return ProbeFastPath(answers, app)
+
+
+def _unavailable(message: str) -> Response:
+    body = {"object": "error", "message": message, "type": "ServiceUnavailableError", "param": None, "code": 503}
+    return Response(json.dumps(body), status_code=503, media_type="application/json")

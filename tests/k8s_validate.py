@@ -642,6 +642,7 @@ class PodTemplate:
     replicas: int
     role: str = ""  # "head" / "worker" for Ray pods
     group: Obj = field(default_factory=dict)  # the Ray group spec (rayStartParams, replicas, ...)
+    cluster: Obj = field(default_factory=dict)  # the RayCluster spec the group belongs to (rayVersion, ...)
 
     @property
     def where(self) -> str:
@@ -669,14 +670,14 @@ def _ray_templates(owner: Obj, spec: Mapping[str, Any], base: str, cluster: str 
     if isinstance(head.get("template"), Mapping):
         t = head["template"]
         path = f"{base}.headGroupSpec.template"
-        yield PodTemplate(owner, path, t, labels(t, "head", "headgroup"), 1, "head", head)
+        yield PodTemplate(owner, path, t, labels(t, "head", "headgroup"), 1, "head", head, dict(spec))
     for i, group in enumerate(spec.get("workerGroupSpecs") or []):
         if isinstance(group.get("template"), Mapping):
             t = group["template"]
             replicas = int(group.get("replicas", group.get("minReplicas", 0))) * int(group.get("numOfHosts", 1))
             path = f"{base}.workerGroupSpecs[{i}].template"
             yield PodTemplate(
-                owner, path, t, labels(t, "worker", str(group.get("groupName"))), replicas, "worker", group
+                owner, path, t, labels(t, "worker", str(group.get("groupName"))), replicas, "worker", group, dict(spec)
             )
 
 
@@ -695,6 +696,166 @@ def pod_templates(objs: Iterable[Obj]) -> Iterator[PodTemplate]:
             for t in _ray_templates(obj, inner, "spec.template.spec", None):
                 t.replicas *= int(spec.get("replicas", 1))
                 yield t
+
+
+# ------------------------------------------------------------------------------------------------ KubeRay
+
+# What KubeRay does to the probes of every Ray pod it creates (read from ray-project/kuberay,
+# ray-operator/controllers/ray/common/pod.go: BuildPod -> initLivenessAndReadinessProbe; the same rule from v1.1.0
+# to v1.7, where v1.0 injected only with GCS fault tolerance on), unless its operator runs with
+# ENABLE_PROBES_INJECTION=false:
+# - only the Ray container, the pod's first container (RayContainerIndex = 0), is touched: init containers (our
+#   native sidecar among them) and the other containers never are;
+# - a livenessProbe is added when that container has none, and, independently, a readinessProbe when it has none;
+#   a startupProbe is neither added nor counted, but the kubelet runs neither of the others before it passes;
+# - Ray >= 2.53 (the cluster's rayVersion): an httpGet of /api/healthz on the dashboard agent's port
+#   (rayStartParams `dashboard-agent-listen-port`, default 52365); older Ray: `bash -c "wget ... | grep success"`
+#   against the agent's /api/local_raylet_healthz (and, on the head, the dashboard's /api/gcs_healthz);
+# - liveness: 30 s initial delay, every 5 s, 120 failures (10.5 minutes); readiness: 10 s, every 5 s, 10 failures;
+#   timeouts 2 s, 5 s on the head;
+# - a RayService's workers get a readiness failure threshold of 1 and a Serve proxy check as well.
+KUBERAY_LIVENESS = {"initialDelaySeconds": 30, "periodSeconds": 5, "successThreshold": 1, "failureThreshold": 120}
+KUBERAY_READINESS = {"initialDelaySeconds": 10, "periodSeconds": 5, "successThreshold": 1, "failureThreshold": 10}
+KUBERAY_AGENT_PORT = 52365
+KUBERAY_DASHBOARD_PORT = 8265
+RAY_UNIFIED_HEALTH_CHECK = (2, 53, 0)  # the first Ray whose dashboard agent answers /api/healthz
+# The longest a Ray container of ours may wait before its Ray node starts: `aibrix-runtime` starts Ray only once
+# the model is on the node's disk (640 GB at 200 MB/s is ~55 min). Probes must not act on it before that.
+DOWNLOAD_BUDGET_SECONDS = 3600
+
+
+def _version(text: Any) -> tuple[int, ...]:
+    return tuple(int(p) for p in re.findall(r"\d+", str(text or ""))[:3])
+
+
+def kuberay_injected_probes(
+    pod: PodTemplate, *, injection_enabled: bool = True, creator: str = "RayCluster"
+) -> dict[str, Obj]:
+    """The probes KubeRay adds to the pod's Ray container (containers[0]), by name; {} for a pod KubeRay does
+    not create or a container that already has both."""
+    containers = pod.spec.get("containers") or []
+    if not pod.role or not injection_enabled or not containers:
+        return {}
+    ray = containers[0]
+    params = {str(k): str(v) for k, v in (pod.group.get("rayStartParams") or {}).items()}
+
+    def port(key: str, default: int) -> int:
+        value = params.get(key, "")
+        return int(value) if value.isdigit() else default
+
+    timeout = 5 if pod.role == "head" else 2
+    agent = port("dashboard-agent-listen-port", KUBERAY_AGENT_PORT)
+    if _version(pod.cluster.get("rayVersion")) >= RAY_UNIFIED_HEALTH_CHECK:
+        action: Obj = {"httpGet": {"path": "/api/healthz", "port": agent}}
+    else:
+        checks = [f"wget --tries 1 -T 2 -q -O- http://localhost:{agent}/api/local_raylet_healthz | grep success"]
+        if pod.role == "head":
+            dashboard = port("dashboard-port", KUBERAY_DASHBOARD_PORT)
+            checks.append(f"wget --tries 1 -T 10 -q -O- http://localhost:{dashboard}/api/gcs_healthz | grep success")
+        action = {"exec": {"command": ["bash", "-c", " && ".join(checks)]}}
+    out: dict[str, Obj] = {}
+    if ray.get("livenessProbe") is None:
+        out["livenessProbe"] = {**KUBERAY_LIVENESS, "timeoutSeconds": timeout, **copy.deepcopy(action)}
+    if ray.get("readinessProbe") is None:
+        out["readinessProbe"] = {**KUBERAY_READINESS, "timeoutSeconds": timeout, **copy.deepcopy(action)}
+        if creator == "RayService" and pod.role == "worker":
+            out["readinessProbe"]["failureThreshold"] = 1
+    return out
+
+
+def probe_budget(probe: Mapping[str, Any] | None) -> int:
+    """Seconds from the container's start until the probe's failures alone can act (Kubernetes' defaults)."""
+    if not probe:
+        return 0
+    return int(probe.get("initialDelaySeconds", 0)) + int(probe.get("periodSeconds", 10)) * int(
+        probe.get("failureThreshold", 3)
+    )
+
+
+def _kuberay_findings(pod: PodTemplate) -> list[Finding]:
+    """Every Ray container against KubeRay's injection rule: what runs must be what is rendered (nothing injected),
+    and no probe may restart the container while it waits for the model."""
+    if not pod.role or not pod.spec.get("containers"):
+        return []
+    out = []
+    ray = pod.spec["containers"][0]
+    where = f"{pod.where}.spec.containers[0] ({ray.get('name')})"
+    injected = kuberay_injected_probes(pod)
+    for name, probe in injected.items():
+        out.append(
+            Finding(
+                "checks",
+                where,
+                f"KubeRay injects a {name} ({probe.get('initialDelaySeconds')} s + {probe.get('failureThreshold')} x "
+                f"{probe.get('periodSeconds')} s): give the Ray container its own startup, liveness and readiness "
+                "probes",
+            )
+        )
+    liveness = ray.get("livenessProbe") or injected.get("livenessProbe")
+    if liveness is not None:
+        startup = ray.get("startupProbe")
+        budget = probe_budget(startup) if startup else probe_budget(liveness)
+        if budget < DOWNLOAD_BUDGET_SECONDS:
+            what = "its startup probe allows" if startup else "its liveness probe allows, with no startup probe,"
+            out.append(
+                Finding(
+                    "checks",
+                    where,
+                    f"{what} {budget} s before restarting it, but Ray starts only after the model is downloaded "
+                    f"(up to {DOWNLOAD_BUDGET_SECONDS} s): a longer download restarts it in a loop",
+                )
+            )
+    agent = str((pod.group.get("rayStartParams") or {}).get("dashboard-agent-listen-port", KUBERAY_AGENT_PORT))
+    ports = {p.get("name"): str(p.get("containerPort")) for p in ray.get("ports") or []}
+    for name in ("startupProbe", "livenessProbe", "readinessProbe"):
+        action = (ray.get(name) or {}).get("httpGet") or {}
+        if (
+            str(action.get("path", "")).startswith("/api/")
+            and ports.get(action.get("port"), str(action.get("port"))) != agent
+        ):
+            out.append(Finding("checks", f"{where}.{name}", f"asks Ray's dashboard agent, which listens on {agent}"))
+    return out
+
+
+def _placement_findings(pod: PodTemplate) -> list[Finding]:
+    """A hostPath the kubelet would create writes onto whatever disk holds that path (the root disk when the NVMe
+    is not mounted there); a GPU pod without a GPU model constraint lands on GPUs too small for the model."""
+    out = []
+    for i, volume in enumerate(pod.spec.get("volumes") or []):
+        kind = (volume.get("hostPath") or {}).get("type", "")
+        if "hostPath" in volume and kind in ("", "DirectoryOrCreate", "FileOrCreate"):
+            out.append(
+                Finding(
+                    "checks",
+                    f"{pod.where}.spec.volumes[{i}].hostPath",
+                    f"type {kind or '(none)'!r} creates a missing path: use Directory, prepared on the node",
+                )
+            )
+    gpus = any("nvidia.com/gpu" in ((c.get("resources") or {}).get("limits") or {}) for _, c in pod.containers())
+    if gpus and GPU_PRODUCT_LABEL not in node_selector_keys(pod.spec):
+        out.append(
+            Finding(
+                "checks", f"{pod.where}.spec", f"requests GPUs but does not select their model ({GPU_PRODUCT_LABEL})"
+            )
+        )
+    return out
+
+
+GPU_PRODUCT_LABEL = "nvidia.com/gpu.product"  # set by NVIDIA's GPU Feature Discovery
+
+
+def node_selector_keys(spec: Mapping[str, Any]) -> set[str]:
+    """Node labels a pod spec requires (nodeSelector, and required node affinity in every term)."""
+    keys = set((spec.get("nodeSelector") or {}).keys())
+    required = (
+        ((spec.get("affinity") or {}).get("nodeAffinity") or {}).get("requiredDuringSchedulingIgnoredDuringExecution")
+        or {}
+    ).get("nodeSelectorTerms") or []
+    if required:
+        per_term = [{e.get("key") for e in t.get("matchExpressions") or [] if e.get("operator") in ("In", "Exists")}
+                    for t in required]  # fmt: skip
+        keys |= set.intersection(*per_term)
+    return keys
 
 
 # ------------------------------------------------------------------------------------------------ checks
@@ -1050,6 +1211,8 @@ def check_findings(objs: list[Obj]) -> list[Finding]:
     pods = list(pod_templates(objs))
     for pod in pods:
         out += _pod_findings(pod, config_maps)
+        out += _kuberay_findings(pod)
+        out += _placement_findings(pod)
     services = [o for o in objs if o.get("kind") == "Service"]
     for svc in services:
         out += _service_findings(svc, pods)

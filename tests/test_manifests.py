@@ -18,7 +18,7 @@ import re
 import shutil
 import subprocess
 import sys
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -30,6 +30,7 @@ from downloader import config as download_config
 from runtime import config as runtime_config
 from runtime.commands import vllm_command
 from sidecar import config as sidecar_config
+from tests import k8s_cluster
 from tests import k8s_validate as kv
 
 MANIFESTS = kv.MANIFESTS
@@ -53,17 +54,16 @@ def _combinations() -> list[str]:
 RENDERS = _combinations()
 
 
-@pytest.fixture(scope="session")
-def rendered(tmp_path_factory: pytest.TempPathFactory) -> dict[str, list[kv.Obj]]:
-    """Every combination, rendered once: "base/X+component" is base X with that component in a throwaway
-    kustomization (paths relative to it, as kustomize wants)."""
+def render_all(workdir: Callable[[], Path]) -> dict[str, list[kv.Obj]]:
+    """Every combination: "base/X+component" is base X with that component in a throwaway kustomization
+    (paths relative to it, as kustomize wants) in a directory `workdir()` makes."""
     out: dict[str, list[kv.Obj]] = {}
     for name in RENDERS:
         if "+" not in name:
             out[name] = kv.render(MANIFESTS / name)
             continue
         base, component = name.split("+")
-        work = tmp_path_factory.mktemp("kustomize")
+        work = workdir()
         rel = os.path.relpath
         (work / "kustomization.yaml").write_text(
             "apiVersion: kustomize.config.k8s.io/v1beta1\nkind: Kustomization\n"
@@ -72,6 +72,12 @@ def rendered(tmp_path_factory: pytest.TempPathFactory) -> dict[str, list[kv.Obj]
         )
         out[name] = kv.render(work)
     return out
+
+
+@pytest.fixture(scope="session")
+def rendered(tmp_path_factory: pytest.TempPathFactory) -> dict[str, list[kv.Obj]]:
+    """Every combination, rendered once."""
+    return render_all(lambda: tmp_path_factory.mktemp("kustomize"))
 
 
 # ------------------------------------------------------------------------------------------------ YAML
@@ -208,7 +214,7 @@ def test_semantic_checks_catch_what_schemas_miss(single: list[kv.Obj]) -> None:
     findings = kv.validate(single)
     text = "\n".join(map(str, findings))
     for expected in (
-        "volumeMounts[2]: volume 'weights' does not exist",
+        "volumeMounts[3]: volume 'weights' does not exist",
         "nvidia.com/gpu: request 8 != limit 4",
         "readinessProbe.httpGet.port: names port 'htpp', not declared here",
         "startupProbe.httpGet.port: port 8081 is not a declared containerPort",
@@ -578,8 +584,8 @@ def _check_sidecar(side: Parsed, engine: Parsed, fail: Any) -> None:
     if startup is not None:
         if s.engine_url or s.expected_ray_nodes:
             fail(side.where, "a startup probe on /readyz with --engine-url/--expected-ray-nodes never passes")
-        budget = startup.get("periodSeconds", 10) * startup.get("failureThreshold", 3)
-        if budget < 3600:
+        budget = kv.probe_budget(startup)
+        if budget < kv.DOWNLOAD_BUDGET_SECONDS:
             fail(side.where, f"startup budget {budget}s is under an hour: 640 GB at 200 MB/s needs ~55 min")
     elif engine.program == "vllm":
         fail(side.where, "without a startup probe, `vllm serve` would start before the model is there")
@@ -587,6 +593,12 @@ def _check_sidecar(side: Parsed, engine: Parsed, fail: Any) -> None:
         port = _engine_port(engine)
         if _port_of(s.engine_url) != port:
             fail(side.where, f"--engine-url {s.engine_url} is not the engine's port {port}")
+
+
+# Where vLLM, PyTorch's inductor and Triton keep their compile caches (each under $HOME or /tmp by default).
+COMPILE_CACHES = ("VLLM_CACHE_ROOT", "TORCHINDUCTOR_CACHE_DIR", "TRITON_CACHE_DIR")
+# vLLM's own startup budget: the runtime's default --engine-start-timeout, which the single-node probe matches.
+ENGINE_START_BUDGET = runtime_config.Settings(role="head", model_dir="/m", model_name="m").engine_start_timeout
 
 
 def _engine_port(engine: Parsed) -> int:
@@ -621,6 +633,15 @@ def _check_engine(pod: kv.PodTemplate, side: Parsed, engine: Parsed, fail: Any) 
     volume = next((v for v in pod.spec.get("volumes", []) if shm and v["name"] == shm["name"]), {})
     if (volume.get("emptyDir") or {}).get("medium") != "Memory":
         fail(engine.where, "/dev/shm must be a memory emptyDir (NCCL and vLLM's shared memory)")
+    for variable in COMPILE_CACHES:  # vLLM runs on every Ray node: its workers compile there too
+        path = engine.env.get(variable)
+        mount = _mount_for(c, path) if path else None
+        if mount is None or mount.get("readOnly"):
+            fail(engine.where, f"{variable} is not on a writable volume: a restarted container compiles again")
+    if engine.program == "vllm":
+        budget = kv.probe_budget(c.get("startupProbe"))
+        if budget < ENGINE_START_BUDGET:
+            fail(engine.where, f"startup budget {budget}s: loading, compiling and warming up may take an hour")
     served = engine.settings.served_model_name
     if engine.program == "vllm":
         served = served or engine.settings.model
@@ -946,17 +967,34 @@ def test_dockerfile_pins_the_base_and_leaves_the_command_to_the_manifests() -> N
     text = DOCKERFILE.read_text()
     args = _dockerfile_args()
     base = args["BASE_IMAGE"]
-    assert re.fullmatch(r"vllm/vllm-openai:v\d+\.\d+\.\d+(\.\w+)?", base), base
+    assert re.fullmatch(r"vllm/vllm-openai:v\d+\.\d+\.\d+(\.\w+)?(@sha256:[0-9a-f]{64})?", base), base
+    assert "--build-arg BASE_IMAGE=vllm/vllm-openai:v" in text and "@sha256:<digest>" in text  # how to pin it
     assert re.search(r"^ENTRYPOINT \[\]$", text, re.MULTILINE)
-    assert re.search(r"^USER \d+", text, re.MULTILINE)  # non-root by default
+    # Root by default, as the images whose manifests it drops into (tests/test_seed_dropin.py).
+    assert not re.search(r"^USER ", text, re.MULTILINE)
     for label in ("org.opencontainers.image.version", "org.opencontainers.image.source"):
         assert label in text
     # The image tag the manifests use names this project's version and the vLLM it is built on.
     tag = yaml.safe_load((MANIFESTS / "base/common/kustomization.yaml").read_text())["images"][0]["newTag"]
     version = re.search(r'^version = "([^"]+)"', (REPO / "pyproject.toml").read_text(), re.MULTILINE)
     assert version is not None
-    assert tag == f"{version.group(1)}-vllm{base.split(':v')[1]}"
+    assert tag == f"{version.group(1)}-vllm{base.split(':v')[1].split('@')[0]}"
     assert args["VERSION"] == version.group(1)
+
+
+def _run_instruction(marker: str) -> str:
+    """The shell of the Dockerfile's RUN instruction that contains `marker`, continuation lines joined."""
+    joined = re.sub(r"\\\n\s*", " ", DOCKERFILE.read_text())
+    return next(line for line in joined.splitlines() if line.startswith("RUN ") and marker in line)
+
+
+def test_the_image_takes_the_bases_ray_instead_of_failing_the_build() -> None:
+    run = _run_instruction("base-constraints.txt")
+    assert "exit" not in run  # a base with another Ray no longer stops the build
+    # The base's version, read from its installed distributions, else RAY_VERSION.
+    assert "base_ray=\"$(sed -n 's/^ray==//p' /tmp/base-constraints.txt)\"" in run
+    assert '"ray[default]==${base_ray:-${RAY_VERSION}}"' in run
+    assert run.index("base_ray=") < run.index("pip install")
 
 
 def test_ray_version_of_the_image_is_the_clusters(rendered: dict[str, list[kv.Obj]]) -> None:
@@ -1003,3 +1041,316 @@ def test_no_secret_values_anywhere(rendered: dict[str, list[kv.Obj]]) -> None:
                 for key in obj.get("data") or {}:
                     assert not kv.SECRET_ENV.search(key) or key == "GOOGLE_APPLICATION_CREDENTIALS", key
     json.dumps(rendered)  # everything rendered is plain data
+
+
+# ------------------------------------------------------------------------------------------------ the cluster's side
+# What KubeRay, AIBrix, Prometheus, NetworkPolicy and Pod Security admission do with the rendered objects
+# (tests/k8s_validate.py: KubeRay's probe injection; tests/k8s_cluster.py: the rest).
+
+
+def _ray_pods(objs: list[kv.Obj]) -> list[kv.PodTemplate]:
+    return [p for p in kv.pod_templates(objs) if p.role]
+
+
+def test_kuberays_probe_injection_rule(fleet: list[kv.Obj]) -> None:
+    head, worker = _ray_pods(fleet)
+    for pod in (head, worker):
+        for probe in ("startupProbe", "livenessProbe", "readinessProbe"):
+            pod.spec["containers"][0].pop(probe)
+        pod.spec["initContainers"][0].pop("livenessProbe")  # init containers are never touched
+    head.cluster["rayVersion"] = "2.60.0"
+    injected = kv.kuberay_injected_probes(head)
+    assert set(injected) == {"livenessProbe", "readinessProbe"}
+    assert injected["livenessProbe"] == {
+        "initialDelaySeconds": 30,
+        "periodSeconds": 5,
+        "successThreshold": 1,
+        "failureThreshold": 120,
+        "timeoutSeconds": 5,
+        "httpGet": {"path": "/api/healthz", "port": 52365},
+    }
+    assert kv.probe_budget(injected["livenessProbe"]) == 630  # 30 s + 120 x 5 s: a download over ~10 min restarts
+    assert injected["readinessProbe"]["failureThreshold"] == 10
+    # Ray before 2.53: wget in an exec probe, the head checking the GCS through the dashboard as well.
+    head.cluster["rayVersion"] = "2.40.0"
+    head.group["rayStartParams"]["dashboard-agent-listen-port"] = "52400"
+    command = kv.kuberay_injected_probes(head)["livenessProbe"]["exec"]["command"]
+    assert command[:2] == ["bash", "-c"] and "localhost:52400/api/local_raylet_healthz" in command[2]
+    assert "localhost:8265/api/gcs_healthz" in command[2]
+    worker.cluster["rayVersion"] = "2.40.0"
+    worker_probe = kv.kuberay_injected_probes(worker)["livenessProbe"]
+    assert "gcs_healthz" not in worker_probe["exec"]["command"][2] and worker_probe["timeoutSeconds"] == 2
+    # Each probe independently; none when the operator has ENABLE_PROBES_INJECTION=false; RayService workers.
+    worker.spec["containers"][0]["livenessProbe"] = {"tcpSocket": {"port": 6379}}
+    assert set(kv.kuberay_injected_probes(worker)) == {"readinessProbe"}
+    assert kv.kuberay_injected_probes(worker, injection_enabled=False) == {}
+    assert kv.kuberay_injected_probes(worker, creator="RayService")["readinessProbe"]["failureThreshold"] == 1
+    # Only pods KubeRay creates.
+    assert kv.kuberay_injected_probes(next(kv.pod_templates(copy.deepcopy(_single_node())))) == {}
+    text = "\n".join(map(str, kv.validate(fleet)))
+    assert "containers[0] (ray-head): KubeRay injects a livenessProbe (30 s + 120 x 5 s)" in text
+    assert "its liveness probe allows, with no startup probe, 630 s before restarting it" in text
+
+
+def _single_node() -> list[kv.Obj]:
+    return kv.render(MANIFESTS / "overlays/single-node")
+
+
+@pytest.mark.parametrize("name", RENDERS)
+def test_every_ray_container_gets_no_probe_from_kuberay_and_outlasts_the_download(
+    rendered: dict[str, list[kv.Obj]], name: str
+) -> None:
+    for pod in _ray_pods(rendered[name]):
+        ray = pod.spec["containers"][0]
+        assert kv.kuberay_injected_probes(pod) == {}, pod.where
+        assert kv.probe_budget(ray["startupProbe"]) >= kv.DOWNLOAD_BUDGET_SECONDS, pod.where
+        assert {ray[p]["httpGet"]["port"] for p in ("startupProbe", "livenessProbe", "readinessProbe")} == {"ray-agent"}
+
+
+def test_placement_checks_catch_a_created_hostpath_and_unselected_gpus(single: list[kv.Obj]) -> None:
+    spec = _deployment(single)["spec"]["template"]["spec"]
+    spec["volumes"][0]["hostPath"]["type"] = "DirectoryOrCreate"
+    del spec["affinity"]
+    text = "\n".join(map(str, kv.validate(single)))
+    assert "volumes[0].hostPath: type 'DirectoryOrCreate' creates a missing path: use Directory" in text
+    assert "requests GPUs but does not select their model (nvidia.com/gpu.product)" in text
+
+
+def _engine_series() -> set[str]:
+    """Series vLLM's /metrics carries (a sample of each kind: its own, and the Python client's defaults)."""
+    return {"vllm:num_requests_running", "vllm:kv_cache_usage_perc", "process_cpu_seconds_total", "python_info"}
+
+
+def _scraped(objs: list[kv.Obj]) -> dict[tuple[str, str], set[str]]:
+    """(pod, ServiceMonitor endpoint port) -> the series Prometheus keeps from it, after metricRelabelings."""
+    out: dict[tuple[str, str], set[str]] = {}
+    pods = list(kv.pod_templates(objs))
+    for sm in (o for o in objs if o["kind"] == "ServiceMonitor"):
+        services = [
+            o
+            for o in objs
+            if o["kind"] == "Service" and kv.selector_matches(sm["spec"]["selector"], o["metadata"].get("labels") or {})
+        ]
+        for endpoint in sm["spec"]["endpoints"]:
+            for svc in services:
+                port = next((p for p in svc["spec"]["ports"] if p.get("name") == endpoint["port"]), None)
+                if port is None:
+                    continue
+                for pod in pods:
+                    if not kv.selector_matches(svc["spec"]["selector"], pod.labels):
+                        continue
+                    for cpath, c in pod.containers():
+                        if not any(p.get("name") == port["targetPort"] for p in c.get("ports") or []):
+                            continue
+                        parsed = parse_container(pod, cpath, c, objs)
+                        exposed = set()
+                        if parsed.program == "sidecar":
+                            exposed = _sidecar_metric_names() | (
+                                _engine_series() if parsed.settings.engine_url else set()
+                            )
+                        elif parsed.program in ("vllm", "runtime") and port["targetPort"] == "http":
+                            exposed = _engine_series()
+                        kept = {
+                            n for n in exposed if k8s_cluster.relabel_keeps(n, endpoint.get("metricRelabelings") or [])
+                        }
+                        out.setdefault((pod.where, endpoint["port"]), set()).update(kept)
+    return out
+
+
+@pytest.mark.parametrize("name", [r for r in RENDERS if "monitoring" in r or r.startswith("overlays/")])
+def test_no_series_is_scraped_twice_from_one_pod(rendered: dict[str, list[kv.Obj]], name: str) -> None:
+    scraped = _scraped(rendered[name])
+    assert scraped, "the ServiceMonitor scrapes nothing"
+    for (pod, port), series in scraped.items():
+        for (other_pod, other_port), other in scraped.items():
+            if pod == other_pod and port < other_port:
+                assert not series & other, f"{pod}: {sorted(series & other)} from both {port} and {other_port}"
+    every = set().union(*scraped.values())
+    assert {"vllm:kv_cache_usage_perc", "aibrix_ready"} <= every  # both kinds still scraped once
+
+
+def test_relabeling_model() -> None:
+    keep = [{"sourceLabels": ["__name__"], "regex": "aibrix_.*", "action": "keep"}]
+    assert k8s_cluster.relabel_keeps("aibrix_ready", keep)
+    assert not k8s_cluster.relabel_keeps("vllm:num_requests_running", keep)
+    assert not k8s_cluster.relabel_keeps("x_aibrix_ready", keep)  # anchored, as Prometheus does
+    drop = [{"sourceLabels": ["__name__"], "regex": "vllm:.*", "action": "Drop"}]
+    assert k8s_cluster.relabel_keeps("aibrix_ready", drop) and not k8s_cluster.relabel_keeps("vllm:x", drop)
+
+
+@pytest.mark.parametrize("name", RENDERS)
+def test_rollouts_keep_every_replica_serving_and_wait_for_a_download(
+    rendered: dict[str, list[kv.Obj]], name: str
+) -> None:
+    for obj in rendered[name]:
+        if obj["kind"] not in ("Deployment", "RayClusterFleet"):
+            continue
+        replicas = int(obj["spec"].get("replicas", 1))
+        assert k8s_cluster.min_available_during_rollout(obj) == replicas, kv.ident(obj)
+        deadline = int(obj["spec"].get("progressDeadlineSeconds", 600))
+        assert deadline >= kv.DOWNLOAD_BUDGET_SECONDS + ENGINE_START_BUDGET, kv.ident(obj)
+
+
+def test_rollout_model() -> None:
+    def workload(replicas: int, surge: Any, unavailable: Any) -> kv.Obj:
+        rolling = {"maxSurge": surge, "maxUnavailable": unavailable}
+        return {"spec": {"replicas": replicas, "strategy": {"type": "RollingUpdate", "rollingUpdate": rolling}}}
+
+    assert k8s_cluster.min_available_during_rollout(workload(1, 0, 1)) == 0  # the old default here: an outage
+    assert k8s_cluster.min_available_during_rollout(workload(1, "25%", "25%")) == 1  # 25% of 1 rounds down to 0
+    assert k8s_cluster.min_available_during_rollout(workload(4, 1, "50%")) == 2
+    assert k8s_cluster.min_available_during_rollout({"spec": {"replicas": 3, "strategy": {"type": "Recreate"}}}) == 0
+
+
+def test_ray_ports_accept_only_the_clusters_own_pods(rendered: dict[str, list[kv.Obj]]) -> None:
+    for name in ("overlays/deepseek-r1-fleet", "overlays/deepseek-r1-raycluster-tcp"):
+        objs = rendered[name]
+        policies = [o for o in objs if o["kind"] == "NetworkPolicy"]
+        head, worker = _ray_pods(objs)
+        stranger = {"app.kubernetes.io/name": "someone-else"}
+        ports = {p["containerPort"]: p.get("name") for _, c in head.containers() for p in c.get("ports") or []}
+        for number in (6379, 8265, 10001, 52365, 8090):
+            assert number in ports
+            allowed = k8s_cluster.ingress_allowed(policies, head.labels, number, worker.labels, port_name=ports[number])
+            assert allowed, f"{name}: the worker cannot reach the head's {number}"
+            for peer in (stranger, None):
+                assert not k8s_cluster.ingress_allowed(policies, head.labels, number, peer, port_name=ports[number]), (
+                    f"{name}: {peer or 'outside'} reaches the head's {number}"
+                )
+        # Ray's worker ports (no containerPort) too, on the worker node.
+        assert not k8s_cluster.ingress_allowed(policies, worker.labels, 10002, stranger)
+        assert k8s_cluster.ingress_allowed(policies, worker.labels, 10002, head.labels)
+        for port_name, number in (("http", 8000), ("sidecar", 8080)):  # the gateway, the autoscaler, Prometheus
+            for peer in (stranger, None):
+                assert k8s_cluster.ingress_allowed(policies, head.labels, number, peer, port_name=port_name)
+    # Without a NetworkPolicy (the manifests before this one), any pod reaches every port.
+    assert k8s_cluster.ingress_allowed([], head.labels, 6379, {"app.kubernetes.io/name": "someone-else"})
+
+
+PSS_SENTENCE = re.compile(r"Pod Security level `(\w+)`")
+
+
+def test_readme_states_the_pod_security_level_the_pods_need(rendered: dict[str, list[kv.Obj]]) -> None:
+    levels = {k8s_cluster.pod_security_level(pod.spec) for objs in rendered.values() for pod in kv.pod_templates(objs)}
+    order = list(k8s_cluster.PodSecurityLevel)
+    needed = max(levels, key=order.index)
+    assert needed is k8s_cluster.PodSecurityLevel.PRIVILEGED  # hostPath (baseline) and IPC_LOCK (baseline)
+    stated = PSS_SENTENCE.findall((MANIFESTS / "README.md").read_text())
+    assert stated == [needed.value], f"manifests/README.md states {stated}, the pods need {needed.value}"
+    assert f"pod-security.kubernetes.io/enforce={needed.value}" in (MANIFESTS / "README.md").read_text()
+
+
+def test_pod_security_model() -> None:
+    restricted = {
+        "securityContext": {"runAsNonRoot": True, "seccompProfile": {"type": "RuntimeDefault"}},
+        "containers": [
+            {"name": "c", "securityContext": {"allowPrivilegeEscalation": False, "capabilities": {"drop": ["ALL"]}}}
+        ],
+        "volumes": [{"name": "v", "emptyDir": {}}],
+    }
+    P = k8s_cluster.PodSecurityLevel
+    assert k8s_cluster.pod_security_level(restricted) is P.RESTRICTED
+    root = copy.deepcopy(restricted)
+    root["containers"][0]["securityContext"]["runAsUser"] = 0
+    assert k8s_cluster.pod_security_level(root) is P.BASELINE
+    for edit in (
+        lambda s: s["volumes"].append({"name": "h", "hostPath": {"path": "/x"}}),
+        lambda s: s["containers"][0]["securityContext"]["capabilities"].update(add=["IPC_LOCK"]),
+        lambda s: s.update(hostNetwork=True),
+    ):
+        spec = copy.deepcopy(restricted)
+        edit(spec)
+        assert k8s_cluster.pod_security_level(spec) is P.PRIVILEGED
+
+
+# The first KubeRay release whose RayCluster CRD keeps (does not prune) a field the Ray pods use, or that provides
+# what the runtime needs (read from ray-project/kuberay's CRDs and pod.go at each tag).
+KUBERAY_SINCE = {
+    "lifecycle.preStop.sleep": (1, 2, 0),  # the k8s 1.29 sleep action; v1.1's CRD prunes it, leaving preStop {}
+    "initContainers[].restartPolicy": (1, 1, 0),  # native sidecars (k8s 1.28 API)
+    "KUBERAY_GEN_RAY_START_CMD": (1, 1, 0),  # the generated `ray start` handed to an overwritten command
+}
+
+
+def _kuberay_features(objs: list[kv.Obj]) -> set[str]:
+    used = set()
+    for pod in _ray_pods(objs):
+        for cpath, c in pod.containers():
+            if ((c.get("lifecycle") or {}).get("preStop") or {}).get("sleep"):
+                used.add("lifecycle.preStop.sleep")
+            if cpath.startswith("initContainers") and c.get("restartPolicy"):
+                used.add("initContainers[].restartPolicy")
+        if parse_container(pod, "containers[0]", pod.spec["containers"][0], objs).settings.kuberay_command:
+            used.add("KUBERAY_GEN_RAY_START_CMD")
+    return used
+
+
+def test_readme_states_the_kuberay_release_the_manifests_need(rendered: dict[str, list[kv.Obj]]) -> None:
+    used = set().union(*(_kuberay_features(objs) for objs in rendered.values()))
+    assert used == set(KUBERAY_SINCE)
+    needed = "v" + ".".join(map(str, max(KUBERAY_SINCE[f] for f in used)))
+    readme = (MANIFESTS / "README.md").read_text()
+    assert f"KubeRay >= {needed}" in readme, f"manifests/README.md does not state KubeRay >= {needed}"
+
+
+# What each AIBrix release's PodAutoscaler reads (vllm-project/aibrix, pkg/controller/podautoscaler and
+# pkg/metrics): the annotation its KPA takes the scale-down delay from, and how it finds a pod metric: up to v0.4.1
+# a substring of the engine's /metrics text; from v0.5.0 a name in its metric registry mapped to the engine's series.
+AIBRIX_RELEASES = {
+    "v0.2.1 to v0.4.1": ("kpa.autoscaling.aibrix.ai/scale-down-delay", None),
+    "v0.5.x": (
+        "autoscaling.aibrix.ai/scale-down-cooldown-window",
+        {"gpu_cache_usage_perc": "vllm:gpu_cache_usage_perc"},
+    ),
+    ">= v0.6.0": (
+        "autoscaling.aibrix.ai/scale-down-cooldown-window",
+        {"gpu_cache_usage_perc": "vllm:gpu_cache_usage_perc", "kv_cache_usage_perc": "vllm:kv_cache_usage_perc"},
+    ),
+}
+
+
+def _aibrix_releases_that_work(pa: kv.Obj) -> list[str]:
+    works = []
+    for release, (delay_key, registry) in AIBRIX_RELEASES.items():
+        metric = pa["spec"]["metricsSources"][0]["targetMetric"]
+        found = (
+            any(metric in series for series in _engine_series())
+            if registry is None
+            else registry.get(metric) in _engine_series()
+        )
+        if found and delay_key in (pa["metadata"].get("annotations") or {}):
+            works.append(release)
+    return works
+
+
+def test_autoscalers_work_on_the_aibrix_releases_the_readme_names(rendered: dict[str, list[kv.Obj]]) -> None:
+    autoscalers = [o for name in OVERLAYS for o in rendered[f"overlays/{name}"] if o["kind"] == "PodAutoscaler"]
+    assert autoscalers
+    for pa in autoscalers:
+        # vLLM (0.32) exports vllm:kv_cache_usage_perc only: v0.5.x's registry knows only gpu_cache_usage_perc.
+        assert _aibrix_releases_that_work(pa) == ["v0.2.1 to v0.4.1", ">= v0.6.0"], kv.ident(pa)
+    readme = (MANIFESTS / "README.md").read_text()
+    assert "AIBrix v0.2.1 to v0.4.1 or >= v0.6.0 (not v0.5.x" in readme
+
+
+def test_the_readmes_walkthrough_overlay_renders_and_passes_every_check(tmp_path: Path) -> None:
+    readme = (MANIFESTS / "README.md").read_text()
+    block = re.search(r"```yaml\n(# my-deepseek/kustomization.yaml.*?)```", readme, re.S)
+    assert block is not None, "manifests/README.md lost its walk-through overlay"
+    text = block.group(1).replace("../manifests/", os.path.relpath(MANIFESTS, tmp_path) + "/")
+    (tmp_path / "kustomization.yaml").write_text(text)
+    objs = kv.render(tmp_path)
+    assert not kv.validate(objs), "\n".join(map(str, kv.validate(objs)))
+    assert not cli_findings(objs), "\n".join(map(str, cli_findings(objs)))
+    images = {c["image"] for pod in kv.pod_templates(objs) for _, c in pod.containers()}
+    assert images == {"registry.example.com/ml/aibrix-model-runtime:0.1.0-vllm0.32.0"}
+    values = {
+        tuple(
+            pod.spec["affinity"]["nodeAffinity"]["requiredDuringSchedulingIgnoredDuringExecution"]["nodeSelectorTerms"][
+                0
+            ]["matchExpressions"][0]["values"]
+        )
+        for pod in kv.pod_templates(objs)
+    }
+    assert values == {("NVIDIA-H100-80GB-HBM3",)}
+    assert {o["metadata"].get("namespace") for o in objs} == {"llm"}

@@ -4,6 +4,7 @@ builders, cluster membership, the error tree, and the supervisor driven through 
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -32,7 +33,14 @@ from runtime.config import (
     parse_host_port,
     ray_start_flags,
 )
-from runtime.errors import EngineExitedError, EngineStartTimeoutError, Interrupted, NodeLostError, RuntimeFailure
+from runtime.errors import (
+    EngineExitedError,
+    EngineLostError,
+    EngineStartTimeoutError,
+    Interrupted,
+    NodeLostError,
+    RuntimeFailure,
+)
 from runtime.supervise import Child, Signals, describe_exit, stop_together
 from tests.conftest import REPO
 
@@ -75,6 +83,7 @@ def test_head_defaults() -> None:
     assert (s.tensor_parallel_size, s.pipeline_parallel_size, s.served_model_name) == (1, 1, "m")
     assert (s.expected_nodes, s.expected_gpus, s.accelerator_resource) == (0, 1, "GPU")
     assert (s.cluster_wait_timeout, s.dashboard_lost_timeout, s.engine_start_timeout) == (600.0, 30.0, 3600.0)
+    assert s.engine_lost_timeout == 60.0
     assert (s.poll_interval, s.log_interval, s.stop_timeout, s.log_level) == (1.0, 10.0, 10.0, "INFO")
     assert s.engine_args == () and not s.print_commands and s.warnings == ()
     assert s.gcs_address == "127.0.0.1:6379"
@@ -122,6 +131,7 @@ HEAD_OPTIONS = [
     ("--cluster-wait-timeout", "RUNTIME_CLUSTER_WAIT_TIMEOUT", "1200", "cluster_wait_timeout", 1200.0),
     ("--dashboard-lost-timeout", "RUNTIME_DASHBOARD_LOST_TIMEOUT", "12", "dashboard_lost_timeout", 12.0),
     ("--engine-start-timeout", "RUNTIME_ENGINE_START_TIMEOUT", "0", "engine_start_timeout", 0.0),
+    ("--engine-lost-timeout", "RUNTIME_ENGINE_LOST_TIMEOUT", "20s", "engine_lost_timeout", 20.0),
     (
         "--vllm-command",
         "RUNTIME_VLLM_COMMAND",
@@ -696,7 +706,7 @@ def test_exit_codes() -> None:
     assert EngineExitedError("x", -9).exit_code == 137
     assert Interrupted(15, "SIGTERM").exit_code == 143 and Interrupted(2, "SIGINT").exit_code == 130
     assert NodeLostError("x").exit_code == 14 and RuntimeFailure("x").exit_code == 1
-    assert EngineStartTimeoutError("x").exit_code == 17
+    assert EngineStartTimeoutError("x").exit_code == 17 and EngineLostError("x").exit_code == 18
     assert describe_exit(-9) == "killed by SIGKILL" and describe_exit(3) == "exit code 3"
 
 
@@ -762,6 +772,8 @@ FAKE = textwrap.dedent(
     name = os.path.basename(sys.argv[0])
     log = open(os.environ["FAKE_LOG"], "a", buffering=1)
     log.write(f"{{name}} start {{' '.join(sys.argv[1:])}}\\n")
+    log.write(f"{{name}} pid {{os.getpid()}}\\n")
+    started = time.time()
     def on_term(signum, frame):
         log.write(f"{{name}} stopped {{time.time()}}\\n")
         time.sleep(float(os.environ.get("FAKE_STOP_DELAY", "0")))
@@ -776,7 +788,9 @@ FAKE = textwrap.dedent(
         port = int(sys.argv[sys.argv.index("--port") + 1])
         class H(http.server.BaseHTTPRequestHandler):
             def do_GET(self):
-                self.send_response(200); self.send_header("Content-Length", "0"); self.end_headers()
+                sick = time.time() - started > float(os.environ.get("FAKE_VLLM_UNHEALTHY_AFTER", "1e9"))
+                self.send_response(503 if sick else 200); self.send_header("Content-Length", "0"); self.end_headers()
+                log.write(f"vllm answered {{503 if sick else 200}}\\n")
             def log_message(self, *a): pass
         if not os.environ.get("FAKE_VLLM_SILENT"):
             srv = http.server.ThreadingHTTPServer(("127.0.0.1", port), H)
@@ -937,6 +951,64 @@ def test_head_exits_17_when_vllm_never_answers(fakes: dict[str, Any]) -> None:
     code, err = finish(run_head(fakes, "--engine-start-timeout", "1.5", env={"FAKE_VLLM_SILENT": "1"}))
     assert code == 17 and "stuck in collective setup" in err, err
     assert "vllm stopped" in fakes["log"].read_text()
+
+
+def fake_pid(fakes: dict[str, Any], name: str) -> int:
+    wait_log(fakes, f"{name} pid ")
+    return int(
+        next(line.split()[2] for line in fakes["log"].read_text().splitlines() if line.startswith(f"{name} pid "))
+    )
+
+
+@pytest.mark.slow
+def test_head_exits_18_when_a_serving_vllm_stops_answering(fakes: dict[str, Any]) -> None:
+    proc = run_head(fakes, "--engine-lost-timeout", "2")
+    wait_log(fakes, "vllm start serve")
+    vllm = fake_pid(fakes, "vllm")
+    wait_log(fakes, "vllm answered 200")
+    time.sleep(1.0)  # the runtime polls every 0.1 s: it has seen the 200 by now
+    os.kill(vllm, signal.SIGSTOP)  # its /health no longer answers, its process stays
+    stopped_at = time.monotonic()
+    try:
+        code, err = finish(proc)
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(vllm, signal.SIGCONT)
+    assert code == 18, err
+    assert time.monotonic() - stopped_at < 2 + 15  # the timeout, plus a probe, the poll and stopping the children
+    assert "vLLM's http://127.0.0.1:" in err and "/health is not answering; failing if" in err
+    assert "has not answered 200 for 2s (not answering) after it had served" in err
+    assert gone(vllm) and "ray stopped" in fakes["log"].read_text()
+
+
+@pytest.mark.slow
+def test_head_exits_18_when_vllm_health_fails_and_waits_out_a_short_failure(fakes: dict[str, Any]) -> None:
+    # /health answers 503 from 2 s after start: with a 30 s timeout the head keeps serving through the first
+    # seconds of failure; with 1 s it exits 18 (checked by the message naming the status).
+    proc = run_head(fakes, "--engine-lost-timeout", "30", env={"FAKE_VLLM_UNHEALTHY_AFTER": "2"})
+    wait_log(fakes, "vllm start serve")
+    time.sleep(4)
+    assert proc.poll() is None
+    proc.send_signal(signal.SIGTERM)
+    code, err = finish(proc)
+    assert code == 143 and "is answering 503; failing if it does not answer 200 within 30s" in err, err
+    code, err = finish(run_head(fakes, "--engine-lost-timeout", "1", env={"FAKE_VLLM_UNHEALTHY_AFTER": "2"}))
+    assert code == 18 and "(answering 503) after it had served" in err, err
+
+
+@pytest.mark.slow
+def test_vllm_exiting_because_a_node_died_is_reported_as_the_lost_node(fakes: dict[str, Any]) -> None:
+    """vLLM notices a dead worker (its Ray actor is gone) and exits before Ray's health check declares the node
+    DEAD: the head waits that check's window (1 s x 3 + 1 s here) and names the node, exit 14, not vLLM's 16."""
+    _Nodes.nodes = [_node("h", head=True), _node("w")]
+    proc = run_head(fakes, "-tp", "2", env={"FAKE_VLLM_EXIT_AFTER": "2"})
+    wait_log(fakes, "vllm start serve")
+    time.sleep(2.5)  # vLLM has exited; Ray has not said anything yet
+    _Nodes.nodes = [_node("h", head=True), _node("w", "DEAD")]
+    code, err = finish(proc)
+    assert code == 14, err
+    assert "checking Ray's node states for 4s" in err
+    assert "Ray node lost: 127.0.0.1 [1 GPU] is DEAD; vLLM had already exited (exit code 0)" in err
 
 
 @pytest.mark.slow

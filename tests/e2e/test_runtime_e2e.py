@@ -3,8 +3,8 @@
 and 127.0.0.12), each downloading the model into its own directory, vLLM's CPU build with tensor parallel 2 over
 Ray, and `aibrix-sidecar` readiness watching the engine and the Ray membership.
 
-Three vLLM launches cover everything: (1) late worker + chat + readiness + raylet killed; (2) worker frozen;
-(3) head killed.
+Four vLLM launches cover everything: (1) late worker + chat + readiness + raylet killed; (2) worker frozen;
+(3) head killed; (4) vLLM's API server frozen after it served.
 """
 
 from __future__ import annotations
@@ -79,6 +79,14 @@ def signal_tag(tag: str, sig: int) -> int:
         except ProcessLookupError:
             pass
     return count
+
+
+def left_running(tag: str, grace: float = 10.0) -> list[str]:
+    """The command lines of processes under this tag still running after up to `grace` seconds."""
+    deadline = time.monotonic() + grace
+    while tagged_pids(tag) and time.monotonic() < deadline:
+        time.sleep(0.25)
+    return [cmdline(p) for p in tagged_pids(tag)]
 
 
 def cmdline(pid: int) -> str:
@@ -223,7 +231,7 @@ def model_uri(s3_server: S3Server, tmp_path_factory: pytest.TempPathFactory) -> 
 class Group:
     """One head, one worker and a sidecar, with their ports and logs; everything is stopped at the end."""
 
-    def __init__(self, tmp: Path, s3: S3Server, model_uri: str) -> None:
+    def __init__(self, tmp: Path, s3: S3Server, model_uri: str, head_args: tuple[str, ...] = ()) -> None:
         self.tmp = tmp
         self.tag = uuid.uuid4().hex[:12]
         self.gcs_port, self.dashboard_port, self.engine_port = free_port(), free_port(), free_port()
@@ -281,6 +289,7 @@ class Group:
                 "--cluster-wait-timeout",
                 "300",
                 f"--ray-start-args=--ray-client-server-port={free_port()} --dashboard-agent-listen-port={free_port()}",
+                *head_args,
                 "--",
                 "--host",
                 "127.0.0.1",
@@ -475,14 +484,55 @@ def test_head_killed_worker_exits_and_readiness_drops(group: Group) -> None:
     except subprocess.TimeoutExpired:
         raise AssertionError(f"the worker did not exit after the head was killed\n{g.logs()}") from None
     exited_after = time.monotonic() - killed_at
-    # The worker stopped its own Ray node on the way out: nothing of it is left running.
-    deadline = time.monotonic() + 10
-    while tagged_pids(g.worker.tag) and time.monotonic() < deadline:
-        time.sleep(0.25)
-    left = [cmdline(p) for p in tagged_pids(g.worker.tag)]
+    left = left_running(g.worker.tag)  # the worker stopped its own Ray node on the way out
     print(
         f"head killed: readiness 503 after {not_ready.t - killed_at:.1f}s ({not_ready.reason}); "
         f"worker exited {code} after {exited_after:.1f}s; left running: {left}"
     )
     assert code in (13, 15), f"worker exit code {code}\n{g.worker.tail()}"
     assert not left, left
+
+
+ENGINE_LOST_TIMEOUT = 20  # the head's --engine-lost-timeout in the test below
+
+
+def test_frozen_vllm_api_server_makes_the_head_exit(tmp_path: Path, s3_server: S3Server, model_uri: str) -> None:
+    """vLLM's API server stops (SIGSTOP) after it served: its process and GPUs stay, /health never answers. The
+    head exits 18 within --engine-lost-timeout + 10 s, and nothing of the head is left running."""
+    head_args = ("--engine-lost-timeout", str(ENGINE_LOST_TIMEOUT), "--stop-timeout", "3")
+    g = Group(tmp_path, s3_server, model_uri, head_args)
+    try:
+        start_serving(g)
+        assert g.head.proc is not None
+        api_servers = [
+            p
+            for p in tagged_pids(g.head.tag)
+            if " serve " in cmdline(p) and "vllm" in cmdline(p) and parent_of(p) == g.head.proc.pid
+        ]
+        assert len(api_servers) == 1, [cmdline(p) for p in tagged_pids(g.head.tag)]
+        os.kill(api_servers[0], signal.SIGSTOP)
+        frozen_at = time.monotonic()
+        try:
+            code = g.head.proc.wait(timeout=ENGINE_LOST_TIMEOUT + 60)
+        except subprocess.TimeoutExpired:
+            raise AssertionError(f"the head did not exit after vLLM froze\n{g.logs()}") from None
+        exited_after = time.monotonic() - frozen_at
+        left = left_running(g.head.tag)
+        lost = [line for line in g.head.runtime_lines() if "has not answered 200" in line]
+        print(f"vLLM frozen: head exited {code} after {exited_after:.1f}s; {lost}; left running: {left}")
+        assert code == 18, f"head exit code {code}\n{g.logs()}"
+        assert exited_after < ENGINE_LOST_TIMEOUT + 10, f"head exited {exited_after:.1f}s after vLLM froze\n{g.logs()}"
+        assert lost and "(not answering) after it had served" in lost[0], g.logs()
+        assert not left, left
+        g.watcher.wait(lambda s: s.ready == 503, timeout=10, after=frozen_at)
+    finally:
+        g.close()
+        print(f"logs kept in {tmp_path}")
+
+
+def parent_of(pid: int) -> int:
+    try:
+        with open(f"/proc/{pid}/stat") as fh:
+            return int(fh.read().rsplit(")", 1)[1].split()[1])
+    except (OSError, ValueError, IndexError):
+        return -1
