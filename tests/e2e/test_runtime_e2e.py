@@ -458,6 +458,22 @@ def start_serving(g: Group) -> None:
     g.head.wait_line(r"vLLM is serving", timeout=500, also=g.logs)
     assert g.chat()["usage"]["completion_tokens"] > 0
     g.watcher.wait(lambda s: s.ready == 200, timeout=60)
+    record_cold_start(g)
+
+
+COLD_START_STEPS = ("listing", "download", "verification", "ray", "engine")
+
+
+def record_cold_start(g: Group) -> None:
+    """The sidecar's account of this start, step by step (BENCHMARKS.md shows it): every step reached, none
+    negative, and together they are the total."""
+    with httpx.Client(timeout=10) as http:
+        steps = http.get(f"http://127.0.0.1:{g.sidecar_port}/status").json()["cold_start"]
+    assert steps["complete"], steps
+    seconds = {step: steps[f"{step}_seconds"] for step in (*COLD_START_STEPS, "total")}
+    assert all(v is not None and v >= 0 for v in seconds.values()), steps
+    assert abs(sum(seconds[s] for s in COLD_START_STEPS) - seconds["total"]) < 0.01, steps
+    print("cold start, tiny model, 2 nodes: " + ", ".join(f"{k} {v:.2f} s" for k, v in seconds.items()))
 
 
 def test_frozen_worker_is_detected_within_15_seconds(group: Group) -> None:
