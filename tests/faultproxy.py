@@ -492,12 +492,14 @@ class _Handler(BaseHTTPRequestHandler):
 
     def _send_upstream(self, conn: http.client.HTTPConnection) -> http.client.HTTPResponse:
         chunked = self._is_chunked_request()
-        rewrite = self.server.proxy.rewrite_path
-        path = self.path if rewrite is None else rewrite(self.path)
+        proxy = self.server.proxy
+        path = self.path if proxy.rewrite_path is None else proxy.rewrite_path(self.path)
+        # "Expect" was already answered with "100 Continue" by http.server
+        headers = [(name, value) for name, value in self.headers.items() if name.lower() != "expect"]
+        if proxy.rewrite_headers is not None:
+            headers = proxy.rewrite_headers(self.command, path, headers)
         conn.putrequest(self.command, path, skip_host=True, skip_accept_encoding=True)
-        for name, value in self.headers.items():
-            if name.lower() == "expect":
-                continue  # already answered with "100 Continue" by http.server
+        for name, value in headers:
             conn.putheader(name, value)
         conn.endheaders()
         for data in self._request_body():
@@ -700,6 +702,9 @@ class FaultProxy:
         #: Maps path+query to what is sent upstream (records keep the original).  Lets a test ask a
         #: server for small listing pages (``max-keys=3``) without changing the client under test.
         self.rewrite_path: Callable[[str], str] | None = None
+        #: Maps (method, path+query sent upstream, request headers) to the headers sent upstream (records keep
+        #: the original).  Lets a test sign some requests anew for a server that checks signatures.
+        self.rewrite_headers: Callable[[str, str, list[tuple[str, str]]], list[tuple[str, str]]] | None = None
         self._lock = threading.Lock()
         self._rules: list[Rule] = []
         self._log: list[RequestRecord] = []

@@ -168,7 +168,7 @@ class S3Source:
         try:
             head = self._control.head_object(Bucket=self.bucket, Key=f.key, IfMatch=f.version, ChecksumMode="ENABLED")
         except bce.ClientError as exc:
-            raise self._translate(exc, f.key) from None
+            raise self._translate(exc, f.key, "HEAD") from None
         except bce.BotoCoreError as exc:
             raise RetryableError("connection", str(exc)) from None
         return self._detail(f, head)
@@ -252,7 +252,7 @@ class S3Source:
         except bce.ClientError as exc:
             if _status(exc) == 404:
                 return None
-            raise self._translate(exc, f.key) from None
+            raise self._translate(exc, f.key, "HEAD") from None
         except bce.BotoCoreError as exc:
             raise RetryableError("connection", str(exc)) from None
         return RemoteFile(key=f.key, rel_path=f.rel_path, size=int(head["ContentLength"]), version=head["ETag"])
@@ -404,7 +404,7 @@ class S3Source:
                 client.close()
 
     # ---------------------------------------------------------------------------------------- errors
-    def _translate(self, exc: bce.ClientError, key: str) -> Exception:
+    def _translate(self, exc: bce.ClientError, key: str, what: str = "GET") -> Exception:
         status = _status(exc)
         code = exc.response.get("Error", {}).get("Code", "")
         if status == 412 or code == "PreconditionFailed":
@@ -418,7 +418,7 @@ class S3Source:
                 else "server-error"
             )
             return RetryableError(kind, f"HTTP {status} {code}", retry_after=_retry_after(exc))
-        return self._client_error(exc, key, "GET")
+        return self._client_error(exc, key, what)
 
     def _client_error(self, exc: bce.ClientError, key: str | None, what: str) -> SourceError:
         status = _status(exc)
