@@ -3,16 +3,13 @@ measure which end point, the ratios the tables print, reading old results files,
 
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 
 import pytest
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "bench"))
-
-from harness import reader, results, stats, tools
-from harness.endpoints import EndPoint, Then, measure, runs_needed
-from harness.model import ModelSpec
+from bench.harness import reader, results, stats, tools
+from bench.harness.endpoints import EndPoint, Then, measure, runs_needed
+from bench.harness.model import ModelSpec
 
 MiB = 1 << 20
 LARGE = [1024 * MiB + 5000] * 4 + [2_000, 1_300_000, 300, 200, 5_000, 100]  # 4 shards and 6 small files

@@ -6,10 +6,10 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-import netem
-
-from .common import BASELINE, OURS, fmt
+from .. import netem
+from .common import BASELINE, OURS
 from .endpoints import EndPoint
+from .numbers import fmt
 from .phases import Phase
 from .stats import SPEEDUP_PEERS
 
