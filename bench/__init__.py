@@ -4,8 +4,9 @@ of it; the scripts in bench/ are the documented commands and only start them (se
 - ``bench/run.sh``, ``bench/run_bench.py`` -> ``bench.harness.cli``: aibrix-download against s5cmd, boto3 and
   AIBrix 0.8.0 on SeaweedFS (large model, small files, memory-limited runs, no-op re-run, emulated network);
 - ``bench/bench_sidecar.py`` -> ``bench.probes``: what 200 probes per second cost the sidecar's download;
-- ``bench/bench_gcs.py``, ``bench/bench_hf.py``: aibrix-download against google-cloud-storage's
-  transfer_manager and against huggingface_hub's snapshot_download (still scripts of their own);
+- ``bench/bench_gcs.py`` -> ``bench.gcs``: aibrix-download (gs://) against google-cloud-storage's
+  transfer_manager on fake-gcs-server;
+- ``bench/bench_hf.py``: aibrix-download against huggingface_hub's snapshot_download (still a script of its own);
 - ``bench/bench_datapath.py`` -> ``bench.datapath``: checksum code, body read paths, per-GET cost and disk
   write path, each measured in-process;
 - ``bench/physlimits.py``: loopback TCP and disk write limits; ``bench/netem.py`` + ``bench/netrelay.py``: the

@@ -8,13 +8,15 @@ import hashlib
 import os
 import re
 import resource
+import subprocess
+import tempfile
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from .common import MiB, log
+from .common import TIME_BIN, MiB, log
 from .procs import machine_busy_seconds
 
 _TIME_FIELDS = {
@@ -50,6 +52,26 @@ def parse_time_v(text: str) -> dict[str, float]:
 
 
 @dataclass
+class Timed:
+    """One process run to its end under ``/usr/bin/time -v``."""
+
+    returncode: int
+    wall_s: float  # this process's clock around it (``time_wall_s`` in ``usage`` is time's own, in 10 ms)
+    stdout: str
+    stderr: str  # the process's own (time's report went to a file)
+    usage: dict[str, float]  # parse_time_v of the report: user_s, sys_s, max_rss_kb, time_wall_s, ...
+
+    @property
+    def cpu_s(self) -> float:
+        return self.usage.get("user_s", 0.0) + self.usage.get("sys_s", 0.0)
+
+    @property
+    def max_rss_mib(self) -> float | None:
+        kb = self.usage.get("max_rss_kb")
+        return None if kb is None else kb / 1024
+
+
+@dataclass
 class Usage:
     """This process's wall clock and CPU over a stretch of its own work (``Stopwatch``)."""
 
@@ -73,6 +95,18 @@ class Stopwatch:
         return Usage(
             wall, r1.ru_utime - self.r0.ru_utime, r1.ru_stime - self.r0.ru_stime, r1.ru_minflt - self.r0.ru_minflt
         )
+
+
+def run_timed(argv: list[str], env: dict[str, str], timeout: float | None = None) -> Timed:
+    """Run ``argv`` under ``/usr/bin/time -v`` to its end (subprocess.TimeoutExpired after ``timeout``)."""
+    with tempfile.NamedTemporaryFile(prefix="bench-time-") as report:
+        t0 = time.perf_counter()
+        r = subprocess.run(
+            [TIME_BIN, "-v", "-o", report.name, *argv], env=env, capture_output=True, text=True, timeout=timeout
+        )
+        wall = time.perf_counter() - t0
+        usage = parse_time_v(Path(report.name).read_text(errors="replace"))
+    return Timed(r.returncode, wall, r.stdout, r.stderr, usage)
 
 
 def sha256_file(path: Path) -> str:
