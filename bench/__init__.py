@@ -6,7 +6,8 @@ of it; the scripts in bench/ are the documented commands and only start them (se
 - ``bench/bench_sidecar.py`` -> ``bench.probes``: what 200 probes per second cost the sidecar's download;
 - ``bench/bench_gcs.py`` -> ``bench.gcs``: aibrix-download (gs://) against google-cloud-storage's
   transfer_manager on fake-gcs-server;
-- ``bench/bench_hf.py``: aibrix-download against huggingface_hub's snapshot_download (still a script of its own);
+- ``bench/bench_hf.py`` -> ``bench.hf``: aibrix-download against huggingface_hub's snapshot_download on the
+  test suite's fake hub;
 - ``bench/bench_datapath.py`` -> ``bench.datapath``: checksum code, body read paths, per-GET cost and disk
   write path, each measured in-process;
 - ``bench/physlimits.py``: loopback TCP and disk write limits; ``bench/netem.py`` + ``bench/netrelay.py``: the
