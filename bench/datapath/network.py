@@ -151,9 +151,12 @@ def fetch_small(source: S3Source, files: list[RemoteFile], view: memoryview, scr
         fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_TRUNC, 0o644)
         try:
             if source._crt is not None:
-                fetched = source.fetch_whole(f, view, halt)
+                # one object per call, as the engine's batch of one: a GET, answered into ``view``
+                (fetched,) = source.fetch_whole([(f, view)], halt)
                 if fetched is None:
                     raise RuntimeError(f"{f.key}: the CRT declined the GET")
+                if isinstance(fetched, Exception):
+                    raise fetched
                 fill = fetched[1]
                 crc32(view[:fill])
             else:
