@@ -6,7 +6,8 @@ import argparse
 import os
 from pathlib import Path
 
-from ..harness.common import ACCESS_KEY, DEFAULT_RESULTS, REGION, SECRET_KEY
+from ..harness.common import DEFAULT_RESULTS
+from ..harness.server import S3_IDENTITY
 from ..harness.venvs import use_project_venv
 
 SECTIONS = ("checksums", "reads", "gets", "disk")
@@ -34,12 +35,7 @@ def main(argv: list[str], script: Path) -> int:
         p.error(f"--only takes a comma-separated subset of {','.join(SECTIONS)}; unknown: {','.join(unknown)}")
     for k in [k for k in os.environ if k.startswith("AWS_")]:
         del os.environ[k]
-    os.environ.update(
-        AWS_ACCESS_KEY_ID=ACCESS_KEY,
-        AWS_SECRET_ACCESS_KEY=SECRET_KEY,
-        AWS_REGION=REGION,
-        AWS_EC2_METADATA_DISABLED="true",
-    )
+    os.environ.update(S3_IDENTITY)
     from .run import run
 
     return run(args, sections)

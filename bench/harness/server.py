@@ -162,6 +162,13 @@ def s3_client(endpoint: str, pool: int = 10) -> Any:
     )
 
 
+# the benchmark's static, local-only S3 identity, as AWS_* variables (no instance metadata lookups)
+S3_IDENTITY = {
+    "AWS_ACCESS_KEY_ID": ACCESS_KEY,
+    "AWS_SECRET_ACCESS_KEY": SECRET_KEY,
+    "AWS_REGION": REGION,
+    "AWS_EC2_METADATA_DISABLED": "true",
+}
 # what an S3 tool must not inherit from whoever runs the benchmark: other credentials and endpoints, and the
 # project's own settings
 TOOL_ENV_DROP = ("AWS_", "DOWNLOADER_", "S3_", "HF_")
@@ -171,12 +178,5 @@ def s3_tool_env(endpoint: str, drop: tuple[str, ...] = ()) -> dict[str, str]:
     """The environment of a tool that downloads from the benchmark's S3 server: without the variables that start
     with one of ``TOOL_ENV_DROP`` + ``drop``, with the server's endpoint and identity."""
     return tool_env(
-        TOOL_ENV_DROP + drop,
-        AWS_ENDPOINT_URL=endpoint,
-        AWS_ACCESS_KEY_ID=ACCESS_KEY,
-        AWS_SECRET_ACCESS_KEY=SECRET_KEY,
-        AWS_REGION=REGION,
-        AWS_DEFAULT_REGION=REGION,
-        AWS_EC2_METADATA_DISABLED="true",
-        PYTHONUNBUFFERED="1",
+        TOOL_ENV_DROP + drop, AWS_ENDPOINT_URL=endpoint, **S3_IDENTITY, AWS_DEFAULT_REGION=REGION, PYTHONUNBUFFERED="1"
     )
