@@ -35,9 +35,11 @@ import time
 from pathlib import Path
 from typing import Any
 
+from .harness.procs import cpu_seconds, free_port
+
 NS_PREFIX = "aibrixbench-"
 IF_PREFIX = "abb"
-BENCH_NET = ipaddress.ip_network("198.18.0.0/15")
+BENCH_NET = ipaddress.IPv4Network("198.18.0.0/15")
 RELAY = Path(__file__).resolve().parent / "netrelay.py"
 # TCP/IP + Ethernet header share of a full 1500-byte frame: payload / wire bytes
 GOODPUT_FACTOR = 1448 / 1514
@@ -224,7 +226,7 @@ class NetEmu:
 
         The upstream is an address of the namespace itself, so relay -> server traffic stays on the
         namespace's loopback and is neither delayed nor shaped."""
-        self.relay_port = _free_port()
+        self.relay_port = free_port()
         self.relay_log = work / "relay.log"
         argv = [
             *self.prefix,
@@ -269,13 +271,7 @@ class NetEmu:
         return None
 
     def relay_cpu_seconds(self) -> float | None:
-        if self.relay_proc is None:
-            return None
-        try:
-            f = Path(f"/proc/{self.relay_proc.pid}/stat").read_text().rsplit(")", 1)[1].split()
-        except OSError:
-            return None
-        return (int(f[11]) + int(f[12])) / os.sysconf("SC_CLK_TCK")
+        return None if self.relay_proc is None else cpu_seconds(self.relay_proc.pid)
 
     def stop_relay(self) -> None:
         p = self.relay_proc
@@ -332,9 +328,3 @@ class NetEmu:
             "goodput_factor": GOODPUT_FACTOR,
             "commands": self.commands,
         }
-
-
-def _free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])

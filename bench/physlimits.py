@@ -28,6 +28,10 @@ import time
 from pathlib import Path
 from typing import Any
 
+if not __package__:  # run as a script (the sender, or `python3 bench/physlimits.py`): bench/ is a package
+    sys.path[0] = str(Path(__file__).resolve().parent.parent)
+from bench.harness.procs import cpu_seconds, free_port, kill_group
+
 MiB = 1024 * 1024
 SO_MAX_PACING_RATE = getattr(socket, "SO_MAX_PACING_RATE", 47)
 
@@ -64,24 +68,9 @@ def start_sender(prefix: list[str], host: str, port: int, rate: int = 0) -> subp
     assert proc.stdout is not None
     line = proc.stdout.readline()
     if not line.startswith(b"listening"):
-        stop_process(proc)
+        kill_group(proc)
         raise RuntimeError(f"sender did not start: {line!r}")
     return proc
-
-
-def stop_process(proc: subprocess.Popen[bytes]) -> None:
-    if proc.poll() is None:
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(proc.pid, 9)
-    proc.wait()
-
-
-def cpu_of(pid: int) -> float:
-    try:
-        f = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    except OSError:
-        return 0.0
-    return (int(f[11]) + int(f[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def receive(host: str, port: int, conns: int, seconds: float) -> dict[str, Any]:
@@ -128,12 +117,12 @@ def tcp_throughput(
     try:
         out = []
         for n in conn_counts:
-            c0 = cpu_of(proc.pid)
+            c0 = cpu_seconds(proc.pid) or 0.0
             r = receive(host, port, n, seconds)
-            r["sender_cpu_s"] = round(cpu_of(proc.pid) - c0, 2)
+            r["sender_cpu_s"] = round((cpu_seconds(proc.pid) or 0.0) - c0, 2)
             out.append(r)
     finally:
-        stop_process(proc)
+        kill_group(proc)
     return {"host": host, "pacing_bytes_per_s": rate, "runs": out, "best_mb_per_s": max(r["mb_per_s"] for r in out)}
 
 
@@ -180,12 +169,6 @@ def disk_write(directory: Path, mib: int, direct: bool) -> dict[str, Any]:
         "seconds": round(dt, 3),
         "mb_per_s": written / dt / 1e6,
     }
-
-
-def free_port(host: str = "127.0.0.1") -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind((host, 0))
-        return int(s.getsockname()[1])
 
 
 def measure(directory: Path, disk_mib: int, seconds: float, conn_counts: list[int]) -> dict[str, Any]:

@@ -55,10 +55,11 @@ def _bar_phases(rec: dict[str, Any]) -> list[tuple[str, list[dict[str, Any]]]]:
 
 def make_plot(rec: dict[str, Any], png: Path) -> bool:
     """Write ``png``; False if there is nothing to plot."""
-    import matplotlib
+    # matplotlib is in bench/.venv only; the project's venv, where the type checker runs, has none
+    import matplotlib  # type: ignore[import-not-found,unused-ignore]
 
     matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    import matplotlib.pyplot as plt  # type: ignore[import-not-found,unused-ignore]
 
     sweeps = [(k, ph) for k, ph in rec.get("phases", {}).items() if ph.get("name") == "sweep" and ph.get("summary")]
     bars = _bar_phases(rec)
@@ -99,8 +100,8 @@ def make_plot(rec: dict[str, Any], png: Path) -> bool:
                     ax.plot(xs, ys, marker=MARKERS.get(t, "o"), color=COLORS.get(t), label=t)
             top_y = max([r["mb_per_s_median"] or 0 for r in rows] + [1])
             if ceilings:
-                xs = sorted(ceilings)
-                ax.plot(xs, [ceilings[x] for x in xs], "k--", lw=1, label="ceiling: min(c x conn cap, aggregate)")
+                cs = sorted(ceilings)
+                ax.plot(cs, [ceilings[c] for c in cs], "k--", lw=1, label="ceiling: min(c x conn cap, aggregate)")
                 top_y = max(top_y, *ceilings.values())
             ideal = ph.get("ideal_mb_per_s") or {}
             pts = sorted((c, ideal[f"{c}x{ch}"]) for c in conns if f"{c}x{ch}" in ideal)
@@ -141,9 +142,9 @@ def make_plot(rec: dict[str, Any], png: Path) -> bool:
             ax = fig.add_subplot(gs[row, i])
             for j, (plabel, rows) in enumerate(bars):
                 by_tool = {r["tool"]: r.get(metric) for r in rows}
-                xs = [k + (j - (len(bars) - 1) / 2) * width for k in range(len(tools))]
-                ys = [by_tool.get(t) or 0 for t in tools]
-                b = ax.bar(xs, ys, width, label=plabel.replace("\n", ", "), alpha=0.85, edgecolor="black", lw=0.4)
+                at = [k + (j - (len(bars) - 1) / 2) * width for k in range(len(tools))]
+                heights = [by_tool.get(t) or 0 for t in tools]
+                b = ax.bar(at, heights, width, label=plabel.replace("\n", ", "), alpha=0.85, edgecolor="black", lw=0.4)
                 ax.bar_label(b, fmt="%.0f" if metric != "cpu_s_per_gib_median" else "%.2f", fontsize=6)
             if metric == "mb_per_s_median" and phys:
                 ax.axhline(phys, color="grey", ls=":", lw=1.2, label=f"physical limit {phys:.0f} MB/s")

@@ -19,55 +19,14 @@ Phases, in one invocation: ``--compare`` (the large model, the default), ``--sma
 (connections x range sizes behind an emulated network), ``--all``. Physical limits (loopback TCP, disk write)
 are measured at the start of every run. ``--summarize FILE...`` re-prints the tables of results files.
 
-The harness is the package bench/harness/; this script is its entry point, and keeps the names other bench
-scripts (bench_sidecar.py, bench_datapath.py) import from it. Only the standard library is imported at module
-level; boto3 is imported after the bench venv is in place.
+The benchmark is ``bench.harness`` (bench/harness/); this script only starts it.
 """
-
-from __future__ import annotations
 
 import sys
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-
-from harness.cli import main, run_interruptible
-from harness.common import (
-    ACCESS_KEY,
-    BUCKET,
-    DEFAULT_WORK,
-    SECRET_KEY,
-    VENV,
-    GiB,
-    MiB,
-    machine_info,
-)
-from harness.common import cmd_out as _cmd_out
-from harness.common import git_rev as _git_rev
-from harness.measure import sha256_file, tail, timed_sync
-from harness.model import ModelSpec, ensure_model
-from harness.server import SeaweedFS, s3_client
-
-__all__ = [
-    "ACCESS_KEY",
-    "BUCKET",
-    "DEFAULT_WORK",
-    "SECRET_KEY",
-    "VENV",
-    "GiB",
-    "MiB",
-    "ModelSpec",
-    "SeaweedFS",
-    "_cmd_out",
-    "_git_rev",
-    "ensure_model",
-    "machine_info",
-    "run_interruptible",
-    "s3_client",
-    "sha256_file",
-    "tail",
-    "timed_sync",
-]
-
 if __name__ == "__main__":
+    sys.path[0] = str(Path(__file__).resolve().parent.parent)  # the repository: bench/ is a package
+    from bench.harness.cli import main
+
     sys.exit(main(sys.argv[1:], Path(__file__)))

@@ -1,18 +1,18 @@
-"""The benchmark harness's pure logic (bench/harness): what each tool's settings allow in flight, which runs
-measure which end point, the ratios the tables print, reading old results files, and the weights reader."""
+"""The benchmarks' pure logic (bench/harness, bench/probes): what each tool's settings allow in flight, which runs
+measure which end point, the ratios the tables print, reading old results files, the weights reader, the
+medians' intervals, the sidecar benchmark's per-pair CPU figures and verdicts, and table cells."""
 
 from __future__ import annotations
 
-import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "bench"))
-
-from harness import reader, results, stats, tools
-from harness.endpoints import EndPoint, Then, measure, runs_needed
-from harness.model import ModelSpec
+from bench.harness import numbers, phases, reader, report, results, stats, tables, tools
+from bench.harness.endpoints import EndPoint, Then, measure, runs_needed
+from bench.harness.model import ModelSpec
+from bench.probes import summary as probes_summary
 
 MiB = 1 << 20
 LARGE = [1024 * MiB + 5000] * 4 + [2_000, 1_300_000, 300, 200, 5_000, 100]  # 4 shards and 6 small files
@@ -106,7 +106,7 @@ def test_ratios_against_s5cmd_and_speedups() -> None:
 
 
 def test_old_results_files_read_as_matched_then_sync() -> None:
-    old = {
+    old: dict[str, Any] = {
         "config": {"concurrency": 16, "chunk_mib": 64, "reps": 1, "tools_requested": ["s5cmd"]},
         "model": {"uri": "s3://b/m/", "total_bytes": 1 << 30, "total_gib": 1.0, "n_files": 1},
         "runs": [run("s5cmd", Then.SYNC, 4.0, 2.0, 1.0, 0.5) | {"then": None}],
@@ -116,6 +116,21 @@ def test_old_results_files_read_as_matched_then_sync() -> None:
     assert rec["runs"][0]["phase"] == "compare@loopback"
     assert stats.variant_of(rec["runs"][0]) == MATCHED
     assert rec["phases"]["compare@loopback"]["variants"][0]["setting"] == "matched"
+
+
+def test_schema_1_results_file_prints_its_table() -> None:
+    """Schema 1 named the model's file list "files" (no count): --summarize of such a file prints its table."""
+    old: dict[str, Any] = {
+        "config": {"concurrency": 16, "chunk_mib": 64, "reps": 1, "tools_requested": ["s5cmd"]},
+        "model": {"uri": "s3://b/m/", "total_bytes": 1 << 30, "total_gib": 1.0, "files": {"a": {}, "b": {}}},
+        "runs": [run("s5cmd", Then.SYNC, 4.0, 2.0, 1.0, 0.5)],
+    }
+    rec = results.upgrade(old)
+    rec["phases"]["compare@loopback"]["tools"] = ["s5cmd"]
+    phases.summarize_phase(rec, "compare@loopback")
+    text = "\n".join(report.matrix_section("compare@loopback", rec["phases"]["compare@loopback"]))
+    assert "1.00 GiB in 2 files" in text
+    assert "| s5cmd | 1/1 |" in text
 
 
 @pytest.mark.parametrize("method", [reader.read_mapped, reader.read_plain])
@@ -129,3 +144,35 @@ def test_reader_reads_every_weight_byte(tmp_path: Path, method: object) -> None:
     assert [Path(f).name for f in files] == ["a.safetensors", "empty.safetensors"]
     buf = bytearray(MiB)
     assert sum(method(f, buf) for f in files) == 3 * MiB + 5  # type: ignore[operator]
+
+
+def test_median_interval_covers_at_least_what_is_asked() -> None:
+    xs = [float(x) for x in range(1, 17)]
+    low, high, coverage = numbers.median_ci(xs, 0.95)
+    assert coverage is not None and coverage >= 0.95
+    assert low is not None and high is not None and low < numbers.median(xs) < high  # type: ignore[operator]
+    assert (low, high) == (4.0, 13.0)
+    assert numbers.median_ci([2.0, 1.0], 0.95) == (1.0, 2.0, 0.5)  # too few values: the widest interval
+    assert numbers.percentile(xs, 50) == 8.0 and numbers.percentile(xs, 99) == 16.0
+    assert numbers.percentile([], 50) is None
+
+
+def test_sidecar_pair_cost_and_verdicts() -> None:
+    a = {"sidecar_cpu_window_s": 1.0, "download_child_cpu_s": 8.0, "server_cpu_s": 2.0}
+    b: dict[str, Any] = {"sidecar_cpu_window_s": 1.5, "download_child_cpu_s": 9.0, "server_cpu_s": 2.0}
+    b["probe"] = {"cpu_s": 0.25, "completed": 500}
+    cost = probes_summary.pair_cpu_cost(a, b)
+    assert cost["cpu_share_sidecar"] == pytest.approx(0.05)
+    assert cost["cpu_share_with_loadgen"] == pytest.approx(0.075)
+    assert cost["sidecar_ms_per_probe"] == pytest.approx(1.0)
+    assert cost["download_cpu_ratio"] == pytest.approx(1.1)
+    assert probes_summary._verdict(0.9, 1.04, 1.05, "1.05") == "holds"
+    assert probes_summary._verdict(1.06, 1.2, 1.05, "1.05") == "does not hold"
+    assert probes_summary._verdict(1.0, 1.1, 1.05, "1.05") == "inconclusive (the interval contains 1.05)"
+    assert probes_summary._verdict(None, None, 1.05, "1.05") is None
+
+
+def test_table_cells() -> None:
+    assert tables.spread_cell(1.234, 1.0, 2.0) == "1.23 (1.00-2.00)"
+    assert tables.spread_cell(None, None, None) == "—"
+    assert tables.header(["a", "b"]) == ["| a | b |", "|---|---|"]

@@ -4,17 +4,13 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import datetime as dt
-import json
 import shutil
-import signal
 import sys
 import tempfile
 from pathlib import Path
 from typing import Any
 
-import netem
-
+from .. import netem
 from . import phases
 from .cgroup import CgroupError, locate
 from .common import (
@@ -32,6 +28,7 @@ from .env import Environment
 from .model import ModelSpec
 from .options import parse_args
 from .phases import Phase
+from .recording import Results, run_interruptible
 from .report import matrix_section, report_markdown
 from .results import resummarize
 from .runner import Runner
@@ -45,7 +42,7 @@ class Bench:
         root = Path(args.work_dir)
         root.mkdir(parents=True, exist_ok=True)
         self.scratch = Path(tempfile.mkdtemp(prefix="aibrix-bench-", dir=root))
-        self.results_path: Path | None = None
+        self.results: Results | None = None
         self.record: dict[str, Any] = {}
         self.env = Environment(args, self.scratch, self.record, self.save)
         self.runner = Runner(args, self.scratch, self.env)
@@ -58,10 +55,8 @@ class Bench:
             Path(self.args.work_dir).rmdir()  # only if empty
 
     def save(self) -> None:
-        assert self.results_path is not None
-        tmp = self.results_path.with_suffix(".json.tmp")
-        tmp.write_text(json.dumps(self.record, indent=1, default=str) + "\n")
-        tmp.replace(self.results_path)
+        assert self.results is not None
+        self.results.save(self.record)
 
     def variants(self, settings: list[Setting], mem_limit_mib: int | None = None) -> list[Variant]:
         a = self.args
@@ -136,10 +131,8 @@ class Bench:
         if not runnable:
             raise SystemExit("no runnable tools")
 
-        ts = dt.datetime.now().strftime("%Y%m%dT%H%M%S")
-        results_dir = Path(a.results_dir)
-        results_dir.mkdir(parents=True, exist_ok=True)
-        self.results_path = results_dir / f"{ts}.json"
+        self.results = Results(Path(a.results_dir))
+        ts = self.results.stamp
         self.record |= {
             "schema": 3,
             "timestamp": ts,
@@ -203,7 +196,7 @@ class Bench:
             "runs": [],
         }
         self.save()
-        log(f"phases {self.record['config']['phases']}; tools {runnable}; results -> {self.results_path}")
+        log(f"phases {self.record['config']['phases']}; tools {runnable}; results -> {self.results.path}")
         s = phases.Session(a, self.record, self.save, self.env, self.runner)
         if not a.skip_limits:
             phases.limits(s)
@@ -218,15 +211,15 @@ class Bench:
         if oom:
             log(f"{len(oom)} run(s) OOM-killed in their memory cgroup (recorded, left out of the medians)")
         if failed:
-            log(f"{len(failed)} run(s) failed verification or exited non-zero; see {self.results_path}")
+            log(f"{len(failed)} run(s) failed verification or exited non-zero; see {self.results.path}")
         return 1 if failed else 0
 
     def finish(self) -> None:
         """The plot, the .md next to the JSON, and the tables on stdout."""
-        assert self.results_path is not None
-        png = self.results_path.with_suffix(".png")
+        assert self.results is not None
+        png = self.results.beside(".png")
         try:
-            import plot
+            from .. import plot
 
             if plot.make_plot(self.record, png):
                 self.record["plot"] = str(png)
@@ -234,8 +227,8 @@ class Bench:
         except Exception as e:  # a plot must never cost the measurements
             log(f"no plot: {e!r}")
         self.save()
-        md = report_markdown(self.record, self.results_path)
-        self.results_path.with_suffix(".md").write_text(md)
+        md = report_markdown(self.record, self.results.path)
+        self.results.beside(".md").write_text(md)
         print(md)
 
 
@@ -284,34 +277,9 @@ def plan_phases(a: argparse.Namespace) -> list[tuple[Phase, str]]:
     return [(p, env) for p in chosen]
 
 
-def run_interruptible(bench: Any) -> int:
-    """bench.main(), with SIGINT/SIGTERM/SIGHUP turned into a clean stop: the results file is saved marked
-    `interrupted`, and whatever the bench started (servers, namespaces, directories) is cleaned up.
-
-    `bench` has main(), cleanup(), save(), and the attributes `record` and `results_path`: this harness's
-    Bench and bench_sidecar.py's SidecarBench both do.
-    """
-
-    def handler(signum: int, _frame: object) -> None:
-        raise KeyboardInterrupt(f"signal {signum}")
-
-    # SIGINT too: a shell may start background jobs with SIGINT ignored
-    old = {s: signal.signal(s, handler) for s in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)}
-    try:
-        return int(bench.main())
-    except KeyboardInterrupt:
-        log("interrupted; cleaning up")
-        if bench.record and bench.results_path:
-            bench.record["interrupted"] = True
-            bench.save()
-        return 130
-    finally:
-        bench.cleanup()
-        for sig, previous in old.items():
-            signal.signal(sig, previous)
-
-
 def main(argv: list[str], script: Path) -> int:
+    """``bench/run.sh`` and ``bench/run_bench.py``: the options, the tools' venvs (re-executing ``script`` in
+    bench/.venv), then the run."""
     args = parse_args(argv)
     if args.summarize:
         return resummarize([Path(x) for x in args.summarize], args.quiet_only)

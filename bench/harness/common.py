@@ -1,4 +1,4 @@
-"""Paths, constants, logging and machine facts every part of the harness shares."""
+"""Paths, constants, logging and machine facts every benchmark shares."""
 
 from __future__ import annotations
 
@@ -7,15 +7,16 @@ import os
 import platform
 import re
 import socket
-import statistics
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 BENCH_DIR = Path(__file__).resolve().parent.parent
 REPO_DIR = BENCH_DIR.parent
+PROJECT_VENV = REPO_DIR / ".venv"  # the project's own: aibrix-download, aibrix-sidecar and the SDKs
 VENV = BENCH_DIR / ".venv"
 VENV_AIBRIX = BENCH_DIR / ".venv-aibrix"
 REQS = BENCH_DIR / "requirements.txt"
@@ -23,7 +24,7 @@ REQS_AIBRIX = BENCH_DIR / "requirements-aibrix.txt"
 DEFAULT_STORE = BENCH_DIR / ".cache" / "seaweedfs"
 DEFAULT_WORK = BENCH_DIR / ".work"
 DEFAULT_RESULTS = BENCH_DIR / "results"
-DEFAULT_AIBRIX_DOWNLOAD = REPO_DIR / ".venv" / "bin" / "aibrix-download"
+DEFAULT_AIBRIX_DOWNLOAD = PROJECT_VENV / "bin" / "aibrix-download"
 TIME_BIN = "/usr/bin/time"
 
 BUCKET = "bench"
@@ -39,8 +40,23 @@ OURS = "aibrix-download"
 BASELINE = "s5cmd"
 
 
-def log(msg: str) -> None:
-    print(f"[bench {time.strftime('%H:%M:%S')}] {msg}", file=sys.stderr, flush=True)
+def logger(tag: str) -> Callable[[str], None]:
+    """A log function whose lines (on stderr) start with ``[<tag> HH:MM:SS]``."""
+
+    def log(msg: str) -> None:
+        print(f"[{tag} {time.strftime('%H:%M:%S')}] {msg}", file=sys.stderr, flush=True)
+
+    return log
+
+
+log = logger("bench")
+
+
+def tool_env(drop: tuple[str, ...], **extra: str) -> dict[str, str]:
+    """The environment for a tool the benchmark runs: this process's, without the variables whose names start
+    with one of ``drop`` (credentials, endpoints and settings that would change what the tool does), plus
+    ``extra``."""
+    return {k: v for k, v in os.environ.items() if not k.startswith(drop)} | extra
 
 
 def cmd_out(argv: list[str], timeout: float = 60) -> str:
@@ -51,20 +67,22 @@ def cmd_out(argv: list[str], timeout: float = 60) -> str:
     return (r.stdout or r.stderr).strip()
 
 
+def git_short() -> str:
+    """The checkout's commit, as ``git rev-parse --short HEAD`` prints it."""
+    return cmd_out(["git", "-C", str(REPO_DIR), "rev-parse", "--short", "HEAD"])
+
+
+def git_status(*paths: str) -> str:
+    """``git status --porcelain`` of ``paths``: empty when they are as committed."""
+    return cmd_out(["git", "-C", str(REPO_DIR), "status", "--porcelain", "--", *paths])
+
+
 def git_rev() -> str:
-    rev = cmd_out(["git", "-C", str(REPO_DIR), "rev-parse", "--short", "HEAD"])
+    """The commit, ``+dirty`` if downloader/ has changes (the code the download benchmark measures)."""
+    rev = git_short()
     if not re.fullmatch(r"[0-9a-f]{4,40}", rev):
         rev = "no-commit"
-    dirty = cmd_out(["git", "-C", str(REPO_DIR), "status", "--porcelain", "--", "downloader"])
-    return rev + ("+dirty" if dirty else "")
-
-
-def median(xs: list[float]) -> float | None:
-    return statistics.median(xs) if xs else None
-
-
-def fmt(v: float | None, spec: str) -> str:
-    return "—" if v is None else format(v, spec)
+    return rev + ("+dirty" if git_status("downloader") else "")
 
 
 def machine_info() -> dict[str, Any]:

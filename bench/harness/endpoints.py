@@ -34,7 +34,7 @@ class EndPoint(str, Enum):
     IN_MEMORY = "in-memory"
 
     @property
-    def title(self) -> str:
+    def heading(self) -> str:
         return {"download": "download only", "durable": "durable", "in-memory": "weights in memory"}[self.value]
 
 

@@ -9,10 +9,9 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-import netem
-import physlimits
-
+from .. import netem, physlimits
 from .common import log
+from .procs import free_port
 from .server import SeaweedFS, s3_client
 
 
@@ -80,7 +79,7 @@ class Environment:
         many = max([16, *a.sweep_conns_list])
         tcp = physlimits.tcp_throughput(
             net.server_ip,
-            physlimits.free_port(),
+            free_port(),
             [1, many],
             a.limits_seconds,
             prefix=net.prefix,

@@ -1,17 +1,23 @@
-"""What one run is measured with: ``/usr/bin/time -v``'s report, the machine's busy CPU, timed ``sync``,
-waiting for a quiet machine, and verifying every downloaded byte."""
+"""What a run is measured with: a whole process under ``/usr/bin/time -v`` and its report, or a stretch of this
+process's own work (``Stopwatch``); timed ``sync``, waiting for a quiet machine, and verifying every downloaded
+byte."""
 
 from __future__ import annotations
 
 import hashlib
 import os
 import re
+import resource
+import subprocess
+import tempfile
 import time
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from .common import MiB, log
+from .common import TIME_BIN, MiB, log
+from .procs import machine_busy_seconds
 
 _TIME_FIELDS = {
     "user_s": r"User time \(seconds\): ([\d.]+)",
@@ -43,6 +49,64 @@ def parse_time_v(text: str) -> dict[str, float]:
         else:
             out[k] = float(m.group(1))
     return out
+
+
+@dataclass
+class Timed:
+    """One process run to its end under ``/usr/bin/time -v``."""
+
+    returncode: int
+    wall_s: float  # this process's clock around it (``time_wall_s`` in ``usage`` is time's own, in 10 ms)
+    stdout: str
+    stderr: str  # the process's own (time's report went to a file)
+    usage: dict[str, float]  # parse_time_v of the report: user_s, sys_s, max_rss_kb, time_wall_s, ...
+
+    @property
+    def cpu_s(self) -> float:
+        return self.usage.get("user_s", 0.0) + self.usage.get("sys_s", 0.0)
+
+    @property
+    def max_rss_mib(self) -> float | None:
+        kb = self.usage.get("max_rss_kb")
+        return None if kb is None else kb / 1024
+
+
+@dataclass
+class Usage:
+    """This process's wall clock and CPU over a stretch of its own work (``Stopwatch``)."""
+
+    wall_s: float
+    user_s: float
+    sys_s: float
+    minflt: int
+
+
+class Stopwatch:
+    """Wall clock and this process's CPU (getrusage: every thread, native ones included) from its creation to
+    ``stop``: for work done in-process, while the process does nothing else."""
+
+    def __init__(self) -> None:
+        self.r0 = resource.getrusage(resource.RUSAGE_SELF)
+        self.t0 = time.perf_counter()
+
+    def stop(self) -> Usage:
+        wall = time.perf_counter() - self.t0
+        r1 = resource.getrusage(resource.RUSAGE_SELF)
+        return Usage(
+            wall, r1.ru_utime - self.r0.ru_utime, r1.ru_stime - self.r0.ru_stime, r1.ru_minflt - self.r0.ru_minflt
+        )
+
+
+def run_timed(argv: list[str], env: dict[str, str], timeout: float | None = None) -> Timed:
+    """Run ``argv`` under ``/usr/bin/time -v`` to its end (subprocess.TimeoutExpired after ``timeout``)."""
+    with tempfile.NamedTemporaryFile(prefix="bench-time-") as report:
+        t0 = time.perf_counter()
+        r = subprocess.run(
+            [TIME_BIN, "-v", "-o", report.name, *argv], env=env, capture_output=True, text=True, timeout=timeout
+        )
+        wall = time.perf_counter() - t0
+        usage = parse_time_v(Path(report.name).read_text(errors="replace"))
+    return Timed(r.returncode, wall, r.stdout, r.stderr, usage)
 
 
 def sha256_file(path: Path) -> str:
@@ -96,13 +160,6 @@ def drop_page_cache() -> str:
         return f"not permitted ({e.strerror})"
 
 
-def busy_cpu_seconds() -> float:
-    """Machine-wide non-idle CPU seconds so far (/proc/stat: all but idle, iowait, guest)."""
-    f = [int(x) for x in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
-    user, nice, system, _idle, _iowait, irq, softirq, steal = f[:8]
-    return (user + nice + system + irq + softirq + steal) / os.sysconf("SC_CLK_TCK")
-
-
 def timed_sync() -> float:
     t0 = time.perf_counter()
     os.sync()
@@ -123,9 +180,9 @@ def wait_for_quiet(threshold_cores: float, max_wait_s: float) -> tuple[float, fl
     machine distort timings."""
     t0 = time.monotonic()
     while True:
-        b0, w0 = busy_cpu_seconds(), time.monotonic()
+        b0, w0 = machine_busy_seconds(), time.monotonic()
         time.sleep(1.0)
-        busy = (busy_cpu_seconds() - b0) / (time.monotonic() - w0)
+        busy = (machine_busy_seconds() - b0) / (time.monotonic() - w0)
         waited = time.monotonic() - t0
         if busy <= threshold_cores or waited >= max_wait_s:
             if busy > threshold_cores:

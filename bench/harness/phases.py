@@ -4,7 +4,6 @@ files, the memory-limited runs, the sweep), the no-op re-run and the physical li
 from __future__ import annotations
 
 import argparse
-import os
 import shutil
 import subprocess
 import time
@@ -14,15 +13,15 @@ from enum import Enum
 from pathlib import Path
 from typing import Any
 
-import physlimits
-
-from .common import ACCESS_KEY, BUCKET, OURS, REGION, SECRET_KEY, VENV, GiB, MiB, fmt, log, median
+from .. import physlimits
+from .common import BUCKET, OURS, VENV, GiB, MiB, log
 from .endpoints import Then
 from .env import Environment
 from .measure import verify_tree, wait_for_quiet
 from .model import ModelSpec, ensure_model
+from .numbers import fmt, median
 from .runner import Runner
-from .server import s3_client
+from .server import s3_client, s3_tool_env
 from .stats import add_percentages, against_best, limit_cost, summarize, variant_of
 from .tools import Ctx, Setting, Variant, make_tools
 
@@ -55,17 +54,7 @@ class Session:
             aibrix_download_bin=Path(a.aibrix_download_bin),
             sizes=sizes or [],
         )
-        ctx.base_env = {
-            k: v for k, v in os.environ.items() if not k.startswith(("AWS_", "DOWNLOADER_", "S3_", "HF_"))
-        } | {
-            "AWS_ENDPOINT_URL": ctx.endpoint,
-            "AWS_ACCESS_KEY_ID": ACCESS_KEY,
-            "AWS_SECRET_ACCESS_KEY": SECRET_KEY,
-            "AWS_REGION": REGION,
-            "AWS_DEFAULT_REGION": REGION,
-            "AWS_EC2_METADATA_DISABLED": "true",
-            "PYTHONUNBUFFERED": "1",
-        }
+        ctx.base_env = s3_tool_env(ctx.endpoint)
         return ctx
 
 

@@ -6,10 +6,10 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-import netem
-
-from .common import BASELINE, OURS, fmt
+from .. import netem
+from .common import BASELINE, OURS
 from .endpoints import EndPoint
+from .numbers import fmt
 from .phases import Phase
 from .stats import SPEEDUP_PEERS
 
@@ -61,7 +61,7 @@ def variant_table(rows: list[dict[str, Any]], settings: dict[str, Any], discard_
                     else " |"
                 )
             out.append(
-                f"{first}| {ep.title} | {st['n']} | {_wall_cell(st)} | {fmt(st['cpu_s_per_gib_median'], '.2f')} "
+                f"{first}| {ep.heading} | {st['n']} | {_wall_cell(st)} | {fmt(st['cpu_s_per_gib_median'], '.2f')} "
                 f"| {fmt(st['rss_mib_median'], '.0f')} | {fmt(st.get('wall_ratio_vs_s5cmd'), '.2f')} "
                 f"| {fmt(st.get('cpu_ratio_vs_s5cmd'), '.2f')} |{cg}"
             )
@@ -119,7 +119,7 @@ def headline(phase: dict[str, Any]) -> str:
         for g in groups:
             b = best.get(f"{g['variant']['setting']}/{ep.value}", {})
             cells.append(f"{fmt(b.get('wall'), '.2f')} / {fmt(b.get('cpu'), '.2f')}")
-        out.append(f"| {ep.title} | " + " | ".join(cells) + " |")
+        out.append(f"| {ep.heading} | " + " | ".join(cells) + " |")
     return "\n".join(out) + "\n"
 
 
@@ -129,7 +129,7 @@ def limit_table(phase: dict[str, Any]) -> str:
         return ""
     out = [
         "**The memory limit's cost** (median wall in the cgroup ÷ without it, same setting):\n",
-        "| tool | setting | limit MiB | " + " | ".join(ep.title for ep in EndPoint) + " |",
+        "| tool | setting | limit MiB | " + " | ".join(ep.heading for ep in EndPoint) + " |",
         "|---|---|---|" + "---|" * len(EndPoint),
     ]
     for r in rows:

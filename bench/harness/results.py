@@ -46,6 +46,9 @@ def upgrade(rec: dict[str, Any]) -> dict[str, Any]:
             for v in variants
         }
         ph["model"].setdefault("shape", "")
+        # schema 1 named the file list (or count) "files"
+        listed = ph["model"].get("files", {})
+        ph["model"].setdefault("n_files", len(listed) if isinstance(listed, dict) else listed)
     return rec
 
 

@@ -10,7 +10,6 @@ import fnmatch
 import json
 import os
 import shutil
-import signal
 import subprocess
 import sys
 import time
@@ -22,8 +21,9 @@ from .cgroup import MemoryCgroup
 from .common import TIME_BIN, MiB, log
 from .endpoints import Then, tool_cpu
 from .env import Environment
-from .measure import busy_cpu_seconds, drop_page_cache, parse_time_v, tail, timed_sync, verify_tree, wait_for_quiet
+from .measure import drop_page_cache, parse_time_v, tail, timed_sync, verify_tree, wait_for_quiet
 from .model import ModelSpec
+from .procs import kill_group, machine_busy_seconds
 from .tools import Ctx, Invocation, Tool
 
 READER = Path(__file__).resolve().parent / "reader.py"
@@ -59,12 +59,10 @@ class Runner:
     def kill_current(self) -> None:
         """Stop the tool or reader running now (its whole process group: ours, started by us)."""
         if self.current is not None and self.current.poll() is None:
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(self.current.pid, signal.SIGKILL)
-            self.current.wait()
+            kill_group(self.current)
 
     def _snapshot(self) -> Snapshot:
-        return Snapshot(time.perf_counter(), busy_cpu_seconds(), self.env.server_cpu(), self.env.relay_cpu())
+        return Snapshot(time.perf_counter(), machine_busy_seconds(), self.env.server_cpu(), self.env.relay_cpu())
 
     def _spawn(self, argv: list[str], out: IO[bytes], err: IO[bytes], env: dict[str, str]) -> tuple[int, bool]:
         """Run ``argv`` to its end or the timeout; (exit code, timed out)."""
@@ -74,8 +72,8 @@ class Runner:
         try:
             rc, timed_out = proc.wait(timeout=self.args.timeout), False
         except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
-            rc, timed_out = proc.wait(), True
+            kill_group(proc)
+            rc, timed_out = proc.returncode, True
         self.current = None
         return rc, timed_out
 
@@ -134,7 +132,7 @@ class Runner:
                 reader = self._read_weights(landing, ctx.spec, env)
                 s2 = self._snapshot()
             post_sync = timed_sync()
-            busy_after_sync = busy_cpu_seconds()
+            busy_after_sync = machine_busy_seconds()
             if group:
                 cg = group.counters()
         finally:

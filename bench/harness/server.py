@@ -1,44 +1,87 @@
-"""SeaweedFS (``weed mini``, all components in one process) as the benchmark's S3 server, and a boto3 client
-for the harness's own uploads and checks."""
+"""The servers the benchmarks start: any server process (start, wait until it answers, CPU and RSS, stop), SeaweedFS
+(``weed mini``, all components in one process) as the S3 server, a boto3 client for the harness's own uploads and
+checks, and the environment a tool gets to reach it."""
 
 from __future__ import annotations
 
 import contextlib
 import json
-import os
-import signal
-import socket
 import subprocess
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-import netem
-
-from .common import ACCESS_KEY, REGION, SECRET_KEY, VENV, log
-
-
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+from .. import netem
+from .common import ACCESS_KEY, REGION, SECRET_KEY, VENV, log, tool_env
+from .procs import cpu_seconds, free_port, memory_mib, stop_group
 
 
-class SeaweedFS:
+class ServerProcess:
+    """A server the benchmark starts as a process group of its own (a terminal's Ctrl-C must not kill it before
+    the benchmark cleans up), waits for, measures (CPU, RSS) and stops."""
+
+    name = "server"
+    stop_grace = 8.0  # seconds between SIGTERM and SIGKILL
+
+    def __init__(self, log_path: Path) -> None:
+        self.proc: subprocess.Popen[bytes] | None = None
+        self.log_path = log_path  # its stdout and stderr
+
+    def launch(self, argv: list[str], ready: Callable[[], object], timeout: float, interval: float) -> None:
+        """Start ``argv``, then call ``ready`` every ``interval`` s until it returns without raising."""
+        with open(self.log_path, "wb") as out:
+            self.proc = subprocess.Popen(argv, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
+        deadline = time.monotonic() + timeout
+        last = ""
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"{self.name} exited with {self.proc.returncode}:\n{self.log_tail()}")
+            try:
+                ready()
+                return
+            except Exception as e:  # not up yet
+                last = repr(e)
+            time.sleep(interval)
+        raise RuntimeError(f"{self.name} not ready after {timeout}s ({last}):\n{self.log_tail()}")
+
+    def log_tail(self, n: int = 40) -> str:
+        try:
+            return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-n:])
+        except OSError:
+            return "(no log)"
+
+    def cpu_seconds(self) -> float | None:
+        """utime+stime of the server process so far."""
+        return None if self.proc is None else cpu_seconds(self.proc.pid)
+
+    def rss_mib(self) -> float | None:
+        return None if self.proc is None else memory_mib(self.proc.pid)
+
+    def stop(self) -> None:
+        if self.proc is None:
+            return
+        if self.proc.poll() is None:
+            log(f"stopping {self.name}")
+            stop_group(self.proc, self.stop_grace)
+        self.proc = None
+
+
+class SeaweedFS(ServerProcess):
     """``weed mini`` bound to 127.0.0.1 on free ports, with a static S3 identity."""
 
-    # bench_sidecar.py points this at its own venv when bench/.venv has no weed
+    name = "SeaweedFS"
     weed: Path = VENV / "bin" / "weed"
+    stop_grace = 8.0  # weed mini's graceful shutdown can hang in the volume server: killed after a few seconds
 
     def __init__(self, store_dir: Path, scratch: Path, net: netem.NetEmu | None = None) -> None:
+        super().__init__(scratch / "weed.log")
         self.store_dir = store_dir
         self.scratch = scratch
         # with ``net``: run inside its namespace, on its veth address (the relay reaches that over the
         # namespace's own loopback; the harness and unthrottled checks over the veth)
         self.net = net
-        self.proc: subprocess.Popen[bytes] | None = None
         self.ports: dict[str, int] = {}
-        self.log_path = scratch / "weed.log"
         self.endpoint = ""
 
     def start(self) -> None:
@@ -92,76 +135,17 @@ class SeaweedFS:
         self.endpoint = f"http://{ip}:{self.ports['s3']}"
         where = f" in netns {self.net.ns}" if self.net else ""
         log(f"starting SeaweedFS{where}: store={self.store_dir} s3={self.endpoint}")
-        with open(self.log_path, "wb") as lf:
-            # own session: a terminal Ctrl-C must not kill it before we clean up
-            self.proc = subprocess.Popen(cmd, stdout=lf, stderr=subprocess.STDOUT, start_new_session=True)
-        self._wait_ready()
-
-    def _wait_ready(self, timeout: float = 90.0) -> None:
-        deadline = time.monotonic() + timeout
-        last = ""
-        while time.monotonic() < deadline:
-            assert self.proc is not None
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"weed exited with {self.proc.returncode}:\n{self.log_tail()}")
-            try:
-                c = s3_client(self.endpoint)
-                c.list_buckets()
-                return
-            except Exception as e:  # not up yet
-                last = repr(e)
-            time.sleep(0.5)
-        raise RuntimeError(f"SeaweedFS S3 not ready after {timeout}s ({last}):\n{self.log_tail()}")
-
-    def log_tail(self, n: int = 40) -> str:
-        try:
-            return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-n:])
-        except OSError:
-            return "(no log)"
-
-    def cpu_seconds(self) -> float | None:
-        """utime+stime of the weed process so far (all components run in one process)."""
-        if self.proc is None:
-            return None
-        try:
-            fields = Path(f"/proc/{self.proc.pid}/stat").read_text().rsplit(")", 1)[1].split()
-        except OSError:
-            return None
-        ticks = os.sysconf("SC_CLK_TCK")
-        return (int(fields[11]) + int(fields[12])) / ticks
-
-    def rss_mib(self) -> float | None:
-        if self.proc is None:
-            return None
-        try:
-            for line in Path(f"/proc/{self.proc.pid}/status").read_text().splitlines():
-                if line.startswith("VmRSS:"):
-                    return int(line.split()[1]) / 1024
-        except OSError:
-            return None
-        return None
+        self.launch(cmd, lambda: s3_client(self.endpoint).list_buckets(), timeout=90.0, interval=0.5)
 
     def stop(self) -> None:
         if self.proc is None:
             return
-        if self.proc.poll() is None:
-            log("stopping SeaweedFS")
-            # weed mini's graceful shutdown can hang in the volume server; give it a
-            # few seconds, then kill it.
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(self.proc.pid, signal.SIGTERM)
-            try:
-                self.proc.wait(timeout=8)
-            except subprocess.TimeoutExpired:
-                with contextlib.suppress(ProcessLookupError):
-                    os.killpg(self.proc.pid, signal.SIGKILL)
-                self.proc.wait(timeout=10)
+        super().stop()
         # unix sockets weed creates in /tmp for *our* ports only
         for kind in ("master", "volume", "filer", "s3", "admin"):
             sock = Path(f"/tmp/seaweedfs-{kind}-grpc-{self.ports.get(kind + '.grpc', 0)}.sock")
             with contextlib.suppress(OSError):
                 sock.unlink()
-        self.proc = None
 
 
 def s3_client(endpoint: str, pool: int = 10) -> Any:
@@ -175,4 +159,24 @@ def s3_client(endpoint: str, pool: int = 10) -> Any:
         aws_secret_access_key=SECRET_KEY,
         region_name=REGION,
         config=Config(max_pool_connections=pool, retries={"mode": "standard"}),
+    )
+
+
+# the benchmark's static, local-only S3 identity, as AWS_* variables (no instance metadata lookups)
+S3_IDENTITY = {
+    "AWS_ACCESS_KEY_ID": ACCESS_KEY,
+    "AWS_SECRET_ACCESS_KEY": SECRET_KEY,
+    "AWS_REGION": REGION,
+    "AWS_EC2_METADATA_DISABLED": "true",
+}
+# what an S3 tool must not inherit from whoever runs the benchmark: other credentials and endpoints, and the
+# project's own settings
+TOOL_ENV_DROP = ("AWS_", "DOWNLOADER_", "S3_", "HF_")
+
+
+def s3_tool_env(endpoint: str, drop: tuple[str, ...] = ()) -> dict[str, str]:
+    """The environment of a tool that downloads from the benchmark's S3 server: without the variables that start
+    with one of ``TOOL_ENV_DROP`` + ``drop``, with the server's endpoint and identity."""
+    return tool_env(
+        TOOL_ENV_DROP + drop, AWS_ENDPOINT_URL=endpoint, **S3_IDENTITY, AWS_DEFAULT_REGION=REGION, PYTHONUNBUFFERED="1"
     )

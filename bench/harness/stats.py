@@ -4,8 +4,9 @@ from __future__ import annotations
 
 from typing import Any
 
-from .common import BASELINE, OURS, GiB, median
+from .common import BASELINE, OURS, GiB
 from .endpoints import EndPoint, measure, tool_cpu
+from .numbers import median
 from .tools import Setting, Variant
 
 SPEEDUP_PEERS = ("boto3", "aibrix-0.8.0")

