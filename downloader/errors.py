@@ -80,12 +80,13 @@ class IntegrityError(DownloaderError):
 
     exit_code = 5
 
-    def __init__(self, key: str, check: str, expected: str, actual: str) -> None:
-        super().__init__(f"object {key!r}: {check} mismatch: expected {expected}, got {actual}")
+    def __init__(self, key: str, check: str, expected: str, actual: str, *, hint: str = "") -> None:
+        super().__init__(f"object {key!r}: {check} mismatch: expected {expected}, got {actual}{hint}")
         self.key = key
         self.check = check
         self.expected = expected
         self.actual = actual
+        self.hint = hint
 
 
 class LocalStorageError(DownloaderError):

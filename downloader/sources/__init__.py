@@ -13,7 +13,13 @@ def open_source(settings: Settings) -> Source:
     if scheme in ("s3", "tos"):
         from .s3 import S3Source
 
-        return S3Source(settings.uri, settings.s3, connections=connections, stall_timeout=stall)
+        return S3Source(
+            settings.uri,
+            settings.s3,
+            connections=connections,
+            stall_timeout=stall,
+            verify=settings.verify,
+        )
     if scheme == "gs":
         from .gcs import GcsSource
 
