@@ -6,8 +6,8 @@ Public, read-only state API (used by the sidecar and the runtime):
     is_ready(model_dir) -> bool                   manifest present and every file still in place
 """
 
-from .state import Manifest, ManifestFile, Progress, is_ready, read_manifest, read_progress
+__version__ = "0.1.0"  # before the imports below: config reads it for --version
 
-__version__ = "0.1.0"
+from .state import Manifest, ManifestFile, Progress, is_ready, read_manifest, read_progress
 
 __all__ = ["Manifest", "ManifestFile", "Progress", "__version__", "is_ready", "read_manifest", "read_progress"]

@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from enum import Enum
 from typing import Any
 
+from . import __version__
 from .errors import ConfigError
 from .uri import ModelUri, parse_model_uri
 
@@ -294,6 +295,7 @@ def validate_model_name(name: str | None) -> str:
 def build_arg_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="aibrix-download",
+        allow_abbrev=False,  # a flag is spelt in full: --num-thread must not quietly mean --num-threads
         description="Download model weights from object storage into a node-local directory: parallel, "
         "ranged, filtered, resumable, verified, one download per node. Settings: flag > "
         "--download-extra-config > environment > default (see README).",
@@ -359,6 +361,7 @@ def build_arg_parser() -> argparse.ArgumentParser:
         "[DOWNLOADER_VERIFY, strict]",
     )
     p.add_argument("--log-level", help="debug, info, warning, error [DOWNLOADER_LOG_LEVEL, info]")
+    p.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     return p
 
 

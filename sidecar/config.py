@@ -7,6 +7,7 @@ import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
+from downloader import __version__
 from downloader.config import load_settings as load_download_settings
 from downloader.config import parse_choice, parse_int, parse_seconds
 from downloader.errors import ConfigError
@@ -32,6 +33,7 @@ class SidecarSettings:
 def build_arg_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="aibrix-sidecar",
+        allow_abbrev=False,  # a flag is spelt in full: --model must not quietly mean --model-dir
         description="Probes and metrics for a model download and its engine. Everything after `--` is passed "
         "to aibrix-download, which the sidecar then runs itself (native-sidecar mode).",
     )
@@ -56,6 +58,7 @@ def build_arg_parser() -> argparse.ArgumentParser:
         "container and the download resumes (probes do not run during startup); -1 = stay up [10]",
     )
     p.add_argument("--log-level", help="debug, info, warning, error [SIDECAR_LOG_LEVEL, info]")
+    p.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     return p
 
 
