@@ -68,9 +68,11 @@ class TransferError(DownloaderError):
 
     exit_code = 4
 
-    def __init__(self, key: str, reason: str, *, attempts: int) -> None:
-        super().__init__(f"object {key!r}: giving up after {attempts} attempt(s): {reason}")
+    def __init__(self, key: str, reason: str, *, attempts: int, subject: str = "object") -> None:
+        # `subject` names what `key` is: an "object", or the "prefix" (a URI) whose listing failed
+        super().__init__(f"{subject} {key!r}: giving up after {attempts} attempt(s): {reason}")
         self.key = key
+        self.subject = subject
         self.reason = reason
         self.attempts = attempts
 

@@ -18,6 +18,7 @@ def open_source(settings: Settings) -> Source:
             settings.s3,
             connections=connections,
             stall_timeout=stall,
+            max_attempts=settings.max_attempts,
             verify=settings.verify,
         )
     if scheme == "gs":
@@ -27,7 +28,9 @@ def open_source(settings: Settings) -> Source:
     if scheme == "hf":
         from .hf import HfSource
 
-        return HfSource(settings.uri, settings.hf, connections=connections, stall_timeout=stall)
+        return HfSource(
+            settings.uri, settings.hf, connections=connections, stall_timeout=stall, max_attempts=settings.max_attempts
+        )
     if scheme == "file":
         from .local import LocalSource
 

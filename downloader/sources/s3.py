@@ -114,10 +114,12 @@ class S3Source:
         *,
         connections: int,
         stall_timeout: float,
+        max_attempts: int = 10,
         verify: VerifyMode = VerifyMode.STRICT,
     ) -> None:
         self.uri = uri
         self._verify = verify
+        self._max_attempts = max_attempts
         self.bucket = uri.bucket
         self.display_uri = uri.display
         core = botocore.session.get_session()
@@ -140,7 +142,9 @@ class S3Source:
             "user_agent_extra": "aibrix-download",
         }
         control = Config(
-            retries={"mode": "standard", "max_attempts": 6},
+            # Listing and the lookups around it retry in botocore, --max-attempts attempts in all (the first one
+            # included); the engine retries every request of the data client itself.
+            retries={"mode": "standard", "total_max_attempts": max_attempts},
             connect_timeout=10,
             read_timeout=max(30.0, stall_timeout),
             max_pool_connections=8,
@@ -189,7 +193,9 @@ class S3Source:
         except bce.NoCredentialsError:
             raise AccessDeniedError(self.display_uri, _NO_CREDENTIALS) from None
         except bce.BotoCoreError as exc:
-            raise TransferError(self.display_uri, f"listing failed: {exc}", attempts=6) from None
+            raise TransferError(
+                self.display_uri, f"listing failed: {exc}", attempts=self._max_attempts, subject="prefix"
+            ) from None
         if found or not prefix or prefix.endswith("/"):
             return
         # s3://bucket/path/file.json names a single object.
@@ -200,7 +206,7 @@ class S3Source:
                 return
             raise self._client_error(exc, prefix, "HEAD") from None
         except bce.BotoCoreError as exc:
-            raise TransferError(self.display_uri, f"HEAD failed: {exc}", attempts=6) from None
+            raise TransferError(prefix, f"HEAD failed: {exc}", attempts=self._max_attempts) from None
         yield RemoteFile(
             key=prefix, rel_path=prefix.rsplit("/", 1)[-1], size=int(head["ContentLength"]), version=head["ETag"]
         )
@@ -208,7 +214,9 @@ class S3Source:
     # ------------------------------------------------------------------------------------- integrity
     def describe(self, f: RemoteFile) -> ObjectDetail:
         try:
-            head = self._control.head_object(Bucket=self.bucket, Key=f.key, IfMatch=f.version, ChecksumMode="ENABLED")
+            # The data client (no retries of its own): the engine retries describe() and refresh(), and the two
+            # would multiply each other's attempts.
+            head = self._data.head_object(Bucket=self.bucket, Key=f.key, IfMatch=f.version, ChecksumMode="ENABLED")
         except bce.ClientError as exc:
             raise self._translate(exc, f.key) from None
         except bce.BotoCoreError as exc:
@@ -361,7 +369,7 @@ class S3Source:
 
     def refresh(self, f: RemoteFile) -> RemoteFile | None:
         try:
-            head = self._control.head_object(Bucket=self.bucket, Key=f.key)
+            head = self._data.head_object(Bucket=self.bucket, Key=f.key)
         except bce.ClientError as exc:
             if _status(exc) == 404:
                 return None
