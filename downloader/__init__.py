@@ -4,10 +4,20 @@ Public, read-only state API (used by the sidecar and the runtime):
     read_manifest(model_dir) -> Manifest | None   the readiness signal: complete and verified
     read_progress(model_dir) -> Progress | None   live progress of a running (or the last) download
     is_ready(model_dir) -> bool                   manifest present and every file still in place
+    damaged_files(model_dir, manifest) -> [path]  files the manifest lists that are missing or changed
 """
 
 __version__ = "0.1.0"  # before the imports below: config reads it for --version
 
-from .state import Manifest, ManifestFile, Progress, is_ready, read_manifest, read_progress
+from .state import Manifest, ManifestFile, Progress, damaged_files, is_ready, read_manifest, read_progress
 
-__all__ = ["Manifest", "ManifestFile", "Progress", "__version__", "is_ready", "read_manifest", "read_progress"]
+__all__ = [
+    "Manifest",
+    "ManifestFile",
+    "Progress",
+    "__version__",
+    "damaged_files",
+    "is_ready",
+    "read_manifest",
+    "read_progress",
+]

@@ -137,6 +137,12 @@ class Interrupted(DownloaderError):
         self.exit_code = exit_code
 
 
+# Exit codes after which the same download, run again, fails the same way until something outside it changes (a
+# setting, the source, its permissions): nothing is resumed by a restart. After the others (a transfer that gave up,
+# local storage, an integrity failure, a signal, a bug) a rerun keeps every finished file and range and goes on.
+PERMANENT_EXIT_CODES = frozenset({ConfigError.exit_code, SourceError.exit_code, UnsafePathError.exit_code})
+
+
 # Raised inside the engine only; never escapes to the user.
 class RetryableError(Exception):
     """A transient failure of one request: reset, timeout, throttling, 5xx, short body."""

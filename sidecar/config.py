@@ -8,9 +8,15 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 from downloader import __version__
+from downloader.config import Secret, parse_choice, parse_int, parse_seconds
+from downloader.config import Settings as DownloadSettings
 from downloader.config import load_settings as load_download_settings
-from downloader.config import parse_choice, parse_int, parse_seconds
 from downloader.errors import ConfigError
+
+# Environment variables whose values are credentials: never shown in /status, even if a child printed one. Names
+# of files holding them (AWS_WEB_IDENTITY_TOKEN_FILE, ...) are paths, which an error may usefully name.
+_SECRET_NAME = re.compile(r"SECRET|TOKEN|PASSWORD|PRIVATE|ACCESS_KEY", re.IGNORECASE)
+_PATH_NAME = re.compile(r"_(FILE|PATH|DIR)$", re.IGNORECASE)
 
 
 @dataclass(frozen=True)
@@ -28,6 +34,9 @@ class SidecarSettings:
     poll_interval: float = 1.0
     exit_on_failure_after: float = 10.0  # native mode: seconds after a failed download before exiting (-1: never)
     log_level: str = "INFO"
+    # Credentials in the environment and the download's settings: cut out of anything the sidecar repeats from
+    # the download child (its error lines), whatever the child printed.
+    secrets: tuple[Secret, ...] = ()
 
 
 def build_arg_parser() -> argparse.ArgumentParser:
@@ -87,9 +96,11 @@ def load_settings(argv: Sequence[str], env: Mapping[str, str]) -> SidecarSetting
     args = build_arg_parser().parse_args(argv)
 
     model_dir, _ = _pick(args.model_dir, env, "SIDECAR_MODEL_DIR")
+    download: DownloadSettings | None = None
     if download_args:
         # The downloader's own parser decides where the model lands: one source of truth.
-        model_dir = load_download_settings(download_args, env).model_dir
+        download = load_download_settings(download_args, env)
+        model_dir = download.model_dir
     if model_dir is None or not model_dir.strip():
         raise ConfigError(
             "--model-dir", model_dir, "set the model directory (or pass aibrix-download arguments after --)"
@@ -133,4 +144,13 @@ def load_settings(argv: Sequence[str], env: Mapping[str, str]) -> SidecarSetting
         poll_interval=poll,
         exit_on_failure_after=exit_after,
         log_level=level,
+        secrets=_secrets(env, download),
     )
+
+
+def _secrets(env: Mapping[str, str], download: DownloadSettings | None) -> tuple[Secret, ...]:
+    values = {v for k, v in env.items() if _SECRET_NAME.search(k) and not _PATH_NAME.search(k) and len(v) >= 4}
+    if download is not None:
+        given = (download.s3.access_key, download.s3.secret_key, download.s3.session_token, download.hf.token)
+        values |= {s.reveal() for s in given if s is not None and len(s.reveal()) >= 4}
+    return tuple(Secret(v) for v in sorted(values, key=len, reverse=True))  # longest first: no partial leftovers
