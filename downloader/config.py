@@ -51,7 +51,7 @@ KNOWN_ENV = {
     "DOWNLOADER_LOG_LEVEL",
     "DOWNLOADER_LOCAL_MODE",
     "DOWNLOADER_VERIFY",
-    # Accepted for AIBrix compatibility; they tune boto3 internals we do not use (see README).
+    # Accepted for AIBrix compatibility; they tune boto3 internals we do not use (docs/downloader.md).
     "DOWNLOADER_S3_MAX_IO_QUEUE",
     "DOWNLOADER_S3_IO_CHUNKSIZE",
     "DOWNLOADER_TOS_VERSION",
@@ -298,7 +298,7 @@ def build_arg_parser() -> argparse.ArgumentParser:
         allow_abbrev=False,  # a flag is spelt in full: --num-thread must not quietly mean --num-threads
         description="Download model weights from object storage into a node-local directory: parallel, "
         "ranged, filtered, resumable, verified, one download per node. Settings: flag > "
-        "--download-extra-config > environment > default (see README).",
+        "--download-extra-config > environment > default (see docs/downloader.md).",
     )
     p.add_argument(
         "--model-uri",

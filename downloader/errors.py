@@ -1,8 +1,8 @@
 """The downloader's one error tree.
 
 Every failure the user can act on is a `DownloaderError` subclass that carries its facts as fields and maps
-to one documented process exit code (see README "Exit codes"). SDK exceptions are translated into these at
-the backend edge (`downloader/sources/`); nothing above that layer sees a botocore or urllib3 exception.
+to one documented process exit code (README, docs/downloader.md "Exit codes"). SDK exceptions are translated into
+these at the backend edge (`downloader/sources/`); nothing above that layer sees a botocore or urllib3 exception.
 """
 
 from __future__ import annotations
