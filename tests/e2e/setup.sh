@@ -47,7 +47,7 @@ if [[ -n "$TORCH_INDEX_URL" ]]; then
 else
     pip_install "torch==$TORCH_VERSION"
 fi
-if ! "$PY" -c 'import sys, torch; sys.exit(torch.version.cuda is not None)'; then
+if ! "$PY" -W ignore -c 'import sys, torch; sys.exit(torch.version.cuda is not None)'; then  # (numpy comes later)
     echo "tests/e2e/setup.sh: pip installed a CUDA build of torch $TORCH_VERSION; set E2E_TORCH_INDEX_URL to a" \
         "package index with its CPU builds (see the top of this script), then run it again" >&2
     "$PY" -m pip uninstall --quiet -y torch   # so that the next run installs the CPU build in its place
