@@ -1,8 +1,8 @@
 """`aibrix-download` / `aibrix_download` / `python -m downloader`: parse, configure logging, run, exit.
 
-Exit codes (also in README): 0 ok, 1 internal error, 2 usage or configuration, 3 source refused or missing,
-4 transfer failed after retries, 5 integrity check failed, 6 local storage (space, permissions, I/O),
-7 unsafe object key, 130 interrupted by SIGINT, 143 interrupted by SIGTERM.
+Exit codes (also in README and docs/downloader.md): 0 ok, 1 internal error, 2 usage or configuration, 3 source
+refused or missing, 4 transfer failed after retries, 5 integrity check failed, 6 local storage (space, permissions,
+I/O), 7 unsafe object key, 130 interrupted by SIGINT, 143 interrupted by SIGTERM.
 """
 
 from __future__ import annotations

@@ -11,8 +11,10 @@ import math
 import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
+from enum import Enum
 from typing import Any
 
+from . import __version__
 from .errors import ConfigError
 from .pagecache import PageCache
 from .uri import ModelUri, parse_model_uri
@@ -50,7 +52,8 @@ KNOWN_ENV = {
     "DOWNLOADER_S3_ADDRESSING_STYLE",
     "DOWNLOADER_LOG_LEVEL",
     "DOWNLOADER_LOCAL_MODE",
-    # Accepted for AIBrix compatibility; they tune boto3 internals we do not use (see README).
+    "DOWNLOADER_VERIFY",
+    # Accepted for AIBrix compatibility; they tune boto3 internals we do not use (docs/downloader.md).
     "DOWNLOADER_S3_MAX_IO_QUEUE",
     "DOWNLOADER_S3_IO_CHUNKSIZE",
     "DOWNLOADER_TOS_VERSION",
@@ -74,7 +77,16 @@ EXTRA_CONFIG_KEYS = {
     "part_chunksize",
     "allow_file_suffix",
     "force_download",
+    "verify",  # ours: --verify
 }
+
+
+class VerifyMode(str, Enum):
+    """--verify: what a file must match before it gets its name (docs/verification.md)."""
+
+    STRICT = "strict"  # its size and the best checksum the source publishes whose form is known
+    ETAG = "etag"  # S3-compatible stores: its size and the ETag only (x-amz-checksum-* left out); others: strict
+    SIZE = "size"  # its size only
 
 
 class Secret:
@@ -153,6 +165,7 @@ class Settings:
     gcs: GcsSettings = field(default_factory=GcsSettings)
     hf: HfSettings = field(default_factory=HfSettings)
     local_mode: str = "copy"  # file:// sources: "copy" the files, or "link" (use them in place)
+    verify: VerifyMode = VerifyMode.STRICT
     warnings: tuple[str, ...] = ()
 
     @property
@@ -284,9 +297,10 @@ def validate_model_name(name: str | None) -> str:
 def build_arg_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="aibrix-download",
+        allow_abbrev=False,  # a flag is spelt in full: --num-thread must not quietly mean --num-threads
         description="Download model weights from object storage into a node-local directory: parallel, "
         "ranged, filtered, resumable, verified, one download per node. Settings: flag > "
-        "--download-extra-config > environment > default (see README).",
+        "--download-extra-config > environment > default (see docs/downloader.md).",
     )
     p.add_argument(
         "--model-uri",
@@ -349,7 +363,13 @@ def build_arg_parser() -> argparse.ArgumentParser:
     p.add_argument("--region", help="[AWS_REGION, AWS_DEFAULT_REGION]")
     p.add_argument("--s3-addressing-style", help="auto, path or virtual [DOWNLOADER_S3_ADDRESSING_STYLE]")
     p.add_argument("--local-mode", help="file:// sources: copy or link (use in place) [DOWNLOADER_LOCAL_MODE, copy]")
+    p.add_argument(
+        "--verify",
+        help="strict (size and the best published checksum), etag (S3: size and ETag only) or size "
+        "[DOWNLOADER_VERIFY, strict]",
+    )
     p.add_argument("--log-level", help="debug, info, warning, error [DOWNLOADER_LOG_LEVEL, info]")
+    p.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     return p
 
 
@@ -503,6 +523,10 @@ def settings_from(args: argparse.Namespace, env: Mapping[str, str]) -> Settings:
     hf = _hf_settings(extra, env, uri)
     raw = _first(args.local_mode, env.get("DOWNLOADER_LOCAL_MODE"), "copy")
     local_mode = parse_choice("--local-mode" if args.local_mode else "DOWNLOADER_LOCAL_MODE", raw, ("copy", "link"))
+    raw, name = _pick(args.verify, extra, "verify", env, "DOWNLOADER_VERIFY")
+    verify = (
+        VerifyMode(parse_choice(name, raw, [m.value for m in VerifyMode])) if raw is not None else VerifyMode.STRICT
+    )
 
     return Settings(
         uri=uri,
@@ -529,6 +553,7 @@ def settings_from(args: argparse.Namespace, env: Mapping[str, str]) -> Settings:
         gcs=gcs,
         hf=hf,
         local_mode=local_mode,
+        verify=verify,
         warnings=tuple(warnings),
     )
 

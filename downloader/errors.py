@@ -1,8 +1,8 @@
 """The downloader's one error tree.
 
 Every failure the user can act on is a `DownloaderError` subclass that carries its facts as fields and maps
-to one documented process exit code (see README "Exit codes"). SDK exceptions are translated into these at
-the backend edge (`downloader/sources/`); nothing above that layer sees a botocore or urllib3 exception.
+to one documented process exit code (README, docs/downloader.md "Exit codes"). SDK exceptions are translated into
+these at the backend edge (`downloader/sources/`); nothing above that layer sees a botocore or urllib3 exception.
 """
 
 from __future__ import annotations
@@ -68,9 +68,11 @@ class TransferError(DownloaderError):
 
     exit_code = 4
 
-    def __init__(self, key: str, reason: str, *, attempts: int) -> None:
-        super().__init__(f"object {key!r}: giving up after {attempts} attempt(s): {reason}")
+    def __init__(self, key: str, reason: str, *, attempts: int, subject: str = "object") -> None:
+        # `subject` names what `key` is: an "object", or the "prefix" (a URI) whose listing failed
+        super().__init__(f"{subject} {key!r}: giving up after {attempts} attempt(s): {reason}")
         self.key = key
+        self.subject = subject
         self.reason = reason
         self.attempts = attempts
 
@@ -80,12 +82,13 @@ class IntegrityError(DownloaderError):
 
     exit_code = 5
 
-    def __init__(self, key: str, check: str, expected: str, actual: str) -> None:
-        super().__init__(f"object {key!r}: {check} mismatch: expected {expected}, got {actual}")
+    def __init__(self, key: str, check: str, expected: str, actual: str, *, hint: str = "") -> None:
+        super().__init__(f"object {key!r}: {check} mismatch: expected {expected}, got {actual}{hint}")
         self.key = key
         self.check = check
         self.expected = expected
         self.actual = actual
+        self.hint = hint
 
 
 class LocalStorageError(DownloaderError):
@@ -132,6 +135,12 @@ class Interrupted(DownloaderError):
         super().__init__(f"interrupted by {signal_name}; completed ranges are kept and the next run resumes")
         self.signal_name = signal_name
         self.exit_code = exit_code
+
+
+# Exit codes after which the same download, run again, fails the same way until something outside it changes (a
+# setting, the source, its permissions): nothing is resumed by a restart. After the others (a transfer that gave up,
+# local storage, an integrity failure, a signal, a bug) a rerun keeps every finished file and range and goes on.
+PERMANENT_EXIT_CODES = frozenset({ConfigError.exit_code, SourceError.exit_code, UnsafePathError.exit_code})
 
 
 # Raised inside the engine only; never escapes to the user.

@@ -3,26 +3,37 @@
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
 import socket
 import sys
 import threading
 import time
 from collections import deque
+from collections.abc import Callable
 from typing import TextIO
 
 from .state import Phase, Progress, StateDir
 
+# The rate, and so the ETA, is measured over about the last RATE_WINDOW seconds of bytes arriving, and not given
+# before bytes have been arriving for RATE_MIN_SPAN seconds: the first GETs' latency is not a rate (an ETA of
+# 29544h at the start was its only effect).
+RATE_WINDOW = 10.0
+RATE_MIN_SPAN = 2.0
+# Where the terminal's width cannot be read (the stream is not a terminal any more, a pipe in a test).
+DEFAULT_COLUMNS = 80
+
 
 class Stats:
-    """Thread-safe counters updated by the transfer engine."""
+    """Thread-safe counters updated by the transfer engine. `clock` gives the seconds rates are measured in."""
 
-    def __init__(self, source: str, model_dir: str) -> None:
+    def __init__(self, source: str, model_dir: str, clock: Callable[[], float] = time.time) -> None:
+        self._clock = clock
         self._lock = threading.Lock()
         self.phase = Phase.PENDING
         self.source = source
         self.model_dir = model_dir
-        self.started_at = time.time()
+        self.started_at = clock()
         self.phase_started: dict[str, float] = {}
         self.bytes_total = 0
         self.bytes_done = 0
@@ -39,7 +50,7 @@ class Stats:
     def set_phase(self, phase: Phase) -> None:
         with self._lock:
             self.phase = phase
-            self.phase_started.setdefault(phase.value, time.time())
+            self.phase_started.setdefault(phase.value, self._clock())
 
     def set_totals(self, bytes_total: int, files_total: int, bytes_done: int, files_done: int) -> None:
         with self._lock:
@@ -89,20 +100,27 @@ class Stats:
     def failed(self, message: str) -> None:
         with self._lock:
             self.phase = Phase.FAILED
-            self.phase_started.setdefault(Phase.FAILED.value, time.time())
+            self.phase_started.setdefault(Phase.FAILED.value, self._clock())
             self.last_error = message
 
     def snapshot(self) -> Progress:
-        now = time.time()
+        now = self._clock()
         with self._lock:
-            self._samples.append((now, self.bytes_fetched))
+            # Samples start with the first byte: the time before it (listing, HEADs, the first GETs' latency) would
+            # make the first rates tiny and the first ETAs absurd.
+            if self.bytes_fetched > 0 or self._samples:
+                self._samples.append((now, self.bytes_fetched))
             rate = 0.0
-            # rate over roughly the last 10 seconds
-            old = next((s for s in self._samples if now - s[0] <= 10.0), self._samples[0])
-            if now - old[0] > 0.2:
-                rate = (self.bytes_fetched - old[1]) / (now - old[0])
-            remaining = max(0, self.bytes_total - self.bytes_done)
-            eta = remaining / rate if rate > 0 else None
+            eta = None
+            if self._samples and now - self._samples[0][0] >= RATE_MIN_SPAN:
+                old = next((s for s in self._samples if now - s[0] <= RATE_WINDOW), self._samples[-1])
+                if now - old[0] >= RATE_MIN_SPAN / 2:
+                    rate = (self.bytes_fetched - old[1]) / (now - old[0])
+                if rate > 0:
+                    eta = max(0, self.bytes_total - self.bytes_done) / rate
+            # A file counts as done once all its bytes are in and the engine has not started it over: small files
+            # get their names in batches a moment later, and "100 %, files 0/10" was the result.
+            received = sum(1 for size, done in self.active.values() if done >= size)
             return Progress(
                 phase=self.phase.value,
                 source=self.source,
@@ -115,7 +133,7 @@ class Stats:
                 bytes_done=self.bytes_done,
                 bytes_fetched=self.bytes_fetched,
                 files_total=self.files_total,
-                files_done=self.files_done,
+                files_done=min(self.files_total, self.files_done + received),
                 rate_bps=rate,
                 eta_seconds=eta,
                 retries=self.retries,
@@ -139,6 +157,8 @@ def human_seconds(s: float | None) -> str:
     if s is None:
         return "?"
     s = int(s)
+    if s >= 86400:
+        return f"{s // 86400}d{s % 86400 // 3600:02d}h"
     if s >= 3600:
         return f"{s // 3600}h{s % 3600 // 60:02d}m"
     if s >= 60:
@@ -146,13 +166,39 @@ def human_seconds(s: float | None) -> str:
     return f"{s}s"
 
 
-def progress_line(p: Progress) -> str:
+def _fields(p: Progress) -> list[str]:
+    """What a progress report says, most important first: a narrow terminal drops fields from the end."""
     pct = 100.0 * p.bytes_done / p.bytes_total if p.bytes_total else 100.0
-    return (
-        f"{p.phase}: {pct:5.1f}% {human_bytes(p.bytes_done)}/{human_bytes(p.bytes_total)} "
-        f"files {p.files_done}/{p.files_total} {human_bytes(p.rate_bps)}/s ETA {human_seconds(p.eta_seconds)}"
-        + (f" retries {p.retries}" if p.retries else "")
-    )
+    fields = [f"{pct:5.1f}%", f"{human_bytes(p.bytes_done)}/{human_bytes(p.bytes_total)}"]
+    fields.append(f"files {p.files_done}/{p.files_total}")
+    if p.eta_seconds is not None:
+        fields += [f"{human_bytes(p.rate_bps)}/s", f"ETA {human_seconds(p.eta_seconds)}"]
+    if p.retries:
+        fields.append(f"retries {p.retries}")
+    return fields
+
+
+def progress_line(p: Progress) -> str:
+    """One line of the non-terminal report (logs): every field."""
+    return f"{p.phase}: " + " ".join(_fields(p))
+
+
+def bar_line(p: Progress, columns: int) -> str:
+    """The terminal report: a bar and as many fields as fit in `columns` - 1 characters, so that the line never
+    wraps (a wrapped line cannot be redrawn in place: each redraw would leave the previous one behind)."""
+    room = max(1, columns - 1)
+    fields = _fields(p)
+    while True:
+        text = " ".join(fields)
+        width = min(30, room - len(text) - 3)  # "[" + bar + "] "
+        if width >= 10 or len(fields) == 1:
+            break
+        fields.pop()
+    if width < 10:
+        return text[:room]
+    frac = p.bytes_done / p.bytes_total if p.bytes_total else 1.0
+    filled = min(width, int(frac * width))
+    return f"[{'#' * filled}{'-' * (width - filled)}] {text}"[:room]
 
 
 class Reporter:
@@ -169,13 +215,35 @@ class Reporter:
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._last_line = 0.0
+        self._drawn = False  # a bar is on the terminal's current line
+        self._draw_lock = threading.Lock()
+        self._log_guard: _ClearBarFirst | None = None
 
     def attach(self, state: StateDir) -> None:
         self.state = state
 
     def start(self) -> None:
+        if self.mode == "bar":
+            # A log line written while the bar is drawn would be appended to it; clear the bar first.
+            self._log_guard = _ClearBarFirst(self)
+            for handler in logging.getLogger().handlers:
+                handler.addFilter(self._log_guard)
         self._thread = threading.Thread(target=self._run, name="progress", daemon=True)
         self._thread.start()
+
+    def clear_bar(self) -> None:
+        with self._draw_lock:
+            if self._drawn:
+                with contextlib.suppress(OSError, ValueError):
+                    self.stream.write("\r\x1b[K")
+                    self.stream.flush()
+                self._drawn = False
+
+    def _columns(self) -> int:
+        try:
+            return os.get_terminal_size(self.stream.fileno()).columns or DEFAULT_COLUMNS
+        except (OSError, ValueError, AttributeError):
+            return DEFAULT_COLUMNS
 
     def _run(self) -> None:
         while not self._stop.wait(0.5):
@@ -189,12 +257,12 @@ class Reporter:
         if p.phase not in ("downloading", "verifying") and not final:
             return
         if self.mode == "bar":
-            width = 30
-            frac = p.bytes_done / p.bytes_total if p.bytes_total else 1.0
-            bar = "#" * int(frac * width) + "-" * (width - int(frac * width))
-            with contextlib.suppress(OSError, ValueError):
-                self.stream.write(f"\r[{bar}] {progress_line(p)}\x1b[K" + ("\n" if final else ""))
+            line = bar_line(p, self._columns())
+            with self._draw_lock, contextlib.suppress(OSError, ValueError):
+                # Back to the start of the line, the bar, then erase whatever a longer previous line left after it.
+                self.stream.write(f"\r{line}\x1b[K" + ("\n" if final else ""))
                 self.stream.flush()
+                self._drawn = not final
         elif self.mode == "lines" and (final or now - self._last_line >= self.interval):
             self._last_line = now
             with contextlib.suppress(OSError, ValueError):
@@ -206,3 +274,20 @@ class Reporter:
         if self._thread is not None:
             self._thread.join(timeout=2)
         self.tick(final=self.mode != "none" and self.stats.phase in ("downloading", "verifying", "ready"))
+        self.clear_bar()
+        if self._log_guard is not None:
+            for handler in logging.getLogger().handlers:
+                handler.removeFilter(self._log_guard)
+            self._log_guard = None
+
+
+class _ClearBarFirst(logging.Filter):
+    """Lets every record through, clearing the progress bar off the terminal line first."""
+
+    def __init__(self, reporter: Reporter) -> None:
+        super().__init__()
+        self._reporter = reporter
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        self._reporter.clear_bar()
+        return True

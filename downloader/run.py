@@ -108,6 +108,14 @@ def _download(
         )
     for warning in check_layout(selected):
         log.warning("%s", warning)
+    if len(listed) == 1 and listed[0].key == settings.uri.prefix and settings.model_name == listed[0].rel_path:
+        # AIBrix's layout, kept: the model directory is named after the URI's last segment, here the object's name.
+        log.warning(
+            "%s names one object: it lands at %s (the model directory is named after the URI's last segment, as "
+            "AIBrix does); --model-name chooses that directory",
+            source.display_uri,
+            os.path.join(model_dir, listed[0].rel_path),
+        )
     log.info("%d of %d objects selected (%s)", len(selected), len(listed), human_bytes(sum(f.size for f in selected)))
 
     tree = ModelTree(model_dir)

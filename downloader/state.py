@@ -180,17 +180,25 @@ def read_progress(model_dir: str) -> Progress | None:
 def is_ready(model_dir: str) -> bool:
     """True when the manifest says complete and every listed file is present with its recorded size."""
     manifest = read_manifest(model_dir)
-    if manifest is None:
-        return False
+    return manifest is not None and not damaged_files(model_dir, manifest, first_only=True)
+
+
+def damaged_files(model_dir: str, manifest: Manifest, *, first_only: bool = False) -> list[str]:
+    """Files the manifest lists that are no longer there as a regular file of their recorded size (all of them,
+    or the first one found)."""
+    damaged: list[str] = []
     for f in manifest.files:
         try:
             path = os.path.join(model_dir, f.path)
             st = os.stat(path) if f.linked else os.lstat(path)
+            intact = stat.S_ISREG(st.st_mode) and st.st_size == f.size
         except OSError:
-            return False
-        if not stat.S_ISREG(st.st_mode) or st.st_size != f.size:
-            return False
-    return True
+            intact = False
+        if not intact:
+            damaged.append(f.path)
+            if first_only:
+                break
+    return damaged
 
 
 def _read_json(path: str) -> Any:

@@ -27,7 +27,7 @@ from dataclasses import dataclass, field
 from typing import TypeVar
 
 from . import verify
-from .config import Settings
+from .config import Settings, VerifyMode
 from .errors import (
     IntegrityError,
     LocalStorageError,
@@ -162,12 +162,24 @@ class _Job:
     attempt: _Attempt | None = None
     restarts: int = 0
     integrity_failures: int = 0
+    mismatch: str | None = None  # what the first check computed over the bytes of a fetch that failed it
     resumed: bool = False
 
 
-def choose_checksum(detail: ObjectDetail, multi_range: bool) -> tuple[Checksum | None, str]:
+def usable_checksums(detail: ObjectDetail, mode: VerifyMode) -> list[Checksum]:
+    """The published checksums --verify lets count and this build can compute, most preferred first."""
+    if mode is VerifyMode.SIZE:
+        return []
+    return [
+        c for c in detail.checksums if verify.supported(c.algorithm) and not (mode is VerifyMode.ETAG and c.additional)
+    ]
+
+
+def choose_checksum(
+    detail: ObjectDetail, multi_range: bool, mode: VerifyMode = VerifyMode.STRICT
+) -> tuple[Checksum | None, str]:
     """Pick the checksum to verify and how: prefer one computed while streaming over a second full read."""
-    usable = [c for c in detail.checksums if verify.supported(c.algorithm)]
+    usable = usable_checksums(detail, mode)
     if not usable:
         return None, "size"
     if not multi_range:
@@ -410,7 +422,7 @@ class Engine:
             if job.detail.size != f.size:
                 self._restart(job, None, ObjectChangedError(f.key, "size changed since listing"))
                 return None
-            job.checksum, job.strategy = choose_checksum(job.detail, multi_range=True)
+            self._choose(job, job.detail, multi_range=True)
             if job.checksum is not None and job.strategy == "stream":
                 part_size = job.checksum.part_size  # ranges aligned to the source's parts
         ranges = split_ranges(f.size, self.settings.part_threshold, self.settings.part_chunksize, part_size)
@@ -486,7 +498,7 @@ class Engine:
     ) -> None:
         f = job.f
         job.detail, n = fetched
-        job.checksum, job.strategy = choose_checksum(job.detail, multi_range=False)
+        self._choose(job, job.detail, multi_range=False)
         hasher = self._range_hasher(job, r)
         if hasher is not None:
             hasher.update(view[:n])
@@ -544,7 +556,7 @@ class Engine:
                 try:
                     if job.detail is None and reader.detail is not None:
                         job.detail = reader.detail
-                        job.checksum, job.strategy = choose_checksum(reader.detail, multi_range=False)
+                        self._choose(job, reader.detail, multi_range=False)
                         hasher = self._range_hasher(job, r)
                     fill = 0  # bytes in view[:fill] arrived but are not written yet; they belong at `pos`
                     queued = pos  # writeback is queued for the bytes before this offset (page cache writes)
@@ -587,6 +599,16 @@ class Engine:
             except RetryableError as exc:
                 tries += 1
                 self._wait_to_retry(f, exc, tries, f"{f.rel_path} bytes {pos}-{r.end}: {exc}")
+
+    def _choose(self, job: _Job, detail: ObjectDetail, *, multi_range: bool) -> None:
+        job.checksum, job.strategy = choose_checksum(detail, multi_range, self.settings.verify)
+        for note in detail.uninterpreted:
+            log.warning(
+                "%s: %s; verified with %s instead",
+                job.f.rel_path,
+                note,
+                job.checksum.label if job.checksum else "its size",
+            )
 
     def _range_hasher(self, job: _Job, r: ByteRange) -> verify.RangeHasher | None:
         if job.checksum is None or job.strategy not in ("stream", "combine"):
@@ -644,7 +666,9 @@ class Engine:
         except IntegrityError as exc:
             job.integrity_failures += 1
             if job.integrity_failures > 1:
-                raise
+                hint = verify.STORE_HINT if exc.check != "size" else ""
+                raise IntegrityError(exc.key, exc.check, exc.expected, exc.actual, hint=hint) from None
+            job.mismatch = exc.actual
             log.warning("%s; fetching the file again", exc)
             self.stats.retry("checksum", str(exc))
             self._restart(job, attempt, None)
@@ -739,7 +763,10 @@ class Engine:
             raise IntegrityError(f.key, "size", str(f.size), str(size))
         c = job.checksum
         if c is None or f.size == 0:
-            reason = job.detail.unverifiable if job.detail and job.detail.unverifiable else "no checksum published"
+            if self.settings.verify is VerifyMode.SIZE:
+                reason = "--verify size"
+            else:
+                reason = job.detail.unverifiable if job.detail and job.detail.unverifiable else "no checksum published"
             return (f"size only ({reason})" if f.size else "size (empty file)"), None
         if job.strategy == "stream":
             digests = [d for r in attempt.ranges for d in attempt.done[r.index]]
@@ -752,8 +779,20 @@ class Engine:
             # A second read (normally from the page cache), through the descriptor we hold.
             fd = attempt.buffered_fd()
             actual = verify.encode(verify.digest_file(fd, c.algorithm, f.size, self._halt), c.encoding)
-        verify.check(f.key, c, actual)
-        return f"size and {c.label}", f"{c.algorithm}:{c.value}" + (f"-{c.parts}" if c.parts else "")
+        if actual == c.value:
+            return f"size and {c.label}", f"{c.algorithm}:{c.shown}"
+        # The first check failed: the other published values, over the same bytes, tell a bad fetch from a value
+        # this program cannot read or a store that publishes a wrong one (verify.settle).
+        assert job.detail is not None
+        others = [o for o in usable_checksums(job.detail, self.settings.verify) if o != c]
+        fd = attempt.buffered_fd()
+        verdict = verify.settle(
+            f.key, c, actual, others, lambda o: verify.value_of(o, fd, f.size, self._halt), job.mismatch
+        )
+        if verdict.warning:
+            log.warning("%s", verdict.warning)
+        ok = verdict.checksum
+        return verdict.verified, f"{ok.algorithm}:{ok.shown}" if ok else None
 
     def _restart(self, job: _Job, attempt: _Attempt | None, changed: ObjectChangedError | None) -> None:
         """Start the file over from nothing: its object changed, or its bytes failed the checksum."""

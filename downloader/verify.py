@@ -1,5 +1,6 @@
 """Checksums: hashers for every algorithm a source may publish, per-part hashing while bytes stream past,
-composite (multipart) digests, and the full-file pass used only when nothing cheaper is possible."""
+composite (multipart) digests, the full-file pass used only when nothing cheaper is possible, and what to make of
+a published value the bytes do not match (settle)."""
 
 from __future__ import annotations
 
@@ -9,7 +10,8 @@ import importlib
 import os
 import threading
 import zlib
-from collections.abc import Callable
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
 from typing import Any, Protocol
 
 from .errors import IntegrityError, Interrupted
@@ -230,12 +232,10 @@ def combine_range_crcs(algorithm: str, digests: list[str], lengths: list[int]) -
     return crc.to_bytes(_POLYS[algorithm][1] // 8, "big")
 
 
-def digest_file(fd: int, algorithm: str, size: int, cancel: threading.Event, block: int = 4 * 1024 * 1024) -> bytes:
-    """A second full read; used only for full-object checksums of files fetched in several ranges."""
-    h = new_hasher(algorithm, size)
+def _blocks(fd: int, size: int, cancel: threading.Event, block: int) -> Iterator[memoryview]:
+    """The file's first `size` bytes, read again through `fd`, one buffer at a time (the same buffer each time)."""
     block = max(1, min(block, size))  # a fresh buffer is zeroed: no larger than the file
-    buf = bytearray(block)
-    view = memoryview(buf)
+    view = memoryview(bytearray(block))
     offset = 0
     while offset < size:
         if cancel.is_set():
@@ -243,11 +243,83 @@ def digest_file(fd: int, algorithm: str, size: int, cancel: threading.Event, blo
         n = os.preadv(fd, [view[: min(block, size - offset)]], offset)
         if n <= 0:
             break
-        h.update(view[:n])
+        yield view[:n]
         offset += n
+
+
+def digest_file(fd: int, algorithm: str, size: int, cancel: threading.Event, block: int = 4 * 1024 * 1024) -> bytes:
+    """A second full read; used only for full-object checksums of files fetched in several ranges."""
+    h = new_hasher(algorithm, size)
+    for data in _blocks(fd, size, cancel, block):
+        h.update(data)
     return h.digest()
 
 
-def check(key: str, checksum: Checksum, actual: str) -> None:
-    if actual != checksum.value:
-        raise IntegrityError(key, checksum.label, checksum.value, actual)
+def value_of(checksum: Checksum, fd: int, size: int, cancel: threading.Event, block: int = 4 * 1024 * 1024) -> str:
+    """The value `checksum` would have over the file's bytes, as published (full-object or composite), read again."""
+    hasher = RangeHasher(checksum.algorithm, 0, size - 1, checksum.part_size)
+    for data in _blocks(fd, size, cancel, block):
+        hasher.update(data)
+    return composite_value(checksum, hasher.finish())
+
+
+# Added to the error when a file fails twice: the way out for a store known to publish wrong values.
+STORE_HINT = (
+    " (the same check failed on a second fetch; if this store is known to publish wrong checksums, "
+    "--verify etag (S3-compatible stores: size and ETag only) or --verify size checks less)"
+)
+
+
+@dataclass(frozen=True)
+class Verdict:
+    """How a file that did not match its first check was verified after all."""
+
+    verified: str  # for the manifest: "size and md5 (composite of 3 parts)", "size only (...)"
+    checksum: Checksum | None  # the check that vouches for the bytes; None: their size alone
+    warning: str | None  # what the user must hear about the published values, or None
+
+
+def settle(
+    key: str,
+    chosen: Checksum,
+    actual: str,
+    others: Sequence[Checksum],
+    value_of: Callable[[Checksum], str],
+    earlier: str | None,
+) -> Verdict:
+    """The bytes gave `actual`, not `chosen`'s value: decide whether they are wrong or the value is unreadable.
+
+    Every other check the source published (`others`, most preferred first) is computed over the same bytes by
+    `value_of` (a second read). If one matches, the bytes are verified by it; the user is warned when the first
+    value was the store's declared one (the store published two values that cannot both be right). If none
+    matches and any of the values was the store's own word (not only this program's reading of it), the bytes
+    are wrong: IntegrityError, and the engine fetches the file again, then fails. If every value was only read
+    one way or another by this program, a mismatch the first time is still taken as a bad fetch (IntegrityError,
+    fetched again); when a second fetch gives the same `actual` (passed as `earlier`), the bytes are stable and
+    the values are what cannot be interpreted: the file is verified by size, with a warning naming them.
+    """
+    for other in others:
+        if value_of(other) != other.value:
+            continue
+        warning = None
+        if chosen.declared:
+            warning = (
+                f"{key}: the {chosen.label} value {chosen.shown} published for it does not match its bytes, which "
+                f"match its {other.label} value {other.shown}; the store's {chosen.algorithm} value is wrong; "
+                f"verified with {other.label}"
+            )
+        elif (chosen.algorithm, chosen.value) != (other.algorithm, other.value):
+            warning = (
+                f"{key}: its {chosen.algorithm} value {chosen.shown} cannot be interpreted (the store does not say "
+                f"how it was built and no reading of it matches); verified with {other.label}"
+            )
+        return Verdict(f"size and {other.label}", other, warning)
+    if chosen.declared or any(c.declared for c in others) or earlier != actual:
+        raise IntegrityError(key, chosen.label, chosen.shown, actual)
+    names = ", ".join(dict.fromkeys(f"{c.algorithm} {c.shown}" for c in (chosen, *others)))
+    return Verdict(
+        f"size only (published {names} cannot be interpreted)",
+        None,
+        f"{key}: the published {names} cannot be interpreted: no reading of them matches, and a second fetch gave "
+        "the same bytes; verified by size only",
+    )

@@ -209,12 +209,15 @@ def _common(p: argparse.ArgumentParser) -> None:
 def build_arg_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="aibrix-runtime",
+        allow_abbrev=False,  # flags are spelt in full, here and in each role below
         description="Start a Ray node for multi-node vLLM and supervise it: `head` waits for the model and the "
         "cluster, then runs `vllm serve` (arguments after `--` are passed to it); `worker` waits for the model "
         "and the head, then joins. Settings: flag > environment > default (see README).",
     )
     sub = p.add_subparsers(dest="role", required=True, metavar="{head,worker}")
-    head = sub.add_parser(HEAD, help="Ray head + vllm serve", description="Ray head node and vllm serve.")
+    head = sub.add_parser(
+        HEAD, help="Ray head + vllm serve", description="Ray head node and vllm serve.", allow_abbrev=False
+    )
     _common(head)
     g = head.add_argument_group("ray head")
     g.add_argument("--ray-port", help=f"GCS port [RUNTIME_RAY_PORT, {DEFAULT_RAY_PORT}]")
@@ -254,7 +257,9 @@ def build_arg_parser() -> argparse.ArgumentParser:
         "[RUNTIME_ENGINE_LOST_TIMEOUT, 60]",
     )
     g.add_argument("--vllm-command", help="how to run vLLM's CLI [RUNTIME_VLLM_COMMAND, vllm]")
-    worker = sub.add_parser(WORKER, help="Ray worker", description="Ray worker node joining the head.")
+    worker = sub.add_parser(
+        WORKER, help="Ray worker", description="Ray worker node joining the head.", allow_abbrev=False
+    )
     _common(worker)
     g = worker.add_argument_group("head")
     g.add_argument("--head-address", help="HOST[:PORT] of the head's GCS [RUNTIME_HEAD_ADDRESS; KubeRay: its own]")

@@ -67,9 +67,24 @@ class Runner:
         try:
             child.start()
         except OSError as exc:
-            raise failure(f"cannot start {child.name} ({child.argv[0]}): {exc.strerror or exc}") from None
+            reason = exc.strerror or str(exc)
+            if isinstance(exc, FileNotFoundError):
+                reason += "; " + self._not_found_hint(child.argv[0])
+            raise failure(f"cannot start {child.name} ({child.argv[0]}): {reason}") from None
         self.children.append(child)
         return child
+
+    def _not_found_hint(self, program: str) -> str:
+        """Where a program that does not exist was looked for, and the setting that names it."""
+        if program == self.s.ray_command[0]:
+            setting = "--ray-command (RUNTIME_RAY_COMMAND)"
+        elif program == self.s.vllm_command[0]:
+            setting = "--vllm-command (RUNTIME_VLLM_COMMAND)"
+        else:
+            setting = "its setting"
+        if "/" in program:
+            return f"there is no {program!r}: give the right path with {setting}"
+        return f"{program!r} is not on PATH ({self.env.get('PATH', '')}): install it, or give its path with {setting}"
 
     def _reap(self) -> None:
         reap_orphans({c.pid for c in self.children if c.pid is not None})

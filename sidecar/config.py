@@ -7,9 +7,16 @@ import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
+from downloader import __version__
+from downloader.config import Secret, parse_choice, parse_int, parse_seconds
+from downloader.config import Settings as DownloadSettings
 from downloader.config import load_settings as load_download_settings
-from downloader.config import parse_choice, parse_int, parse_seconds
 from downloader.errors import ConfigError
+
+# Environment variables whose values are credentials: never shown in /status, even if a child printed one. Names
+# of files holding them (AWS_WEB_IDENTITY_TOKEN_FILE, ...) are paths, which an error may usefully name.
+_SECRET_NAME = re.compile(r"SECRET|TOKEN|PASSWORD|PRIVATE|ACCESS_KEY", re.IGNORECASE)
+_PATH_NAME = re.compile(r"_(FILE|PATH|DIR)$", re.IGNORECASE)
 
 
 @dataclass(frozen=True)
@@ -27,11 +34,15 @@ class SidecarSettings:
     poll_interval: float = 1.0
     exit_on_failure_after: float = 10.0  # native mode: seconds after a failed download before exiting (-1: never)
     log_level: str = "INFO"
+    # Credentials in the environment and the download's settings: cut out of anything the sidecar repeats from
+    # the download child (its error lines), whatever the child printed.
+    secrets: tuple[Secret, ...] = ()
 
 
 def build_arg_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="aibrix-sidecar",
+        allow_abbrev=False,  # a flag is spelt in full: --model must not quietly mean --model-dir
         description="Probes and metrics for a model download and its engine. Everything after `--` is passed "
         "to aibrix-download, which the sidecar then runs itself (native-sidecar mode).",
     )
@@ -56,6 +67,7 @@ def build_arg_parser() -> argparse.ArgumentParser:
         "container and the download resumes (probes do not run during startup); -1 = stay up [10]",
     )
     p.add_argument("--log-level", help="debug, info, warning, error [SIDECAR_LOG_LEVEL, info]")
+    p.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     return p
 
 
@@ -84,9 +96,11 @@ def load_settings(argv: Sequence[str], env: Mapping[str, str]) -> SidecarSetting
     args = build_arg_parser().parse_args(argv)
 
     model_dir, _ = _pick(args.model_dir, env, "SIDECAR_MODEL_DIR")
+    download: DownloadSettings | None = None
     if download_args:
         # The downloader's own parser decides where the model lands: one source of truth.
-        model_dir = load_download_settings(download_args, env).model_dir
+        download = load_download_settings(download_args, env)
+        model_dir = download.model_dir
     if model_dir is None or not model_dir.strip():
         raise ConfigError(
             "--model-dir", model_dir, "set the model directory (or pass aibrix-download arguments after --)"
@@ -130,4 +144,13 @@ def load_settings(argv: Sequence[str], env: Mapping[str, str]) -> SidecarSetting
         poll_interval=poll,
         exit_on_failure_after=exit_after,
         log_level=level,
+        secrets=_secrets(env, download),
     )
+
+
+def _secrets(env: Mapping[str, str], download: DownloadSettings | None) -> tuple[Secret, ...]:
+    values = {v for k, v in env.items() if _SECRET_NAME.search(k) and not _PATH_NAME.search(k) and len(v) >= 4}
+    if download is not None:
+        given = (download.s3.access_key, download.s3.secret_key, download.s3.session_token, download.hf.token)
+        values |= {s.reveal() for s in given if s is not None and len(s.reveal()) >= 4}
+    return tuple(Secret(v) for v in sorted(values, key=len, reverse=True))  # longest first: no partial leftovers

@@ -8,9 +8,9 @@ from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector
 
-from .monitor import Monitor
+from .monitor import Monitor, Phase
 
-PHASES = ("pending", "downloading", "verifying", "ready", "failed")
+PHASES = tuple(p.value for p in Phase)
 
 
 class DownloadCollector(Collector):

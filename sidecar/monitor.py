@@ -18,13 +18,16 @@ import subprocess
 import sys
 import threading
 import time
+from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
+from enum import Enum
 from typing import Any
 
 import httpx
 
-from downloader import Manifest, Progress, is_ready, read_manifest, read_progress
+from downloader import Manifest, Progress, damaged_files, read_manifest, read_progress
+from downloader.errors import PERMANENT_EXIT_CODES
 from downloader.state import MANIFEST_NAME, PROGRESS_NAME, state_dir
 
 from .coldstart import ColdStart
@@ -33,6 +36,18 @@ from .config import SidecarSettings
 log = logging.getLogger(__name__)
 
 MANIFEST_RECHECK_SECONDS = 5.0  # how often files listed in an unchanged manifest are stat'ed again
+STDERR_TAIL_LINES = 40  # lines of the download child's stderr kept to tell /status why it failed
+
+
+class Phase(str, Enum):
+    """The model's phase, as /readyz, /status and the aibrix_download_phase metric name it."""
+
+    PENDING = "pending"  # nothing downloaded yet, or a download not started
+    DOWNLOADING = "downloading"
+    VERIFYING = "verifying"
+    READY = "ready"  # the manifest says complete and every file it lists is in place
+    INCOMPLETE = "incomplete"  # a manifest is there, but a file it lists is missing or changed since
+    FAILED = "failed"  # the last download failed
 
 
 @dataclass(frozen=True)
@@ -82,6 +97,7 @@ class Monitor:
         self._manifest_key: tuple[int, int, int] | None = None
         self._manifest: Manifest | None = None
         self._manifest_ready = False
+        self._damaged: list[str] = []  # files the manifest lists that are missing or changed
         self._checked_at = 0.0
         # engine and Ray
         self.engine_up: bool | None = None
@@ -90,8 +106,11 @@ class Monitor:
         self.ray_detail = "not configured"
         # native-sidecar mode: the download child
         self._child: subprocess.Popen[bytes] | None = None
+        self._relay: threading.Thread | None = None
+        self._stderr_tail: deque[str] = deque(maxlen=STDERR_TAIL_LINES)
         self.download_failed = threading.Event()  # set when the download child failed (native-sidecar mode)
         self.child_failed: str | None = None
+        self.child_cause: str | None = None  # why it failed, from its last error line or progress.json
         self.child_exit: int | None = None
         self.coldstart = ColdStart(watch_ray=bool(settings.expected_ray_nodes), watch_engine=bool(settings.engine_url))
 
@@ -127,22 +146,71 @@ class Monitor:
     def _start_download(self) -> None:
         cmd = [sys.executable, "-m", "downloader", *self.settings.download_args]
         log.info("starting the download: aibrix-download %s", " ".join(self.settings.download_args))
-        self._child = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stdin=subprocess.DEVNULL)
+        # Its stderr comes through us (passed on line by line) so that the cause of a failure reaches /status.
+        self._child = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stdin=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        self._relay = threading.Thread(target=self._relay_stderr, name="download-stderr", daemon=True)
+        self._relay.start()
         threading.Thread(target=self._wait_child, name="download-child", daemon=True).start()
+
+    def _relay_stderr(self) -> None:
+        assert self._child is not None and self._child.stderr is not None
+        out = getattr(sys.stderr, "buffer", None)
+        for raw in self._child.stderr:
+            if out is not None:
+                try:
+                    out.write(raw)
+                    out.flush()
+                except (OSError, ValueError):
+                    out = None  # our own stderr is gone; keep reading so that the child never blocks
+            line = raw.decode("utf-8", "replace").rstrip()
+            if line:
+                with self._lock:
+                    self._stderr_tail.append(line)
 
     def _wait_child(self) -> None:
         assert self._child is not None
         code = self._child.wait()
+        if self._relay is not None:
+            self._relay.join(timeout=5)  # its last lines, which say why
+        cause = self._failure_cause() if code != 0 else None
         with self._lock:
             self._version += 1
             self.child_exit = code
             if code != 0 and not self._stop.is_set():
-                self.child_failed = f"aibrix-download exited with code {code}"
+                self.child_cause = cause
+                self.child_failed = f"aibrix-download exited with code {code}" + (f": {cause}" if cause else "")
         if code == 0:
             log.info("download finished")
         elif not self._stop.is_set():
-            log.error("download failed (exit code %d); the next start of this container resumes it", code)
+            if code in PERMANENT_EXIT_CODES:
+                log.error(
+                    "download failed (exit code %d): %s; a restart fails the same way until that is fixed",
+                    code,
+                    cause or "see the lines above",
+                )
+            else:
+                log.error(
+                    "download failed (exit code %d): %s; the next start of this container resumes it",
+                    code,
+                    cause or "see the lines above",
+                )
             self.download_failed.set()
+
+    def _failure_cause(self) -> str | None:
+        """The download's own last word on why it failed: its last ERROR line, else progress.json's last error."""
+        with self._lock:
+            tail = list(self._stderr_tail)
+        errors = [line.split(" ERROR ", 1)[1] for line in tail if " ERROR " in line]
+        if errors:
+            return self.redact(errors[-1])
+        p = read_progress(self.model_dir)
+        return self.redact(p.last_error) if p is not None and p.last_error else None
+
+    def redact(self, text: str) -> str:
+        """`text` without any credential the sidecar knows of (the downloader prints none; this makes sure)."""
+        for secret in self.settings.secrets:
+            text = text.replace(secret.reveal(), "***")
+        return text
 
     # ---------------------------------------------------------------------------------------- polls
     def poll_once(self) -> None:
@@ -240,37 +308,49 @@ class Monitor:
             if key == self._manifest_key and now - self._checked_at < MANIFEST_RECHECK_SECONDS:
                 return self._manifest_ready, self._manifest
         manifest = read_manifest(self.model_dir)
-        ready = manifest is not None and is_ready(self.model_dir)
+        damaged = damaged_files(self.model_dir, manifest) if manifest is not None else []
+        ready = manifest is not None and not damaged
         with self._lock:
             if (key, ready) != (self._manifest_key, self._manifest_ready) or manifest != self._manifest:
                 self._version += 1
             self._manifest_key, self._manifest, self._manifest_ready, self._checked_at = key, manifest, ready, now
+            self._damaged = damaged
         return ready, manifest
 
     def phase(self) -> str:
-        ready, _ = self.model()
+        ready, manifest = self.model()
         with self._lock:
             if self.child_failed:
-                return "failed"
+                return Phase.FAILED.value
             if ready:
-                return "ready"
+                return Phase.READY.value
             p = self._progress
-        if p is None:
-            return "pending"
-        return {"downloading": "downloading", "verifying": "verifying", "failed": "failed"}.get(p.phase, "pending")
+        if p is not None and p.phase in (Phase.DOWNLOADING, Phase.VERIFYING, Phase.FAILED):
+            return Phase(p.phase).value
+        if manifest is not None:
+            return Phase.INCOMPLETE.value  # complete once; something removed or changed a file since
+        return Phase.PENDING.value
 
     def readiness(self) -> Verdict:
-        ready, _ = self.model()
+        ready, manifest = self.model()
         phase = self.phase()
         if not ready:
             with self._lock:
-                p, failed = self._progress, self.child_failed
+                p, failed, damaged = self._progress, self.child_failed, list(self._damaged)
             if failed:
                 return Verdict(False, phase, f"download failed: {failed}")
-            if p is not None and p.phase == "failed":
-                return Verdict(False, phase, f"download failed: {p.last_error}")
-            if p is not None and phase in ("downloading", "verifying"):
+            if p is not None and p.phase == Phase.FAILED:
+                return Verdict(False, phase, f"download failed: {self.redact(p.last_error or 'see its log')}")
+            if p is not None and phase in (Phase.DOWNLOADING, Phase.VERIFYING):
                 return Verdict(False, phase, describe_download(p))
+            if phase == Phase.INCOMPLETE and manifest is not None:
+                shown = ", ".join(damaged[:3]) + (f" and {len(damaged) - 3} more" if len(damaged) > 3 else "")
+                return Verdict(
+                    False,
+                    phase,
+                    f"model incomplete: {len(damaged)} of {len(manifest.files)} files missing or changed since it "
+                    f"was downloaded ({shown}); the next aibrix-download run fetches them again",
+                )
             return Verdict(False, phase, "model not downloaded yet")
         with self._lock:
             engine_up, engine_detail = self.engine_up, self.engine_detail
@@ -317,7 +397,13 @@ class Monitor:
                 else {"expected_nodes": self.settings.expected_ray_nodes, "alive_nodes": self.ray_alive},
                 "download_process": None
                 if self._child is None
-                else {"pid": self._child.pid, "exit_code": self.child_exit, "failed": self.child_failed},
+                else {
+                    "pid": self._child.pid,
+                    "exit_code": self.child_exit,
+                    "failed": self.child_failed,
+                    "cause": self.child_cause,
+                },
+                "damaged_files": list(self._damaged) if manifest is not None and not ready else [],
                 "cold_start": self.coldstart.as_status(),
             }
         if p is not None:
@@ -334,11 +420,13 @@ class Monitor:
                 retries=p.retries,
                 errors_by_kind=p.errors_by_kind,
                 object_changes=p.object_changes,
-                last_error=p.last_error,
+                last_error=self.redact(p.last_error) if p.last_error else None,
                 started_at=p.started_at,
                 updated_at=p.updated_at,
                 files=p.active_files,
             )
+        if body.get("last_error") is None and self.child_cause:
+            body["last_error"] = self.child_cause  # it failed before it wrote any progress (a missing bucket)
         if manifest is not None:
             body["manifest"] = {
                 "source": manifest.source,

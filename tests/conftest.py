@@ -5,10 +5,13 @@ from __future__ import annotations
 
 import logging
 import os
+import socket
 import subprocess
 import sys
+import threading
+import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -31,7 +34,7 @@ for _name in [k for k in os.environ if k.startswith("DOWNLOADER_")]:
 import boto3  # noqa: E402
 from moto.server import ThreadedMotoServer  # noqa: E402
 
-from tests.faultproxy import FaultProxy  # noqa: E402
+from tests.faultproxy import FaultProxy, RequestRecord  # noqa: E402
 from tests.seaweed import SeaweedS3, weed_binary  # noqa: E402
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -149,3 +152,89 @@ def journal_ranges(model_dir: Path) -> int:
     jdir = model_dir / ".aibrix" / "journal"
     names = os.listdir(jdir) if jdir.exists() else []
     return sum(max(0, len((jdir / n).read_bytes().splitlines()) - 1) for n in names)
+
+
+# ----------------------------------------------------------------------------------------- deterministic waits
+# A test waits for what it needs to see (a journal entry, a line, a held request) up to a deadline that only a
+# broken program reaches, instead of sleeping and hoping: a busy machine makes it wait longer, never fail.
+WAIT_LIMIT = 120.0
+
+
+def wait_until(what: str, predicate: Callable[[], object], timeout: float = WAIT_LIMIT) -> None:
+    """Return once `predicate()` is true; fail naming `what` if it never becomes true."""
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"{what}: not seen within {timeout:.0f}s")
+        time.sleep(0.02)
+
+
+class Gate:
+    """Holds the requests a proxy rule sends it (Rule(Callback(gate.hold), ...)) until the test opens it, so that
+    a download is at a point of the test's choosing when the test acts, however fast or slow the machine."""
+
+    def __init__(self) -> None:
+        self._open = threading.Event()
+        self._lock = threading.Lock()
+        self.held = 0  # requests that reached the gate (held now, or let through after it opened)
+
+    def hold(self, _record: RequestRecord) -> None:
+        with self._lock:
+            self.held += 1
+        self._open.wait(WAIT_LIMIT)
+
+    def open(self) -> None:
+        self._open.set()
+
+
+class StderrLines:
+    """Reads a child's stderr as it comes (so the child never blocks on a full pipe), for a test to wait on."""
+
+    def __init__(self, proc: subprocess.Popen[str]) -> None:
+        assert proc.stderr is not None
+        self._stream = proc.stderr
+        self.lines: list[str] = []
+        self._thread = threading.Thread(target=self._read, daemon=True)
+        self._thread.start()
+
+    def _read(self) -> None:
+        for line in self._stream:
+            self.lines.append(line)
+
+    def wait_for(self, text: str) -> None:
+        wait_until(f"{text!r} on stderr", lambda: any(text in line for line in self.lines))
+
+    def text(self) -> str:
+        self._thread.join(timeout=30)
+        return "".join(self.lines)
+
+
+class ClosingServer:
+    """Accepts connections and closes them at once, counting them: an endpoint that is up but never answers."""
+
+    def __init__(self) -> None:
+        self._sock = socket.socket()
+        self._sock.bind(("127.0.0.1", 0))
+        self._sock.listen(64)
+        self.url = f"http://127.0.0.1:{self._sock.getsockname()[1]}"
+        self.accepted = 0
+        threading.Thread(target=self._serve, daemon=True).start()
+
+    def _serve(self) -> None:
+        while True:
+            try:
+                conn, _ = self._sock.accept()
+            except OSError:
+                return
+            self.accepted += 1
+            conn.close()
+
+    def close(self) -> None:
+        self._sock.close()
+
+
+@pytest.fixture
+def closing() -> Iterator[ClosingServer]:
+    server = ClosingServer()
+    yield server
+    server.close()

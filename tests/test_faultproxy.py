@@ -458,24 +458,21 @@ def test_truncate_chunked_response(proxy: FaultProxy) -> None:
 
 
 def test_stall_times_out_client_without_blocking_others(proxy: FaultProxy) -> None:
-    proxy.add_rule(Rule(Stall(seconds=30, after_bytes=1000)))
+    # A stall far longer than the test's own time limit: stop() returning at all shows it did not wait for it.
+    proxy.add_rule(Rule(Stall(seconds=3600, after_bytes=1000)))
     stalled = _conn(proxy, timeout=0.3)
     stalled.request("GET", "/data")
     resp = stalled.getresponse()
     assert resp.status == 200
     assert resp.read(1000) == BODY[:1000]
-    t0 = time.monotonic()
-    with pytest.raises(TimeoutError):
+    with pytest.raises(TimeoutError):  # the client's own read timeout: the proxy sends nothing more
         resp.read(1)
-    assert time.monotonic() - t0 < 2
 
     # Other connections are served while the stall is in progress.
     other, body = _get(proxy)
     assert other.status == 200 and body == BODY
 
-    t0 = time.monotonic()
-    proxy.stop()
-    assert time.monotonic() - t0 < 1.0, "stop() must not wait for the stall"
+    proxy.stop()  # must not wait for the stall
     stalled.close()
 
 
@@ -486,10 +483,10 @@ def test_stop_releases_idle_keepalive_connections(upstream: _UpstreamServer) -> 
     for c in conns:
         c.request("GET", "/empty")
         c.getresponse().read()
-    t0 = time.monotonic()
     proxy.stop()
-    assert time.monotonic() - t0 < 1.0
-    for c in conns:
+    for c in conns:  # the proxy closed them itself, rather than waiting for clients that keep them open
+        c.sock.settimeout(30)
+        assert c.sock.recv(1) == b""
         c.close()
 
 

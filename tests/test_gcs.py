@@ -9,7 +9,6 @@ import json
 import os
 import signal
 import threading
-import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -19,8 +18,8 @@ from urllib.parse import quote
 import pytest
 
 from downloader import is_ready, read_manifest, read_progress
-from tests.conftest import journal_ranges, popen_cli, read_tree, run_cli
-from tests.faultproxy import Callback, Delay, FaultProxy, FlipBit, RequestRecord, Reset, Rule, Stall, Status, Truncate
+from tests.conftest import Gate, journal_ranges, popen_cli, read_tree, run_cli, wait_until
+from tests.faultproxy import Callback, FaultProxy, FlipBit, RequestRecord, Reset, Rule, Stall, Status, Truncate
 from tests.gcs_server import FakeGcs, RefusingTokenEndpoint, upload
 from tests.synthetic import MiB, model_files, random_bytes
 
@@ -251,20 +250,20 @@ def test_kill_9_then_resume_fetches_only_what_is_missing(
 ) -> None:  # type: ignore[no-untyped-def]
     bucket, files = shard_model
     size = len(files[SHARD])
-    proxy.add_rule(Rule(Delay(0.25), match_method="GET", only_ranged=True, times=-1))
+    gate = Gate()  # the first 4 ranges go through; every later one is held until the process is dead
+    proxy.add_rule(Rule(Callback(gate.hold), match_method="GET", match_path=SHARD, only_ranged=True, skip=4, times=-1))
     args = ["--model-uri", f"gs://{bucket}/m/", "--local-dir", str(tmp_path), *RANGED]
     proc = popen_cli(args, UNUSED_S3, STORAGE_EMULATOR_HOST=proxy.url)
     model_dir = tmp_path / "m"
-    deadline = time.monotonic() + 60
-    while journal_ranges(model_dir) < 4 and time.monotonic() < deadline and proc.poll() is None:
-        time.sleep(0.05)
+    wait_until("4 ranges in the journal", lambda: journal_ranges(model_dir) == 4)
     proc.kill()  # SIGKILL: no cleanup of any kind
     proc.communicate()
+    gate.open()
     assert proc.returncode == -signal.SIGKILL
     assert read_manifest(str(model_dir)) is None
     assert not (model_dir / SHARD).exists()
     done_ranges = journal_ranges(model_dir)
-    assert 4 <= done_ranges < 12
+    assert done_ranges == 4
 
     proxy.clear_rules()
     proxy.reset_counters()
@@ -348,11 +347,9 @@ def test_throttling_resets_truncation_and_stalls_are_retried(
         proxy.add_rule(Rule(Truncate(after_bytes=200_000), match_method="GET", only_ranged=True, times=1, skip=3)),
         proxy.add_rule(Rule(Stall(seconds=60, after_bytes=10_000), match_method="GET", only_ranged=True, skip=4)),
     ]
-    started = time.monotonic()
     r = gs(proxy.url, f"gs://{bucket}/m/", tmp_path, *RANGED, "--stall-timeout", "1.5")
     assert r.returncode == 0, r.stderr
-    assert [rule.fired for rule in rules] == [1, 1, 1, 1]
-    assert time.monotonic() - started < 30
+    assert [rule.fired for rule in rules] == [1, 1, 1, 1]  # the 60 s stall was abandoned: counted as a stall below
     assert read_tree(str(tmp_path / "m")) == files
     progress = read_progress(str(tmp_path / "m"))
     assert progress is not None

@@ -164,6 +164,6 @@ def test_faultproxy_additions(s3_server: S3Server) -> None:
         proxy.add_rule(Rule(RewriteHeader("Content-Range", lambda v: f"{v}, really"), times=1))
         started = time.monotonic()
         assert client.get_object(Bucket="proxy-additions", Key="a")["Body"].read() == body
-        assert 0.4 <= time.monotonic() - started < 5  # 300 kB at 600 kB/s
+        assert time.monotonic() - started >= 0.4  # 300 kB at 600 kB/s: paced (a lower bound no load can break)
         got = client.get_object(Bucket="proxy-additions", Key="a", Range="bytes=10-19")
         assert got["ContentRange"] == "bytes 10-19/300000, really" and got["Body"].read() == body[10:20]

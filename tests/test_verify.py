@@ -115,3 +115,83 @@ def test_crc32_hasher_matches_zlib() -> None:
     h.update(memoryview(data)[:1000])
     h.update(memoryview(data)[1000:])
     assert h.digest() == zlib.crc32(data).to_bytes(4, "big")
+
+
+# ---- what to make of a value the bytes do not match (verify.settle) ---------------------------------------------
+def _never(_c: Checksum) -> str:
+    raise AssertionError("no other value to compute")
+
+
+def test_a_declared_value_the_bytes_contradict_fails() -> None:
+    import pytest
+
+    from downloader.errors import IntegrityError
+    from downloader.verify import settle
+
+    declared = Checksum("crc32", "AAAAAA==", "base64", 5 * MiB, 3)
+    with pytest.raises(IntegrityError) as exc:
+        settle("k", declared, "BBBBBB==", [], _never, earlier=None)
+    assert "crc32 (composite of 3 parts) mismatch: expected AAAAAA==-3, got BBBBBB==" in str(exc.value)
+    with pytest.raises(IntegrityError):  # the same bytes a second time change nothing: never a silent pass
+        settle("k", declared, "BBBBBB==", [], _never, earlier="BBBBBB==")
+
+
+def test_another_published_value_that_matches_verifies_the_bytes_and_names_the_wrong_one() -> None:
+    from downloader.verify import settle
+
+    declared = Checksum("crc32c", "AAAAAA==", "base64", 5 * MiB, 3, additional=True)
+    etag = Checksum("md5", "ab" * 16, "hex", 5 * MiB, 3, declared=False)
+    verdict = settle("k", declared, "BBBBBB==", [etag], lambda c: c.value, earlier=None)
+    assert verdict.checksum == etag and verdict.verified == "size and md5 (composite of 3 parts)"
+    assert verdict.warning is not None and "crc32c (composite of 3 parts) value AAAAAA==-3" in verdict.warning
+    assert "the store's crc32c value is wrong" in verdict.warning
+
+
+def test_a_guessed_reading_is_tried_the_other_way_quietly() -> None:
+    from downloader.verify import settle
+
+    full = Checksum("crc32", "AAAAAA==", "base64", declared=False)
+    composite = Checksum("crc32", "AAAAAA==", "base64", 5 * MiB, 3, declared=False)
+    verdict = settle("k", full, "BBBBBB==", [composite], lambda c: c.value, earlier=None)
+    assert verdict.checksum == composite and verdict.warning is None
+
+
+def test_guessed_values_no_reading_matches_fetch_again_then_size_with_a_warning() -> None:
+    import pytest
+
+    from downloader.errors import IntegrityError
+    from downloader.verify import settle
+
+    full = Checksum("crc32", "AAAAAA==", "base64", declared=False)
+    composite = Checksum("crc32", "AAAAAA==", "base64", 5 * MiB, 3, declared=False)
+    with pytest.raises(IntegrityError):  # the first time: maybe a bad fetch
+        settle("k", full, "BBBBBB==", [composite], lambda c: "CCCCCC==", earlier=None)
+    with pytest.raises(IntegrityError):  # other bytes the second time: a bad fetch again, not a value to give up on
+        settle("k", full, "DDDDDD==", [composite], lambda c: "CCCCCC==", earlier="BBBBBB==")
+    verdict = settle("k", full, "BBBBBB==", [composite], lambda c: "CCCCCC==", earlier="BBBBBB==")
+    assert (
+        verdict.checksum is None
+        and verdict.verified == "size only (published crc32 AAAAAA==, crc32 AAAAAA==-3 cannot be interpreted)"
+    )
+    assert verdict.warning is not None and "verified by size only" in verdict.warning
+
+
+def test_value_of_reads_full_and_composite_values_again(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    import os
+    import zlib
+
+    from downloader.verify import value_of
+
+    data = random_bytes(11 * MiB + 3, 12)
+    path = tmp_path / "f"
+    path.write_bytes(data)
+    parts = [data[i : i + 5 * MiB] for i in range(0, len(data), 5 * MiB)]
+    composite = zlib.crc32(b"".join(zlib.crc32(p).to_bytes(4, "big") for p in parts)).to_bytes(4, "big")
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        full = value_of(Checksum("crc32", "", "base64"), fd, len(data), threading.Event(), block=1 * MiB)
+        comp = value_of(Checksum("crc32", "", "base64", 5 * MiB, 3), fd, len(data), threading.Event(), block=1 * MiB)
+    finally:
+        os.close(fd)
+    assert full == base64.b64encode(zlib.crc32(data).to_bytes(4, "big")).decode()
+    assert comp == base64.b64encode(composite).decode()

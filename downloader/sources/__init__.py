@@ -13,7 +13,14 @@ def open_source(settings: Settings) -> Source:
     if scheme in ("s3", "tos"):
         from .s3 import S3Source
 
-        return S3Source(settings.uri, settings.s3, connections=connections, stall_timeout=stall)
+        return S3Source(
+            settings.uri,
+            settings.s3,
+            connections=connections,
+            stall_timeout=stall,
+            max_attempts=settings.max_attempts,
+            verify=settings.verify,
+        )
     if scheme == "gs":
         from .gcs import GcsSource
 
@@ -21,7 +28,9 @@ def open_source(settings: Settings) -> Source:
     if scheme == "hf":
         from .hf import HfSource
 
-        return HfSource(settings.uri, settings.hf, connections=connections, stall_timeout=stall)
+        return HfSource(
+            settings.uri, settings.hf, connections=connections, stall_timeout=stall, max_attempts=settings.max_attempts
+        )
     if scheme == "file":
         from .local import LocalSource
 

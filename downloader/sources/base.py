@@ -18,12 +18,19 @@ from typing import Any, Protocol
 
 @dataclass(frozen=True)
 class Checksum:
-    """A checksum the source publishes for an object.
+    """A checksum the source publishes for an object, read one way.
 
-    `algorithm` is one of md5, sha1, sha256, crc32, crc32c, crc64nvme. `value` is the encoded digest as the
-    source gives it (hex for S3 ETags, base64 for S3 additional checksums). When `part_size` is set the
-    value is a composite: the digest of the concatenated per-part digests, over parts of that size
-    (the last one shorter), `parts` of them, the way S3 builds multipart ETags and COMPOSITE checksums.
+    `algorithm` is one of md5, sha1, sha256, crc32, crc32c, crc64nvme, git-sha1. `value` is the encoded digest as
+    the source gives it (hex for S3 ETags, base64 for S3 additional checksums), without any `-N` part count. When
+    `part_size` is set the value is read as a composite: the digest of the concatenated per-part digests, over
+    parts of that size (the last one shorter), `parts` of them, the way S3 builds multipart ETags and COMPOSITE
+    checksums; otherwise as the digest of the whole object.
+
+    `declared` says whether that reading is the store's own word (an `x-amz-checksum-type` header, a `-N` part
+    count, GetObjectAttributes, an algorithm with a single form, a single-part object) or only this program's
+    guess (a bare value on a multipart object, a multipart ETag): a declared value that the bytes contradict fails
+    the file; a guessed one that they contradict is a value this program cannot interpret (see verify.settle).
+    `additional` marks S3's additional checksums (x-amz-checksum-*), which `--verify etag` leaves out.
     """
 
     algorithm: str
@@ -31,11 +38,18 @@ class Checksum:
     encoding: str  # "hex" or "base64"
     part_size: int | None = None
     parts: int | None = None
+    declared: bool = True
+    additional: bool = False
 
     @property
     def label(self) -> str:
         kind = f"composite of {self.parts} parts" if self.part_size else "full object"
         return f"{self.algorithm} ({kind})"
+
+    @property
+    def shown(self) -> str:
+        """The value as the source published it, for messages and records."""
+        return self.value + (f"-{self.parts}" if self.parts else "")
 
 
 @dataclass(frozen=True)
@@ -58,6 +72,9 @@ class ObjectDetail:
     version_id: str | None
     checksums: tuple[Checksum, ...]  # every verifiable checksum published, most preferred first
     unverifiable: str | None = None  # why no checksum can be verified, for the manifest and logs
+    # Published values this program cannot read (an unknown part size, a value of the wrong length, ...), each
+    # named: the engine warns about them once per file and verifies with the next check.
+    uninterpreted: tuple[str, ...] = ()
 
 
 @dataclass

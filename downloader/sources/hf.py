@@ -53,14 +53,16 @@ log = logging.getLogger(__name__)
 
 T = TypeVar("T")
 
-LIST_ATTEMPTS = 5
 MAX_REDIRECTS = 5
 _SHA256 = re.compile(r"^[0-9a-f]{64}$")
 _GIT_OID = re.compile(r"^[0-9a-f]{40}$")
 _URL_QUERY = re.compile(r"\?[^\s'\"<>)]*")
 _NON_LFS = "not an LFS file and the Hub gave no git blob id for it; size checked"
 _REDIRECTS = (301, 302, 303, 307, 308)
-_TRANSPORT_MODULES = ("httpx", "httpcore", "h11", "h2", "requests", "urllib3", "ssl", "socket", "anyio")
+# Packages whose exceptions mean "the request did not get an answer" (huggingface_hub 2.x sends through httpx2).
+_TRANSPORT_MODULES = frozenset(
+    ("httpx", "httpx2", "httpcore", "httpcore2", "h11", "h2", "requests", "urllib3", "ssl", "socket", "anyio")
+)
 
 
 _Listing = tuple[str, list[RemoteFile]]  # commit, files (aliases: the class's `list` shadows the builtin)
@@ -82,6 +84,13 @@ def _origin(url: str) -> tuple[str, str, int]:
     return scheme, (parts.hostname or "").lower(), parts.port or (443 if scheme == "https" else 80)
 
 
+def _is_transport_error(exc: BaseException) -> bool:
+    """A failure to get any answer (refused, reset, timed out, TLS), whichever HTTP stack raised it."""
+    if isinstance(exc, (OSError, TimeoutError)):
+        return True
+    return any(cls.__module__.split(".")[0] in _TRANSPORT_MODULES for cls in type(exc).__mro__[:-2])
+
+
 def _norm_etag(raw: str | None) -> str | None:
     if not raw:
         return None
@@ -92,8 +101,11 @@ def _norm_etag(raw: str | None) -> str | None:
 
 
 class HfSource(NoNativeWhole):
-    def __init__(self, uri: ModelUri, hf: HfSettings, *, connections: int, stall_timeout: float) -> None:
+    def __init__(
+        self, uri: ModelUri, hf: HfSettings, *, connections: int, stall_timeout: float, max_attempts: int = 10
+    ) -> None:
         self.repo = uri.bucket
+        self._max_attempts = max_attempts
         self.revision = hf.revision
         self.endpoint = hf.endpoint.rstrip("/")
         self.display_uri = f"hf://{self.repo}@{self.revision}"
@@ -146,8 +158,10 @@ class HfSource(NoNativeWhole):
             try:
                 return self._watched(cancel, self._list_once)
             except RetryableError as exc:
-                if attempt >= LIST_ATTEMPTS:
-                    raise TransferError(self.display_uri, f"listing failed: {exc}", attempts=attempt) from None
+                if attempt >= self._max_attempts:
+                    raise TransferError(
+                        self.display_uri, f"listing failed: {exc}", attempts=attempt, subject="repository"
+                    ) from None
                 delay = min(30.0, 2.0 ** (attempt - 1))
                 if exc.retry_after is not None:
                     delay = max(delay, min(exc.retry_after, 60.0))
@@ -465,7 +479,7 @@ class HfSource(NoNativeWhole):
             if status == 404:
                 return NotFoundError(self.display_uri, f"listing: {where}")
             return SourceError(self.display_uri, f"listing: {where}")
-        if type(exc).__module__.split(".")[0] in _TRANSPORT_MODULES or isinstance(exc, (OSError, TimeoutError)):
+        if _is_transport_error(exc):
             return RetryableError("connection", f"{name}: {self._scrub(str(exc))}")
         if isinstance(exc, ValueError):
             return SourceError(self.display_uri, f"rejected by huggingface_hub: {self._scrub(str(exc))}")

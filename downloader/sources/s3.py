@@ -18,6 +18,8 @@ instead, which handles redirects and errors; if the client then succeeds, every 
 
 from __future__ import annotations
 
+import base64
+import binascii
 import contextlib
 import http.client
 import logging
@@ -25,6 +27,8 @@ import math
 import re
 import threading
 from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass
+from enum import Enum
 from typing import Any
 from urllib.parse import quote, urlsplit
 
@@ -36,7 +40,7 @@ from botocore.auth import S3SigV4Auth
 from botocore.awsrequest import AWSRequest
 from botocore.config import Config
 
-from ..config import S3Settings
+from ..config import S3Settings, VerifyMode
 from ..errors import (
     AccessDeniedError,
     NotFoundError,
@@ -60,7 +64,35 @@ _CHECKSUM_FIELDS = (
 log = logging.getLogger(__name__)
 
 _MD5_ETAG = re.compile(r'^"?([0-9a-fA-F]{32})(?:-(\d+))?"?$')
-_COMPOSITE = re.compile(r"^(.*)-(\d+)$")
+_DIGEST_BYTES = {"crc32c": 4, "crc64nvme": 8, "crc32": 4, "sha256": 32, "sha1": 20}
+_FULL_OBJECT_ONLY = frozenset({"crc64nvme"})  # S3 builds CRC64NVME values of multipart objects only whole
+
+
+class ChecksumType(str, Enum):
+    """S3's x-amz-checksum-type (and GetObjectAttributes' ChecksumType): how a multipart object's value is built."""
+
+    FULL_OBJECT = "FULL_OBJECT"  # the digest of the whole object, whatever its parts
+    COMPOSITE = "COMPOSITE"  # the digest of the parts' digests
+
+
+@dataclass(frozen=True)
+class _Facts:
+    """What reading an object's checksums needs: its size, whether it is multipart, its parts as the ETag counts
+    them, and the size of its parts (all equal but the last) when known."""
+
+    size: int
+    multipart: bool
+    etag_parts: int | None
+    part_size: int | None
+
+
+def _decodes_to(value: str, length: int) -> bool:
+    try:
+        return len(base64.b64decode(value, validate=True)) == length
+    except (ValueError, binascii.Error):
+        return False
+
+
 _THROTTLE_CODES = {
     "SlowDown",
     "Throttling",
@@ -75,8 +107,19 @@ _THROTTLE_CODES = {
 
 
 class S3Source:
-    def __init__(self, uri: ModelUri, s3: S3Settings, *, connections: int, stall_timeout: float) -> None:
+    def __init__(
+        self,
+        uri: ModelUri,
+        s3: S3Settings,
+        *,
+        connections: int,
+        stall_timeout: float,
+        max_attempts: int = 10,
+        verify: VerifyMode = VerifyMode.STRICT,
+    ) -> None:
         self.uri = uri
+        self._verify = verify
+        self._max_attempts = max_attempts
         self.bucket = uri.bucket
         self.display_uri = uri.display
         core = botocore.session.get_session()
@@ -99,7 +142,9 @@ class S3Source:
             "user_agent_extra": "aibrix-download",
         }
         control = Config(
-            retries={"mode": "standard", "max_attempts": 6},
+            # Listing and the lookups around it retry in botocore, --max-attempts attempts in all (the first one
+            # included); the engine retries every request of the data client itself.
+            retries={"mode": "standard", "total_max_attempts": max_attempts},
             connect_timeout=10,
             read_timeout=max(30.0, stall_timeout),
             max_pool_connections=8,
@@ -118,6 +163,7 @@ class S3Source:
         except (bce.BotoCoreError, ValueError) as exc:
             raise SourceError(self.display_uri, f"cannot set up the S3 client: {exc}") from None
         self._part_size_cache: dict[tuple[str, str], int | None] = {}
+        self._attribute_cache: dict[tuple[str, str], tuple[ChecksumType | None, int | None]] = {}
         self._lock = threading.Lock()
         self._direct = _DirectGet.create(self._data, session, self.bucket)
         self._crt: CrtGetter | None = None
@@ -147,7 +193,9 @@ class S3Source:
         except bce.NoCredentialsError:
             raise AccessDeniedError(self.display_uri, _NO_CREDENTIALS) from None
         except bce.BotoCoreError as exc:
-            raise TransferError(self.display_uri, f"listing failed: {exc}", attempts=6) from None
+            raise TransferError(
+                self.display_uri, f"listing failed: {exc}", attempts=self._max_attempts, subject="prefix"
+            ) from None
         if found or not prefix or prefix.endswith("/"):
             return
         # s3://bucket/path/file.json names a single object.
@@ -158,7 +206,7 @@ class S3Source:
                 return
             raise self._client_error(exc, prefix, "HEAD") from None
         except bce.BotoCoreError as exc:
-            raise TransferError(self.display_uri, f"HEAD failed: {exc}", attempts=6) from None
+            raise TransferError(prefix, f"HEAD failed: {exc}", attempts=self._max_attempts) from None
         yield RemoteFile(
             key=prefix, rel_path=prefix.rsplit("/", 1)[-1], size=int(head["ContentLength"]), version=head["ETag"]
         )
@@ -166,7 +214,9 @@ class S3Source:
     # ------------------------------------------------------------------------------------- integrity
     def describe(self, f: RemoteFile) -> ObjectDetail:
         try:
-            head = self._control.head_object(Bucket=self.bucket, Key=f.key, IfMatch=f.version, ChecksumMode="ENABLED")
+            # The data client (no retries of its own): the engine retries describe() and refresh(), and the two
+            # would multiply each other's attempts.
+            head = self._data.head_object(Bucket=self.bucket, Key=f.key, IfMatch=f.version, ChecksumMode="ENABLED")
         except bce.ClientError as exc:
             raise self._translate(exc, f.key, "HEAD") from None
         except bce.BotoCoreError as exc:
@@ -174,53 +224,124 @@ class S3Source:
         return self._detail(f, head)
 
     def _detail(self, f: RemoteFile, headers: Mapping[str, Any]) -> ObjectDetail:
+        """The checksums an answer's headers publish, each read the way the store says it built it (see
+        _additional); the ETag's MD5 last. A value this program cannot read is named in `uninterpreted`."""
         size = int(headers.get("ContentLength", f.size)) if "ContentRange" not in headers else f.size
         etag = str(headers.get("ETag", f.version))
         version_id = headers.get("VersionId")
         if version_id == "null":
             version_id = None
         m = _MD5_ETAG.match(etag)
-        multipart_parts = int(m.group(2)) if m and m.group(2) else None
-        is_multipart = multipart_parts is not None or (m is None and "-" in etag)
-        part_size = self._part_size(f, multipart_parts) if is_multipart else None
+        etag_parts = int(m.group(2)) if m and m.group(2) else None
+        multipart = etag_parts is not None or (m is None and "-" in etag)
+        # --verify etag and size leave the additional checksums out: no lookups are made for them either.
+        published = [
+            (algorithm, str(headers[field]))
+            for field, algorithm in _CHECKSUM_FIELDS
+            if headers.get(field) and self._verify is VerifyMode.STRICT
+        ]
+        wanted = self._verify is not VerifyMode.SIZE and (published or (m is not None and etag_parts is not None))
+        facts = _Facts(size, multipart, etag_parts, self._part_size(f, etag_parts) if multipart and wanted else None)
         checksums: list[Checksum] = []
+        notes: list[str] = []
+        for algorithm, raw in published:
+            read, note = self._additional(f, facts, algorithm, raw, headers.get("ChecksumType"))
+            checksums += read
+            notes += [note] if note else []
         reasons: list[str] = []
-        for field, algorithm in _CHECKSUM_FIELDS:
-            value = headers.get(field)
-            if not value:
-                continue
-            cm = _COMPOSITE.match(str(value))
-            if cm:
-                parts = int(cm.group(2))
-                if part_size and parts == _parts_count(size, part_size):
-                    checksums.append(Checksum(algorithm, cm.group(1), "base64", part_size, parts))
-                else:
-                    reasons.append(f"{algorithm} is per-part and the part size is unknown")
-            elif is_multipart and algorithm in ("sha1", "sha256") and headers.get("ChecksumType") != "FULL_OBJECT":
-                # S3 only publishes SHA checksums of multipart objects as composites; a bare value here is
-                # not something we can interpret reliably.
-                reasons.append(f"{algorithm} of a multipart object without a part count")
-            else:
-                checksums.append(Checksum(algorithm, str(value), "base64"))
         encrypted = headers.get("ServerSideEncryption") == "aws:kms" or headers.get("SSECustomerAlgorithm")
-        if m and not encrypted:
-            if multipart_parts is None:
+        if self._verify is VerifyMode.SIZE:
+            reasons.append("--verify size")
+        elif m and not encrypted:
+            if etag_parts is None:
                 checksums.append(Checksum("md5", m.group(1).lower(), "hex"))
-            elif part_size and multipart_parts == _parts_count(size, part_size):
-                checksums.append(Checksum("md5", m.group(1).lower(), "hex", part_size, multipart_parts))
+            elif facts.part_size and etag_parts == _parts_count(size, facts.part_size):
+                # MD5 of the parts' MD5s is what S3 does, but S3 does not promise it ("not necessarily an MD5"),
+                # and some stores build multipart ETags otherwise: a reading of ours, not the store's word.
+                checksums.append(
+                    Checksum("md5", m.group(1).lower(), "hex", facts.part_size, etag_parts, declared=False)
+                )
             else:
                 reasons.append("multipart ETag with unknown or uneven part size")
         elif encrypted:
             reasons.append("ETag of an SSE-KMS/SSE-C object is not an MD5")
         else:
             reasons.append("ETag is not an MD5")
+        # The store's own readings first (cheapest first among them), then this program's guesses.
+        checksums.sort(key=lambda c: not c.declared)
         return ObjectDetail(
             size=size,
             version=etag,
             version_id=version_id,
             checksums=tuple(checksums),
-            unverifiable=None if checksums else "; ".join(reasons) or "no checksum published",
+            unverifiable=None if checksums else "; ".join(reasons + notes) or "no checksum published",
+            uninterpreted=tuple(notes),
         )
+
+    def _additional(
+        self, f: RemoteFile, facts: _Facts, algorithm: str, raw: str, checksum_type: str | None
+    ) -> tuple[tuple[Checksum, ...], str | None]:
+        """How to read one x-amz-checksum-<algorithm> value: as a full-object or a composite digest.
+
+        The store says which with x-amz-checksum-type (AWS, SeaweedFS), or with a `-N` part count (a composite:
+        AWS, MinIO, SeaweedFS), or in GetObjectAttributes (moto, which sends neither). A single-part object's
+        value can only be a full-object one, and AWS builds CRC64NVME values of multipart objects only that way.
+        A bare value on a multipart object that nothing explains is read both ways, as guesses. Returns the
+        readings and, when the value cannot be read at all, a note naming it.
+        """
+        name = f"x-amz-checksum-{algorithm} value {raw!r}"
+        value, dash, suffix = raw.partition("-")  # base64 has no '-': the one in a value is S3's part count
+        count = int(suffix) if suffix.isdigit() and int(suffix) > 0 else None
+        if dash and count is None:
+            return (), f"{name} is not a digest with a part count"
+        if not _decodes_to(value, _DIGEST_BYTES[algorithm]):
+            return (), f"{name} is not a {_DIGEST_BYTES[algorithm] * 8}-bit {algorithm} digest"
+        try:
+            kind = ChecksumType(checksum_type.upper()) if checksum_type else None
+        except ValueError:
+            return (), f"{name} has checksum type {checksum_type!r}, which this program does not know"
+        if kind is None:
+            if count is not None:
+                kind = ChecksumType.COMPOSITE
+            elif not facts.multipart or algorithm in _FULL_OBJECT_ONLY:
+                kind = ChecksumType.FULL_OBJECT
+            else:
+                kind, attribute_parts = self._attributes(f)
+                count = count or attribute_parts
+        declared = kind is not None
+        full = Checksum(algorithm, value, "base64", declared=declared, additional=True)
+        if kind is ChecksumType.FULL_OBJECT:
+            return (full,), None
+        parts = count or facts.etag_parts
+        if parts is None and facts.part_size:
+            parts = _parts_count(facts.size, facts.part_size)
+        if facts.part_size and parts == _parts_count(facts.size, facts.part_size):
+            composite = Checksum(algorithm, value, "base64", facts.part_size, parts, declared, additional=True)
+            return ((composite,) if kind else (composite, full)), None
+        if kind is None:
+            return (full,), None  # a guess: the composite reading would need the part size
+        return (), f"{name} is a composite of {parts or 'an unknown number of'} parts of a size not known here"
+
+    def _attributes(self, f: RemoteFile) -> tuple[ChecksumType | None, int | None]:
+        """(ChecksumType, parts) from GetObjectAttributes; (None, None) when the store does not answer it (not every
+        S3-compatible store has it, and a role may lack s3:GetObjectAttributes): the value then stays a guess."""
+        cache_key = (f.key, f.version)
+        with self._lock:
+            if cache_key in self._attribute_cache:
+                return self._attribute_cache[cache_key]
+        kwargs: dict[str, Any] = {"Bucket": self.bucket, "Key": f.key, "ObjectAttributes": ["Checksum", "ObjectParts"]}
+        if f.version_id:
+            kwargs["VersionId"] = f.version_id
+        try:
+            answer = self._control.get_object_attributes(**kwargs)
+            kind = (answer.get("Checksum") or {}).get("ChecksumType")
+            parts = (answer.get("ObjectParts") or {}).get("TotalPartsCount")
+            found = (ChecksumType(str(kind).upper()) if kind else None, int(parts) if parts else None)
+        except (bce.ClientError, bce.BotoCoreError, ValueError, TypeError):
+            found = (None, None)
+        with self._lock:
+            self._attribute_cache[cache_key] = found
+        return found
 
     def _part_size(self, f: RemoteFile, parts: int | None) -> int | None:
         """Size of part 1 from HEAD ?partNumber=1, when all parts but the last have that size."""
@@ -248,7 +369,7 @@ class S3Source:
 
     def refresh(self, f: RemoteFile) -> RemoteFile | None:
         try:
-            head = self._control.head_object(Bucket=self.bucket, Key=f.key)
+            head = self._data.head_object(Bucket=self.bucket, Key=f.key)
         except bce.ClientError as exc:
             if _status(exc) == 404:
                 return None

