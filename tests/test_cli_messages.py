@@ -21,7 +21,7 @@ import pytest
 
 from downloader import __version__
 from downloader.progress import Reporter, Stats, bar_line, progress_line
-from downloader.state import Manifest, ManifestFile, Progress, StateDir
+from downloader.state import Manifest, ManifestFile, Phase, Progress, StateDir
 from tests.conftest import REPO, ClosingServer, S3Server, cli_env, read_tree, run_cli
 from tests.synthetic import MiB, random_bytes, upload
 
@@ -233,7 +233,7 @@ def test_reporter_writes_nothing_but_the_bar_when_piped_as_a_bar() -> None:
     stream = io.StringIO()
     stats = Stats("s3://b/m/", "/m")
     stats.set_totals(100, 1, 0, 0)
-    stats.set_phase("downloading")
+    stats.set_phase(Phase.DOWNLOADING)
     reporter = Reporter(stats, "bar", 5.0, stream)
     reporter.tick()
     stats.add_bytes("x", 100)

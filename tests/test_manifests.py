@@ -823,6 +823,8 @@ def _sidecar_metric_names() -> set[str]:
         names |= {s.name for s in family.samples}
         if family.type == "counter":  # a labelled counter with no series yet still has its name
             names.add(family.name + "_total")
+        elif not family.samples:  # so does a labelled gauge (the cold-start steps before the first is reached)
+            names.add(family.name)
     return names
 
 
