@@ -70,11 +70,11 @@ WHOLE_BUDGET_BUFFERS = 24
 WHOLE_MIN_WORKERS = 3
 KERNEL_COPY_STEP = 16 * 1024 * 1024
 # Writes through the page cache are at most this large. The kernel sizes the page-cache folios it allocates by the
-# write: on the benchmark VM, whose hypervisor takes back free memory in 2 MiB blocks (virtio-balloon free page
-# reporting), 1 MiB writes cost 2.0-2.8 kernel CPU-seconds per GiB against 0.25 for 64-128 KiB writes, the large
-# folios' first touch faulting on the host (BENCHMARKS.md). Elsewhere it costs a few thousand more system calls
-# per GiB.
-PAGE_CACHE_WRITE = 128 * 1024
+# write, and on the benchmark VM (a hypervisor that takes free memory back, virtio-balloon free page reporting)
+# folios larger than 32 KiB cost several times more to fill: writing 4 GiB from 4 threads took 1.7-2.1 kernel
+# CPU-seconds in 32 KiB writes, 2.3-2.9 in 8 KiB, 5.0-6.9 in 128 KiB (BENCHMARKS.md). Elsewhere this costs about
+# 30,000 more system calls per GiB.
+PAGE_CACHE_WRITE = 32 * 1024
 # Bytes written through the page cache are queued for writeback every this many bytes of a range: the disk works
 # while the network does, the fdatasync at the end of a file has little left to wait for, and the pages not yet
 # queued for writeback stay below num_threads x WRITEBACK_STEP (a memory cgroup counts dirty pages and cannot
@@ -124,6 +124,7 @@ class _Attempt:
     dfd: int = -1  # the same file opened with O_DIRECT, while `direct`; `fd` itself for a one-range file
     direct: bool = False
     mtime_ns: int | None = None  # after the last write, from the descriptor
+    page_cache_writes: threading.Lock = field(default_factory=threading.Lock)  # see _write
 
     def buffered_fd(self) -> int:
         """`fd`, for what needs the page cache (an unaligned write, an in-kernel copy, a read): a one-range file's
@@ -638,7 +639,10 @@ class Engine:
                     attempt.buffered_fd()
                     attempt.direct = False  # this filesystem takes no O_DIRECT writes after all: page cache
             if len(data):
-                _pwrite_all(attempt.buffered_fd(), data, offset, PAGE_CACHE_WRITE)
+                # One writer at a time per file: a buffered write holds the file's inode lock while it copies, and
+                # the writers queued behind it spin in the kernel rather than sleep (BENCHMARKS.md).
+                with attempt.page_cache_writes:
+                    _pwrite_all(attempt.buffered_fd(), data, offset, PAGE_CACHE_WRITE)
         except OSError as exc:
             if attempt.abandoned:
                 raise _Abandoned() from None
