@@ -41,6 +41,7 @@ KNOWN_ENV = {
     "DOWNLOADER_PAGE_CACHE",
     "DOWNLOADER_DIRECT_IO",
     "DOWNLOADER_S3_CRT",
+    "DOWNLOADER_FAST_PATHS",
     "DOWNLOADER_CHECK_FILE_EXIST",
     "DOWNLOADER_DRY_RUN",
     "DOWNLOADER_PROGRESS",
@@ -121,7 +122,8 @@ class S3Settings:
     session_token: Secret | None = None
     addressing_style: str = "auto"  # auto | path | virtual
     crt: bool = True  # small objects through the AWS CRT's native client (downloader/sources/s3_crt.py)
-    ca_bundle: str | None = None  # AWS_CA_BUNDLE: botocore reads it itself; the CRT's TLS is given it
+    ca_bundle: str | None = None  # AWS_CA_BUNDLE: the trust store of every transport
+    proxied: bool = False  # HTTPS_PROXY, HTTP_PROXY or ALL_PROXY is set: only boto3's transport honours them
 
 
 @dataclass(frozen=True)
@@ -152,6 +154,7 @@ class Settings:
     part_chunksize: int = 64 * MiB
     buffer_size: int = 1 * MiB
     page_cache: PageCache = PageCache.AUTO  # whether written files stay in the page cache (downloader/pagecache.py)
+    fast_paths: bool = True  # off: every backend through its SDK's public path only (docs/design.md)
     force_download: bool = False
     dry_run: bool = False
     progress: str = "auto"  # auto | bar | lines | none
@@ -333,6 +336,13 @@ def build_arg_parser() -> argparse.ArgumentParser:
         "[DOWNLOADER_DIRECT_IO]",
     )
     p.add_argument(
+        "--fast-paths",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="each backend's fast path (S3: signed requests over a lean HTTP client and the AWS CRT; local: in-kernel "
+        "copies); off: only the SDKs' public paths [DOWNLOADER_FAST_PATHS, on]",
+    )
+    p.add_argument(
         "--s3-crt",
         action=argparse.BooleanOptionalAction,
         default=None,
@@ -492,6 +502,9 @@ def settings_from(args: argparse.Namespace, env: Mapping[str, str]) -> Settings:
         force = True  # AIBrix: CHECK_FILE_EXIST=0 means "do not trust what is on disk"
     dry_run = args.dry_run if args.dry_run is not None else bool(_env_bool(env, "DOWNLOADER_DRY_RUN"))
     page_cache = _page_cache(args, env)
+    fast_paths = (
+        args.fast_paths if args.fast_paths is not None else _env_bool(env, "DOWNLOADER_FAST_PATHS") is not False
+    )
 
     if args.enable_progress_bar and args.progress is None:
         progress = "bar"
@@ -540,6 +553,7 @@ def settings_from(args: argparse.Namespace, env: Mapping[str, str]) -> Settings:
         part_chunksize=part_chunksize,
         buffer_size=buffer_size,
         page_cache=page_cache,
+        fast_paths=fast_paths,
         force_download=force,
         dry_run=dry_run,
         progress=progress,
@@ -618,24 +632,34 @@ def _s3_settings(
     sk = _first(extra.get("sk"), env.get("TOS_SECRET_KEY") if tos else None)
     if (ak is None) != (sk is None):
         raise ConfigError("credentials", None, "an access key needs its secret key and vice versa")
+    token = None
+    if ak is None:
+        # The environment's keys, first in the AWS credential chain (botocore's finds the rest, when they are absent).
+        ak, sk = _first(env.get("AWS_ACCESS_KEY_ID")), _first(env.get("AWS_SECRET_ACCESS_KEY"))
+        token = _first(env.get("AWS_SESSION_TOKEN"), env.get("AWS_SECURITY_TOKEN")) if ak and sk else None
+        if ak is None or sk is None:
+            ak = sk = None
     raw = _first(args.s3_addressing_style, env.get("DOWNLOADER_S3_ADDRESSING_STYLE"), "virtual" if tos else "auto")
     style = parse_choice(
         "--s3-addressing-style" if args.s3_addressing_style else "DOWNLOADER_S3_ADDRESSING_STYLE",
         raw,
         ("auto", "path", "virtual"),
     )
-    # The CRT's client takes no proxy: where one is set, botocore's transport, which honours it, carries every
-    # GET unless the CRT is asked for explicitly.
+    # Neither the CRT's client nor the REST transport takes a proxy: where one is set, boto3's transport, which
+    # honours it, carries every request unless the CRT is asked for explicitly.
+    proxied = any(env.get(v) for v in _PROXY_VARIABLES)
     crt = args.s3_crt if args.s3_crt is not None else _env_bool(env, "DOWNLOADER_S3_CRT")
     if crt is None:
-        crt = not any(env.get(v) for v in _PROXY_VARIABLES)
+        crt = not proxied
     ca_bundle = (env.get("AWS_CA_BUNDLE") or "").strip() or None
     return S3Settings(
         endpoint_url=endpoint,
         region=str(region) if region is not None else None,
         access_key=Secret(str(ak)) if ak is not None else None,
         secret_key=Secret(str(sk)) if sk is not None else None,
+        session_token=Secret(str(token)) if token is not None else None,
         addressing_style=style,
         crt=crt,
         ca_bundle=ca_bundle,
+        proxied=proxied,
     )

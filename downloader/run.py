@@ -53,7 +53,7 @@ class Result:
 
 def download(settings: Settings, cancel: threading.Event, out: TextIO, err: TextIO) -> Result:
     started = time.monotonic()
-    source = open_source(settings)
+    source = open_source(settings, cancel)
     # The SDKs' clients and models are hundreds of thousands of long-lived objects: keep the cyclic collector from
     # walking them again and again while thousands of small files are fetched. Each file leaves a few dozen
     # short-lived containers, almost none in cycles (those of a GET are broken by hand): collect the young

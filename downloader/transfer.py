@@ -18,12 +18,11 @@ import errno
 import logging
 import mmap
 import os
-import random
 import threading
 import time
 from collections import deque
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import TypeVar
 
 from . import verify
@@ -38,7 +37,8 @@ from .errors import (
 )
 from .plan import ByteRange, is_complete_on_disk, safe_parts, split_ranges
 from .progress import Stats
-from .sources.base import Checksum, ObjectDetail, RangeReader, RemoteFile, Source, Whole
+from .retry import backoff_delay
+from .sources.base import Body, Checksum, ObjectDetail, RemoteFile, Source, Span
 from .state import (
     DoneRecord,
     Journal,
@@ -88,8 +88,6 @@ READ_STEP = 1024 * 1024
 # O_DIRECT wants file offsets, lengths and memory aligned to the logical block size (512 or 4096 bytes); the
 # worker buffers are page-aligned mmaps and ranges start on multiples of MiB, so whole buffers qualify.
 DIRECT_ALIGN = 4096  # per copy_file_range call: keeps progress and cancellation responsive
-BACKOFF_BASE = 0.2
-BACKOFF_CAP = 20.0
 T = TypeVar("T")
 
 
@@ -142,6 +140,14 @@ class _Attempt:
 
 
 @dataclass
+class _Cursor:
+    """Where a range's transfer stands: the next offset to write, and the digest of the bytes before it."""
+
+    pos: int
+    hasher: verify.RangeHasher | None
+
+
+@dataclass
 class _Finished:
     """A verified file waiting for its name."""
 
@@ -165,6 +171,11 @@ class _Job:
     integrity_failures: int = 0
     mismatch: str | None = None  # what the first check computed over the bytes of a fetch that failed it
     resumed: bool = False
+
+
+def same_version(a: str, b: str) -> bool:
+    """Whether two version strings name one version (ETags come quoted from some answers and bare from others)."""
+    return a.strip('"') == b.strip('"')
 
 
 def usable_checksums(detail: ObjectDetail, mode: VerifyMode) -> list[Checksum]:
@@ -203,17 +214,6 @@ def whole_concurrency(connections: int, slot: int, budget: int) -> tuple[int, in
     gets = max(1, min(WHOLE_PER_CONNECTION * connections, max(bodies - connections, bodies // 2)))
     workers = max(min(WHOLE_MIN_WORKERS, gets), -(-gets // WHOLE_DEPTH))
     return gets // workers, workers
-
-
-def backoff_delay(attempt: int, retry_after: float | None, kind: str) -> float:
-    """Exponential backoff with full jitter; throttling waits at least a second or what the server asked."""
-    ceiling = min(BACKOFF_CAP, BACKOFF_BASE * (2 ** (attempt - 1)))
-    delay = random.uniform(ceiling / 2, ceiling)
-    if kind == "throttled":
-        delay = max(delay, 1.0)
-    if retry_after is not None:
-        delay = max(delay, min(retry_after, 60.0))
-    return delay
 
 
 class Engine:
@@ -259,18 +259,19 @@ class Engine:
         self._outstanding = len(jobs)
         self._queue.extend((job, None, None) for job in jobs)
         count = min(self.settings.num_threads, max(1, self._range_upper_bound(files)))
-        if files and self.source.native_whole and all(self._fits_whole(f) for f in files):
-            # A model made only of files a native client fetches whole: each worker sends up to WHOLE_DEPTH GETs at
-            # once, writes each body as it comes in, then sends the next batch. A few workers keep up to three GETs
-            # per connection (num_threads caps the client's connections; it queues the rest) in flight, so the
-            # connections stay busy while workers write, from a fifth of the Python threads: the GIL hand-offs
-            # between threads, and GETs sent and awaited one by one, were most of the client's work on such a
-            # model (BENCHMARKS.md). Each GET's buffer is the size of the largest file. Our buffers and the
+        if files and self.source.open_ahead > 1 and all(self._fits_whole(f) for f in files):
+            # A model made only of files a native client fetches whole: each worker opens up to WHOLE_DEPTH of them
+            # at once (Source.open_ahead), writes each body as it comes in, then opens the next batch. A few workers
+            # keep up to three GETs per connection (num_threads caps the client's connections; it queues the rest) in
+            # flight, so the connections stay busy while workers write, from a fifth of the Python threads: the GIL
+            # hand-offs between threads, and GETs sent and awaited one by one, were most of the client's work on such
+            # a model (BENCHMARKS.md). Each GET's buffer is the size of the largest file. Our buffers and the
             # client's copies of the bodies arriving stay within WHOLE_BUDGET_BUFFERS x buffer_size, whatever
             # num_threads: fewer GETs in flight when files are large or connections many.
             page = mmap.PAGESIZE
             self._slot = max(page, -(-max(f.size for f in files) // page) * page)
             self._depth, count = whole_concurrency(count, self._slot, WHOLE_BUDGET_BUFFERS * self.settings.buffer_size)
+            self._depth = min(self._depth, self.source.open_ahead)
         workers = [threading.Thread(target=self._worker, name=f"fetch-{i}", daemon=True) for i in range(count)]
         for w in workers:
             w.start()
@@ -366,8 +367,8 @@ class Engine:
     # ----------------------------------------------------------------------------------------- prepare
     def _prepare(self, jobs: list[_Job], views: list[memoryview]) -> None:
         """Start files (one, or several small ones at once, one buffer each): large files are split into ranges
-        for any worker; the GETs of one-range files are all in flight together through the source's native
-        client when it has one, and any it declines or that fails is then fetched alone, the usual way."""
+        for any worker; one-range files are fetched here, their bodies all opened before the first is read when
+        there are several (a source whose open() returns before the answer has them all in flight together)."""
         started: list[tuple[_Job, _Attempt, ByteRange, memoryview]] = []
         for job, view in zip(jobs, views, strict=False):
             opened = self._open(job)
@@ -380,33 +381,24 @@ class Engine:
                 started.append((job, attempt, ranges[0], view))
             else:
                 self._push_front([(job, attempt, r) for r in pending])
-        if not started:
-            return
-        outcomes = self.source.fetch_whole([(job.f, view) for job, _, _, view in started], self._halt)
+        bodies = [self._open_ahead(job, view) for job, _, _, view in started] if len(started) > 1 else []
         try:
-            for (job, attempt, r, view), outcome in zip(started, outcomes, strict=True):
-                self._whole_outcome(job, attempt, r, view, outcome, 0)
+            for i, (job, attempt, r, view) in enumerate(started):
+                first, bodies[i : i + 1] = (bodies[i], [None]) if bodies else (None, [])
+                self._run_range(job, attempt, r, view, first)
         finally:
-            outcomes.close()
+            for body in bodies:  # not read (a failure, a halt): nothing may land in a buffer after this
+                if body is not None:
+                    body.close()
 
-    def _whole_outcome(
-        self, job: _Job, attempt: _Attempt, r: ByteRange, view: memoryview, outcome: Whole, tries: int
-    ) -> None:
-        """Act on what Source.fetch_whole gave for one file; a failure to retry asks again for that file alone."""
-        f = job.f
-        while isinstance(outcome, RetryableError):
-            self._check_halt()  # a halt also ends the GETs in flight: not a failure to count
-            tries += 1
-            self._wait_to_retry(f, outcome, tries, f"{f.rel_path}: {outcome}")
-            outcome = self._fetch_one(f, view)
-        if isinstance(outcome, ObjectChangedError):
-            self._restart(job, attempt, outcome)
-        elif isinstance(outcome, Exception):
-            raise outcome
-        elif outcome is None:
-            self._run_range(job, attempt, r, view)
-        else:
-            self._finish_whole(job, attempt, r, view, outcome)
+    def _open_ahead(self, job: _Job, view: memoryview) -> Body | None:
+        """A whole file's body, opened before it is read; None when the source did not take it now (the file is
+        then opened again when its turn comes, where failures are counted and retried)."""
+        try:
+            return self.source.open(job.f, job.detail, None, view)
+        except (RetryableError, ObjectChangedError) as exc:
+            log.debug("%s: not opened ahead (%s)", job.f.rel_path, exc)
+            return None
 
     def _open(self, job: _Job) -> tuple[_Attempt, list[ByteRange], list[ByteRange]] | None:
         """A file's attempt, its ranges and those still to fetch; None when it starts over instead."""
@@ -415,13 +407,12 @@ class Engine:
         multi = f.size >= self.settings.part_threshold
         part_size: int | None = None
         if multi:
-            try:
-                job.detail = self._retrying(f.key, lambda: self.source.describe(f))
-            except ObjectChangedError as exc:
-                self._restart(job, None, exc)
-                return None
-            if job.detail.size != f.size:
-                self._restart(job, None, ObjectChangedError(f.key, "size changed since listing"))
+            # The listing's own integrity facts where it carried them (one request fewer per file), else the source's
+            job.detail = f.detail or self._retrying(f.key, lambda: self.source.stat(f))
+            if not same_version(job.detail.version, f.version) or job.detail.size != f.size:
+                self._restart(
+                    job, None, ObjectChangedError(f.key, f"now version {job.detail.version}, listed {f.version}")
+                )
                 return None
             self._choose(job, job.detail, multi_range=True)
             if job.checksum is not None and job.strategy == "stream":
@@ -487,27 +478,6 @@ class Engine:
         self.state.drop_journal(j.token)
 
     # ------------------------------------------------------------------------------------------ ranges
-    def _fetch_one(self, f: RemoteFile, view: memoryview) -> Whole:
-        outcomes = self.source.fetch_whole([(f, view)], self._halt)
-        try:
-            return next(outcomes)
-        finally:
-            outcomes.close()
-
-    def _finish_whole(
-        self, job: _Job, attempt: _Attempt, r: ByteRange, view: memoryview, fetched: tuple[ObjectDetail, int]
-    ) -> None:
-        f = job.f
-        job.detail, n = fetched
-        self._choose(job, job.detail, multi_range=False)
-        hasher = self._range_hasher(job, r)
-        if hasher is not None:
-            hasher.update(view[:n])
-        self._write(attempt, job, view[:n], 0)
-        self.stats.add_bytes(f.rel_path, n)
-        attempt.done[r.index] = hasher.finish() if hasher is not None else []
-        self._finalize(job, attempt)
-
     def _wait_to_retry(self, f: RemoteFile, exc: RetryableError, tries: int, message: str) -> None:
         """Count a failed request; wait out its backoff, or give up after the last attempt."""
         self.stats.retry(exc.kind, message)
@@ -518,13 +488,17 @@ class Engine:
         if self._halt.wait(delay):
             raise Halted() from None
 
-    def _run_range(self, job: _Job, attempt: _Attempt, r: ByteRange, view: memoryview) -> None:
+    def _run_range(
+        self, job: _Job, attempt: _Attempt, r: ByteRange, view: memoryview, first: Body | None = None
+    ) -> None:
         with self._cv:
             if attempt.abandoned:
+                if first is not None:
+                    first.close()
                 return
             attempt.inflight += 1
         try:
-            digests = self._fetch_range(job, attempt, r, view)
+            digests = self._fetch_range(job, attempt, r, view, first)
         except ObjectChangedError as exc:
             self._restart(job, attempt, exc)
             return
@@ -543,63 +517,86 @@ class Engine:
         if finished:
             self._finalize(job, attempt)
 
-    def _fetch_range(self, job: _Job, attempt: _Attempt, r: ByteRange, view: memoryview) -> list[str]:
+    def _fetch_range(
+        self, job: _Job, attempt: _Attempt, r: ByteRange, view: memoryview, first: Body | None = None
+    ) -> list[str]:
+        """Range `r` of the file into its temp file, retried where it broke; its digests. `first`, when given, is
+        the body of the whole file already opened (it is used, or closed, here)."""
         f = job.f
-        hasher = self._range_hasher(job, r)
-        pos = r.start
+        cursor = _Cursor(r.start, self._range_hasher(job, r))
         tries = 0
         while True:
-            self._check_halt()
-            if attempt.abandoned:
-                raise _Abandoned()
             try:
-                reader = self.source.open_range(f, job.detail, pos, r.end)
-                try:
-                    if job.detail is None and reader.detail is not None:
-                        job.detail = reader.detail
-                        self._choose(job, reader.detail, multi_range=False)
-                        hasher = self._range_hasher(job, r)
-                    fill = 0  # bytes in view[:fill] arrived but are not written yet; they belong at `pos`
-                    queued = pos  # writeback is queued for the bytes before this offset (page cache writes)
-                    try:
-                        while pos + fill <= r.end:
-                            if self._halt.is_set():
-                                raise Halted()
-                            if attempt.abandoned:
-                                raise _Abandoned()
-                            if hasher is None and fill == 0:
-                                copied = self._copy_in_kernel(reader, attempt, job, pos, r.end)
-                                if copied is not None:
-                                    pos += copied
-                                    self.stats.add_bytes(f.rel_path, copied)
-                                    continue
-                            space = min(len(view) - fill, r.end - (pos + fill) + 1, READ_STEP)
-                            n = reader.readinto(view[fill : fill + space])
-                            if n <= 0:
-                                raise RetryableError(
-                                    "truncated", f"body ended at byte {pos + fill} of range {r.start}-{r.end}"
-                                )
-                            if hasher is not None:
-                                hasher.update(view[fill : fill + n])
-                            fill += n
-                            self.stats.add_bytes(f.rel_path, n)
-                            # Whole buffers go to disk: aligned for O_DIRECT, and fewer, larger writes.
-                            if fill == len(view) or pos + fill > r.end:
-                                self._write(attempt, job, view[:fill], pos)
-                                pos, fill = pos + fill, 0
-                                if pos - queued >= WRITEBACK_STEP and not attempt.direct:
-                                    start_writeback(attempt.fd, queued, pos - queued)
-                                    queued = pos
-                    finally:
-                        if fill:  # keep what arrived before a failure: the retry asks for the rest only
-                            self._write(attempt, job, view[:fill], pos)
-                            pos += fill
-                finally:
-                    reader.close()
-                return hasher.finish() if hasher is not None else []
+                if first is not None:
+                    body, first = first, None
+                else:
+                    self._check_halt()
+                    if attempt.abandoned:
+                        raise _Abandoned()
+                    # A one-range file from its start is asked for whole: stores send its checksum only then.
+                    whole = len(attempt.ranges) == 1 and cursor.pos == 0
+                    body = self.source.open(f, job.detail, None if whole else Span(cursor.pos, r.end), view)
+                self._stream(job, attempt, r, view, body, cursor)
+                return cursor.hasher.finish() if cursor.hasher is not None else []
             except RetryableError as exc:
                 tries += 1
-                self._wait_to_retry(f, exc, tries, f"{f.rel_path} bytes {pos}-{r.end}: {exc}")
+                self._wait_to_retry(f, exc, tries, f"{f.rel_path} bytes {cursor.pos}-{r.end}: {exc}")
+
+    def _stream(
+        self, job: _Job, attempt: _Attempt, r: ByteRange, view: memoryview, body: Body, cursor: _Cursor
+    ) -> None:
+        """Read `body` to the end of range `r` into the file from `cursor.pos` on, digesting as the bytes pass; the
+        cursor keeps what was written when the transfer breaks, so the retry asks for the rest only."""
+        f = job.f
+        fill = 0  # bytes in view[:fill] arrived but are not written yet; they belong at cursor.pos
+        queued = cursor.pos  # writeback is queued for the bytes before this offset (page cache writes)
+        try:
+            while cursor.pos + fill <= r.end:
+                if self._halt.is_set():
+                    raise Halted()
+                if attempt.abandoned:
+                    raise _Abandoned()
+                if job.detail is None and body.detail is not None:
+                    cursor.hasher = self._learn(job, body.detail, r)
+                if cursor.hasher is None and fill == 0 and job.detail is not None:
+                    copied = self._copy_in_kernel(body, attempt, job, cursor.pos, r.end)
+                    if copied is not None:
+                        cursor.pos += copied
+                        self.stats.add_bytes(f.rel_path, copied)
+                        continue
+                space = min(len(view) - fill, r.end - (cursor.pos + fill) + 1, READ_STEP)
+                n = body.readinto(view[fill : fill + space])
+                if n <= 0:
+                    raise RetryableError(
+                        "truncated", f"body ended at byte {cursor.pos + fill} of range {r.start}-{r.end}"
+                    )
+                if job.detail is None and body.detail is not None:
+                    # The answer's own integrity facts, known once its first bytes are in (a whole file's)
+                    cursor.hasher = self._learn(job, body.detail, r)
+                if cursor.hasher is not None:
+                    cursor.hasher.update(view[fill : fill + n])
+                fill += n
+                self.stats.add_bytes(f.rel_path, n)
+                # Whole buffers go to disk: aligned for O_DIRECT, and fewer, larger writes.
+                if fill == len(view) or cursor.pos + fill > r.end:
+                    self._write(attempt, job, view[:fill], cursor.pos)
+                    cursor.pos, fill = cursor.pos + fill, 0
+                    if cursor.pos - queued >= WRITEBACK_STEP and not attempt.direct:
+                        start_writeback(attempt.fd, queued, cursor.pos - queued)
+                        queued = cursor.pos
+        finally:
+            try:
+                if fill:  # keep what arrived before a failure: the retry asks for the rest only
+                    self._write(attempt, job, view[:fill], cursor.pos)
+                    cursor.pos += fill
+            finally:
+                body.close()
+
+    def _learn(self, job: _Job, detail: ObjectDetail, r: ByteRange) -> verify.RangeHasher | None:
+        """What a whole-file answer said of the object: the checksum to verify, and its hasher for this range."""
+        job.detail = detail
+        self._choose(job, detail, multi_range=False)
+        return self._range_hasher(job, r)
 
     def _choose(self, job: _Job, detail: ObjectDetail, *, multi_range: bool) -> None:
         job.checksum, job.strategy = choose_checksum(detail, multi_range, self.settings.verify)
@@ -616,7 +613,7 @@ class Engine:
             return None
         return verify.RangeHasher(job.checksum.algorithm, r.start, r.end, job.checksum.part_size)
 
-    def _copy_in_kernel(self, reader: RangeReader, attempt: _Attempt, job: _Job, pos: int, end: int) -> int | None:
+    def _copy_in_kernel(self, reader: Body, attempt: _Attempt, job: _Job, pos: int, end: int) -> int | None:
         try:
             copied = reader.copy_into(attempt.buffered_fd(), pos, min(KERNEL_COPY_STEP, end - pos + 1))
         except OSError as exc:
@@ -798,8 +795,15 @@ class Engine:
         ok = verdict.checksum
         return verdict.verified, f"{ok.algorithm}:{ok.shown}" if ok else None
 
-    def _restart(self, job: _Job, attempt: _Attempt | None, changed: ObjectChangedError | None) -> None:
-        """Start the file over from nothing: its object changed, or its bytes failed the checksum."""
+    def _restart(
+        self,
+        job: _Job,
+        attempt: _Attempt | None,
+        changed: ObjectChangedError | None,
+        current: ObjectDetail | None = None,
+    ) -> None:
+        """Start the file over from nothing: its object changed (`current`: what it is now, when known), or its
+        bytes failed the checksum."""
         if attempt is not None:
             with self._cv:
                 if attempt.abandoned or job.attempt is not attempt:
@@ -814,20 +818,23 @@ class Engine:
                 raise TransferError(
                     job.f.key, f"object changed {job.restarts} times during download", attempts=job.restarts
                 )
-            fresh = self._retrying(job.f.key, lambda: self._refresh(job.f))
-            log.warning("%s; starting this file over (new version %s)", changed, fresh.version)
-            job.f = fresh
+            if current is None:
+                current = self._retrying(job.f.key, lambda: self._current(job.f))
+            log.warning("%s; starting this file over (new version %s)", changed, current.version)
+            job.f = replace(
+                job.f, size=current.size, version=current.version, version_id=current.version_id, detail=current
+            )
         job.detail = None
         job.checksum = None
         job.strategy = "size"
         job.attempt = None
         self._push_front([(job, None, None)])
 
-    def _refresh(self, f: RemoteFile) -> RemoteFile:
-        fresh = self.source.refresh(f)
-        if fresh is None:
-            raise NotFoundError(self.source.display_uri, "object disappeared during the download", key=f.key)
-        return fresh
+    def _current(self, f: RemoteFile) -> ObjectDetail:
+        try:
+            return self.source.stat(f)
+        except NotFoundError as exc:
+            raise NotFoundError(self.source.display_uri, "object disappeared during the download", key=f.key) from exc
 
     def _maybe_cleanup(self, attempt: _Attempt, parts: tuple[str, ...]) -> None:
         with self._cv:

@@ -301,35 +301,38 @@ def test_access_denied_is_a_clear_error(proxy: FaultProxy, shard_model, tmp_path
     assert read_manifest(str(tmp_path / "m")) is None
 
 
-DIRECT_UA = "aibrix-download Botocore/"  # GETs signed here and sent on the S3 client's HTTP session
+DIRECT_UA = "aibrix-download rest/"  # the REST transport: signed here, sent over http.client
 
 
 def object_gets(proxy: FaultProxy) -> list[RequestRecord]:
     return [r for r in proxy.log if r.method == "GET" and "/m/" in r.path and "list-type" not in r.path]
 
 
-def test_gets_signed_here_and_a_refused_one_through_the_client(proxy: FaultProxy, shard_model, tmp_path) -> None:  # type: ignore[no-untyped-def]
+def test_every_request_through_the_rest_transport_or_with_fast_paths_off_boto3s(
+    proxy: FaultProxy, shard_model, tmp_path
+) -> None:  # type: ignore[no-untyped-def]
     bucket, files = shard_model
     r = download(proxy, bucket, tmp_path / "a")
     assert r.returncode == 0, r.stderr
     gets = object_gets(proxy)
     shard = [g for g in gets if SHARD in g.path]  # config.json, under 1 MiB, goes through the CRT (test_s3_crt.py)
     assert len(gets) == 13 and len(shard) == 12 and all(g.user_agent.startswith(DIRECT_UA) for g in shard), gets
-    assert all(not x.user_agent.startswith(DIRECT_UA) for x in proxy.log if x not in gets)  # listing and HEADs
+    others = [x for x in proxy.log if x not in gets]  # the listing and the shard's HEADs
+    assert others and all(x.user_agent.startswith(DIRECT_UA) for x in others), others
 
-    # An answer the direct path does not know (a redirect, a 400) is asked again through the S3 client; when
-    # the client succeeds where the direct GET did not, every later GET goes through the client.
-    proxy.log.clear()
-    rule = proxy.add_rule(Rule(Status(400), match_method="GET", match_path=SHARD, only_ranged=True, times=1, skip=3))
-    r = download(proxy, bucket, tmp_path / "b", "--num-threads", "1")
+    # --fast-paths off: boto3's client carries every request, through its public API.
+    proxy.reset_counters()
+    r = download(proxy, bucket, tmp_path / "b", "--no-fast-paths")
     assert r.returncode == 0, r.stderr
-    assert rule.fired == 1
     assert read_tree(str(tmp_path / "b" / "m")) == files
-    gets = [g for g in object_gets(proxy) if SHARD in g.path]
-    refused = next(i for i, g in enumerate(gets) if g.status == 400)
-    assert all(g.user_agent.startswith(DIRECT_UA) for g in gets[: refused + 1])
-    assert gets[refused + 1 :] and all(not g.user_agent.startswith(DIRECT_UA) for g in gets[refused + 1 :])
-    assert gets[refused + 1].range == gets[refused].range  # the same range, asked again
+    assert proxy.log and all("Boto3/" in x.user_agent and "aibrix-download" in x.user_agent for x in proxy.log)
+
+    # An answer no retry can change (a 400) fails the run clearly, whichever request got it.
+    rule = proxy.add_rule(Rule(Status(400), match_method="GET", match_path=SHARD, only_ranged=True, times=1, skip=3))
+    r = download(proxy, bucket, tmp_path / "c", "--num-threads", "1")
+    assert r.returncode == 3 and rule.fired == 1, r.stderr
+    assert "GET: BadRequest" in r.stderr and "Traceback" not in r.stderr
+    assert read_manifest(str(tmp_path / "c" / "m")) is None
 
 
 def test_access_denied_on_the_objects_alone_is_a_clear_error(proxy: FaultProxy, shard_model, tmp_path) -> None:  # type: ignore[no-untyped-def]

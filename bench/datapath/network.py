@@ -10,29 +10,29 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
-from downloader.config import S3Settings, Secret
-from downloader.sources.base import RemoteFile, direct_body
+from downloader.config import S3Settings, Secret, VerifyMode
+from downloader.sources.base import RemoteFile, Span
 from downloader.sources.s3 import S3Source
 from downloader.uri import parse_model_uri
 from downloader.verify import new_hasher
 
 from ..harness.common import ACCESS_KEY, BUCKET, DEFAULT_WORK, SECRET_KEY, GiB, MiB
 from ..harness.measure import Stopwatch
-from ..harness.server import s3_client
 from .cli import KEY, SMALL_PREFIX
 from .local import medians
 
 SMALL_SIZE = 256 * 1024
 GET_MODES = {
-    "botocore": "botocore `get_object`",
-    "direct": "signed by botocore's SigV4 signer, sent on the client's HTTP session (larger files)",
-    "crt": "the AWS CRT's S3 client, body handed over into the buffer (files that fit in it, chosen)",
+    "boto3": "boto3's client, `get_object` (--fast-paths off)",
+    "rest": "the REST transport: signed here with SigV4, sent over http.client (--no-s3-crt)",
+    "crt": "the AWS CRT's S3 client, body handed over into the buffer (files that fit in it; the default)",
 }
+READ_MODES = ("boto3", "rest")
 
 
-def read_object(client: Any, size: int, mode: str, threads: int = 4, range_mib: int = 64) -> None:
+def read_object(source: S3Source, f: RemoteFile, threads: int = 4, range_mib: int = 64) -> None:
     step = range_mib * MiB
-    ranges = [(s, min(size, s + step) - 1) for s in range(0, size, step)]
+    ranges = [(s, min(f.size, s + step) - 1) for s in range(0, f.size, step)]
     lock = threading.Lock()
     errors: list[BaseException] = []
 
@@ -43,19 +43,14 @@ def read_object(client: Any, size: int, mode: str, threads: int = 4, range_mib: 
                 if not ranges:
                     return
                 start, end = ranges.pop()
-            body = client.get_object(Bucket=BUCKET, Key=KEY, Range=f"bytes={start}-{end}")["Body"]
-            raw = body._raw_stream  # the urllib3 response under botocore's StreamingBody
-            fp = direct_body(raw) if mode == "direct" else None
+            body = source.open(f, None, Span(start, end), None)
             left = end - start + 1
             try:
                 while left:
-                    chunk = view[: min(MiB, left)]
-                    n = fp.readinto(chunk) if fp is not None else body.readinto(chunk)
+                    n = body.readinto(view[: min(MiB, left)])
                     if not n:
                         raise RuntimeError(f"body ended with {left} bytes to go")
                     left -= n
-                if fp is not None:
-                    raw.release_conn()
             except BaseException as exc:  # reported after the threads join
                 errors.append(exc)
                 return
@@ -72,31 +67,34 @@ def read_object(client: Any, size: int, mode: str, threads: int = 4, range_mib: 
 
 
 def read_paths(endpoint: str, size: int, reps: int) -> dict[str, Any]:
-    client = s3_client(endpoint, pool=8)
-    runs: dict[str, list[dict[str, float]]] = {"botocore": [], "direct": []}
-    read_object(client, size, "direct")  # warm: connections, server cache
-    for i in range(reps):
-        order = ("botocore", "direct") if i % 2 == 0 else ("direct", "botocore")
-        for mode in order:
-            clock = Stopwatch()
-            read_object(client, size, mode)
-            used = clock.stop()
-            gib = size / GiB
-            runs[mode].append(
-                {
-                    "wall_s": used.wall_s,
-                    "user_per_gib": used.user_s / gib,
-                    "sys_per_gib": used.sys_s / gib,
-                    "minflt": used.minflt,
-                }
-            )
+    sources = {mode: make_source(endpoint, KEY, mode) for mode in READ_MODES}
+    (f,) = [o for o in sources["rest"].list(threading.Event()) if o.key == KEY]
+    runs: dict[str, list[dict[str, float]]] = {mode: [] for mode in READ_MODES}
+    try:
+        read_object(sources["rest"], f)  # warm: connections, server cache
+        for i in range(reps):
+            for mode in READ_MODES if i % 2 == 0 else READ_MODES[::-1]:
+                clock = Stopwatch()
+                read_object(sources[mode], f)
+                used = clock.stop()
+                gib = size / GiB
+                runs[mode].append(
+                    {
+                        "wall_s": used.wall_s,
+                        "user_per_gib": used.user_s / gib,
+                        "sys_per_gib": used.sys_s / gib,
+                        "minflt": used.minflt,
+                    }
+                )
+    finally:
+        for source in sources.values():
+            source.close()
     summary = medians(runs)
     for mode in runs:
         summary[mode]["cpu_per_gib"] = round(summary[mode]["user_per_gib"] + summary[mode]["sys_per_gib"], 3)
-    pairs = [d["user_per_gib"] + d["sys_per_gib"] for d in runs["direct"]]
-    base = [b["user_per_gib"] + b["sys_per_gib"] for b in runs["botocore"]]
-    ratios = [d / b for d, b in zip(pairs, base, strict=True)]
-    summary["cpu_ratio_direct_over_botocore"] = round(statistics.median(ratios), 3)
+    ours = [d["user_per_gib"] + d["sys_per_gib"] for d in runs["rest"]]
+    base = [b["user_per_gib"] + b["sys_per_gib"] for b in runs["boto3"]]
+    summary["cpu_ratio_rest_over_boto3"] = round(statistics.median([d / b for d, b in zip(ours, base, strict=True)]), 3)
     return {"runs": runs, "summary": summary}
 
 
@@ -118,26 +116,23 @@ def upload_small(client: Any, count: int) -> None:
         list(pool.map(put, missing))
 
 
-def small_source(endpoint: str, mode: str) -> S3Source:
-    source = S3Source(
-        parse_model_uri(f"s3://{BUCKET}/{SMALL_PREFIX}"),
+def make_source(endpoint: str, prefix: str, mode: str) -> S3Source:
+    """The downloader's S3 backend with one transport: boto3's, the REST one, or the REST one with the CRT."""
+    return S3Source(
+        parse_model_uri(f"s3://{BUCKET}/{prefix}"),
         S3Settings(
             endpoint_url=endpoint,
             access_key=Secret(ACCESS_KEY),
             secret_key=Secret(SECRET_KEY),
+            crt=mode == "crt",
         ),
         connections=4,
         stall_timeout=60,
+        max_attempts=1,
+        verify=VerifyMode.STRICT,
+        fast_paths=mode != "boto3",
+        cancel=threading.Event(),
     )
-    if mode != "crt":
-        source._crt = None
-    if mode == "botocore":
-        source._direct = None
-    if mode != "botocore":
-        assert source._direct is not None, "S3Source did not set up its direct GET path against this server"
-    if mode == "crt":
-        assert source._crt is not None, "S3Source did not set up the CRT's client (is awscrt installed?)"
-    return source
 
 
 def crc32(data: memoryview) -> None:
@@ -145,32 +140,21 @@ def crc32(data: memoryview) -> None:
 
 
 def fetch_small(source: S3Source, files: list[RemoteFile], view: memoryview, scratch: Path) -> None:
-    halt = threading.Event()
     for i, f in enumerate(files):
         path = str(scratch / f"{i:05d}")
         fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_TRUNC, 0o644)
         try:
-            if source._crt is not None:
-                # one object per call, as the engine's batch of one: a GET, answered into ``view``
-                (fetched,) = source.fetch_whole([(f, view)], halt)
-                if fetched is None:
-                    raise RuntimeError(f"{f.key}: the CRT declined the GET")
-                if isinstance(fetched, Exception):
-                    raise fetched
-                fill = fetched[1]
+            body = source.open(f, None, None, view)  # one object: through the CRT when the source has it
+            try:
+                fill = 0
+                while fill < f.size:
+                    n = body.readinto(view[fill:])
+                    if not n:
+                        raise RuntimeError(f"{f.key}: body ended with {f.size - fill} bytes to go")
+                    fill += n
                 crc32(view[:fill])
-            else:
-                reader = source.open_range(f, None, 0, f.size - 1)
-                try:
-                    fill = 0
-                    while fill < f.size:
-                        n = reader.readinto(view[fill:])
-                        if not n:
-                            raise RuntimeError(f"{f.key}: body ended with {f.size - fill} bytes to go")
-                        crc32(view[fill : fill + n])
-                        fill += n
-                finally:
-                    reader.close()
+            finally:
+                body.close()
             os.pwrite(fd, view[:fill], 0)
         finally:
             os.close(fd)
@@ -178,9 +162,9 @@ def fetch_small(source: S3Source, files: list[RemoteFile], view: memoryview, scr
 
 
 def small_gets(endpoint: str, count: int, reps: int) -> dict[str, Any]:
-    sources = {mode: small_source(endpoint, mode) for mode in GET_MODES}
+    sources = {mode: make_source(endpoint, SMALL_PREFIX, mode) for mode in GET_MODES}
     wanted = set(map(small_key, range(count)))
-    files = sorted((f for f in sources["direct"].list(threading.Event()) if f.key in wanted), key=lambda f: f.key)
+    files = sorted((f for f in sources["rest"].list(threading.Event()) if f.key in wanted), key=lambda f: f.key)
     if len(files) != count or any(f.size != SMALL_SIZE for f in files):
         raise RuntimeError(f"listed {len(files)} of the {count} small objects")
     view = memoryview(bytearray(MiB))
@@ -205,16 +189,14 @@ def small_gets(endpoint: str, count: int, reps: int) -> dict[str, Any]:
                             "wall_ms": 1000 * used.wall_s / count,
                         }
                     )
-        # a refused GET would have switched the source to another path for good, and measured that instead
-        assert sources["direct"]._direct is not None, "the direct source fell back to get_object during the runs"
-        assert sources["crt"]._crt is not None, "the CRT source fell back to botocore's transport during the runs"
+        assert sources["crt"].open_ahead > 1, "the CRT source fell back to the REST transport during the runs"
     finally:
         for source in sources.values():
             source.close()
     summary = medians(runs)
-    for mode in ("direct", "crt"):
-        ratios = [m["cpu_ms"] / max(1e-9, b["cpu_ms"]) for m, b in zip(runs[mode], runs["botocore"], strict=True)]
-        summary[f"cpu_ratio_{mode}_over_botocore"] = round(statistics.median(ratios), 3)
+    for mode in ("rest", "crt"):
+        ratios = [m["cpu_ms"] / max(1e-9, b["cpu_ms"]) for m, b in zip(runs[mode], runs["boto3"], strict=True)]
+        summary[f"cpu_ratio_{mode}_over_boto3"] = round(statistics.median(ratios), 3)
     return {"objects": count, "object_bytes": SMALL_SIZE, "runs": runs, "summary": summary}
 
 

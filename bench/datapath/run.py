@@ -16,7 +16,7 @@ from ..harness.recording import Results
 from ..harness.server import SeaweedFS, s3_client
 from ..harness.venvs import ensure_bench_tools
 from .local import DISK_MODES, checksum_table, disk_write
-from .network import GET_MODES, ensure_object, read_paths, small_gets, upload_small
+from .network import GET_MODES, READ_MODES, ensure_object, read_paths, small_gets, upload_small
 
 
 def print_checksums(rows: list[dict[str, Any]]) -> None:
@@ -28,13 +28,13 @@ def print_checksums(rows: list[dict[str, Any]]) -> None:
 def print_read_paths(s: dict[str, Any], reps: int) -> None:
     print("| body read path | median wall s | user CPU-s/GiB | sys CPU-s/GiB | CPU-s/GiB | minor faults |")
     print("|---|---|---|---|---|---|")
-    for mode in ("botocore", "direct"):
+    for mode in READ_MODES:
         m = s[mode]
         print(
             f"| {mode} | {m['wall_s']} | {m['user_per_gib']} | {m['sys_per_gib']} | {m['cpu_per_gib']} | "
             f"{int(m['minflt'])} |"
         )
-    print(f"\ndirect ÷ botocore, CPU per GiB (median of {reps} pairs): {s['cpu_ratio_direct_over_botocore']}")
+    print(f"\nrest ÷ boto3, CPU per GiB (median of {reps} pairs): {s['cpu_ratio_rest_over_boto3']}")
 
 
 def print_small_gets(r: dict[str, Any], reps: int) -> None:
@@ -46,8 +46,8 @@ def print_small_gets(r: dict[str, Any], reps: int) -> None:
         m = s[mode]
         print(f"| {label} | {m['user_ms']} | {m['sys_ms']} | {m['cpu_ms']} | {m['wall_ms']} |")
     print(
-        f"\nCPU per GET ÷ botocore's (median of {reps} rounds): direct {s['cpu_ratio_direct_over_botocore']}, "
-        f"crt {s['cpu_ratio_crt_over_botocore']}"
+        f"\nCPU per GET ÷ boto3's (median of {reps} rounds): rest {s['cpu_ratio_rest_over_boto3']}, "
+        f"crt {s['cpu_ratio_crt_over_boto3']}"
     )
 
 

@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import threading
+
 from ..config import Settings
 from ..errors import ConfigError
-from .base import Checksum, ObjectDetail, RangeReader, RemoteFile, Source
+from .base import Body, Checksum, ObjectDetail, RemoteFile, Source, Span
 
 
-def open_source(settings: Settings) -> Source:
+def open_source(settings: Settings, cancel: threading.Event) -> Source:
+    """The backend for the settings' URI. `cancel` ends any wait of its own (a retry's backoff, an answer)."""
     scheme = settings.uri.scheme
     connections, stall = settings.num_threads, settings.stall_timeout
     if scheme in ("s3", "tos"):
@@ -20,6 +23,8 @@ def open_source(settings: Settings) -> Source:
             stall_timeout=stall,
             max_attempts=settings.max_attempts,
             verify=settings.verify,
+            fast_paths=settings.fast_paths,
+            cancel=cancel,
         )
     if scheme == "gs":
         from .gcs import GcsSource
@@ -34,8 +39,8 @@ def open_source(settings: Settings) -> Source:
     if scheme == "file":
         from .local import LocalSource
 
-        return LocalSource(settings.uri)
+        return LocalSource(settings.uri, kernel_copy=settings.fast_paths)
     raise ConfigError("--model-uri", settings.uri.display, f"no backend for {scheme}://")
 
 
-__all__ = ["Checksum", "ObjectDetail", "RangeReader", "RemoteFile", "Source", "open_source"]
+__all__ = ["Body", "Checksum", "ObjectDetail", "RemoteFile", "Source", "Span", "open_source"]

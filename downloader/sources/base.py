@@ -1,19 +1,20 @@
-"""The one small interface every storage backend implements.
+"""The one small interface every storage backend implements: list, stat, open.
 
-A backend lists objects, describes one object's integrity facts, and opens a byte range pinned to the
-version seen at listing time. Only backend modules import SDKs; they translate SDK exceptions into
-`downloader.errors` (permanent) or `RetryableError` / `ObjectChangedError` (handled by the engine).
+A backend lists the objects under a URI, states one object's current version and integrity facts, and opens a
+body: a byte range or the whole of exactly the version seen at listing. Only backend modules import SDKs, and each
+translates its SDK's failures once, into `downloader.errors` (chained with `from`): permanent ones (NotFoundError,
+AccessDeniedError, ...), RetryableError (the engine retries) and ObjectChangedError (the file starts over). What a
+backend does to be fast (a native client, requests signed by hand, several answers in flight) stays inside it.
 """
 
 from __future__ import annotations
 
-import http.client
 import threading
 import time
-from collections.abc import Generator, Iterator, Sequence
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from email.utils import parsedate_to_datetime
-from typing import Any, Protocol
+from typing import Protocol
 
 
 @dataclass(frozen=True)
@@ -61,6 +62,8 @@ class RemoteFile:
     size: int
     version: str  # ETag (quoted as served) or generation / commit
     version_id: str | None = None
+    # The object's integrity facts when the listing carried them (GCS), so no stat() is needed for them.
+    detail: ObjectDetail | None = field(default=None, compare=False, repr=False)
 
 
 @dataclass(frozen=True)
@@ -77,45 +80,31 @@ class ObjectDetail:
     uninterpreted: tuple[str, ...] = ()
 
 
-@dataclass
-class RangeReader:
-    """An open response body for bytes [start, end] of one object version."""
+@dataclass(frozen=True)
+class Span:
+    """Bytes [start, end] of an object (inclusive)."""
 
     start: int
-    end: int  # inclusive
-    detail: ObjectDetail | None = None  # filled when the response itself carries integrity facts
-    _closed: bool = field(default=False, repr=False)
+    end: int
+
+
+class Body:
+    """An open answer: the bytes asked for, read in order. `detail` is set when the answer itself carried the
+    object's integrity facts (a whole-object GET), at the latest once the first bytes are read."""
+
+    detail: ObjectDetail | None = None
 
     def readinto(self, buf: memoryview) -> int:  # pragma: no cover - interface
+        """Bytes into `buf`; 0 at the end. RetryableError when the transfer breaks (what arrived is kept)."""
         raise NotImplementedError
 
     def copy_into(self, fd: int, offset: int, count: int) -> int | None:
-        """Copy up to `count` bytes straight into `fd` at `offset` in the kernel (copy_file_range).
-
-        Returns the number of bytes copied, or None when this reader cannot (the engine then uses readinto).
-        Used only when no checksum has to see the bytes.
-        """
+        """Copy up to `count` bytes straight into `fd` at `offset` in the kernel; the number copied, or None when
+        this body cannot (the engine then reads it). Asked only when no checksum has to see the bytes."""
         return None
 
     def close(self) -> None:  # pragma: no cover - interface
-        self._closed = True
-
-
-def direct_body(resp: Any) -> http.client.HTTPResponse | None:
-    """The stdlib response under a urllib3 one, to read a body straight into the engine's buffer.
-
-    urllib3's readinto() reads into a fresh bytes object and copies it out: two copies and an allocation per
-    chunk, a large share of the client's CPU on a fast link. The stdlib response reads from the socket into the
-    caller's buffer. urllib3 still sends the request and owns the connection: a reader that used this must call
-    the urllib3 response's release_conn() once the body is read to its end. None when there is no such
-    response, or when urllib3 would decode the body (a content-encoding), so the bytes would differ.
-    """
-    fp = getattr(resp, "_fp", None)
-    if not isinstance(fp, http.client.HTTPResponse) or not callable(getattr(resp, "release_conn", None)):
-        return None
-    headers = getattr(resp, "headers", None)
-    encoding = headers.get("content-encoding", "") if headers is not None else ""
-    return fp if encoding.strip().lower() in ("", "identity") else None
+        """Done with it, read or not (a connection is kept or dropped accordingly)."""
 
 
 def parse_retry_after(raw: str | None) -> float | None:
@@ -132,55 +121,27 @@ def parse_retry_after(raw: str | None) -> float | None:
         return None
 
 
-# One object of Source.fetch_whole: (its detail, its length), the failure to retry or act on, or None.
-Whole = tuple[ObjectDetail, int] | Exception | None
-Wholes = Generator[Whole, None, None]  # what Source.fetch_whole yields, one per object asked for
-
-
-class NoNativeWhole:
-    """Source.fetch_whole for a source without a native client: it declines every object, so every read goes
-    through open_range."""
-
-    native_whole = False
-
-    def fetch_whole(self, items: Sequence[tuple[RemoteFile, memoryview]], halt: threading.Event) -> Wholes:
-        yield from [None] * len(items)
-
-
 class Source(Protocol):
-    """A storage backend. Implementations must be safe to call from many threads at once."""
+    """A storage backend. Safe to call from many threads at once."""
 
     display_uri: str
+    # How many whole-object bodies one worker may have open before it reads the first: more than 1 only where
+    # open() returns before the answer is in (a native client with its own event loop), 1 where open() waits.
+    open_ahead: int
 
     def list(self, cancel: threading.Event) -> Iterator[RemoteFile]:
         """Every object under the URI, with its path relative to the URI's prefix."""
         ...
 
-    def describe(self, f: RemoteFile) -> ObjectDetail:
-        """Integrity facts of one object, pinned to the listed version."""
+    def stat(self, f: RemoteFile) -> ObjectDetail:
+        """The object's current version and integrity facts (NotFoundError when it is gone). A version other than
+        the listed one means the object changed since."""
         ...
 
-    def refresh(self, f: RemoteFile) -> RemoteFile | None:
-        """The object's current version (after it changed under us), or None if it is gone."""
-        ...
-
-    def open_range(self, f: RemoteFile, detail: ObjectDetail | None, start: int, end: int) -> RangeReader:
-        """Bytes [start, end] (inclusive) of exactly the listed version of `f`."""
-        ...
-
-    @property
-    def native_whole(self) -> bool:
-        """Whether fetch_whole has a path of its own (a native client) for objects that fit in a buffer."""
-        ...
-
-    def fetch_whole(self, items: Sequence[tuple[RemoteFile, memoryview]], halt: threading.Event) -> Wholes:
-        """Each listed object version, whole, into the start of its buffer, in one request of the source's own
-        (a native client), all of them in flight at once; the answers come in the order of `items`, each as soon
-        as it is in (closing the generator early cancels the rest and waits for them). Per item: what the
-        response says about the object and the number of bytes (its size); the exception open_range would have
-        raised (RetryableError, ObjectChangedError); or None, with nothing fetched, when the source has no such
-        path for that object (the caller then reads it through open_range). Other failures raise.
-        """
+    def open(self, f: RemoteFile, detail: ObjectDetail | None, span: Span | None, buffer: memoryview | None) -> Body:
+        """Bytes `span` (None: the whole object) of exactly the listed version of `f` (ObjectChangedError when it
+        changed). `buffer`, when given, is where the caller will read the body into: a backend that receives a
+        whole answer at once may land it there."""
         ...
 
     def close(self) -> None: ...

@@ -46,7 +46,7 @@ from ..errors import (
     TransferError,
 )
 from ..uri import ModelUri
-from .base import Checksum, NoNativeWhole, ObjectDetail, RangeReader, RemoteFile, direct_body, parse_retry_after
+from .base import Body, Checksum, ObjectDetail, RemoteFile, Span, parse_retry_after
 
 log = logging.getLogger(__name__)
 
@@ -65,7 +65,9 @@ _NO_CREDENTIALS = (
 )
 
 
-class GcsSource(NoNativeWhole):
+class GcsSource:
+    open_ahead = 1
+
     def __init__(self, uri: ModelUri, gcs: GcsSettings, *, connections: int, stall_timeout: float) -> None:
         self.uri = uri
         self.bucket = uri.bucket
@@ -107,9 +109,6 @@ class GcsSource(NoNativeWhole):
             session.mount("http://", adapter)
         self._session: Any = session
         self._bucket: Any = self._client.bucket(self.bucket)
-        # Integrity facts seen at listing, per (name, generation): a generation's bytes and checksums never
-        # change, so describe() needs no request for a listed object.
-        self._details: dict[tuple[str, str], ObjectDetail] = {}
         self._lock = threading.Lock()
 
     # ---------------------------------------------------------------------------------------- listing
@@ -159,10 +158,10 @@ class GcsSource(NoNativeWhole):
                 "%s is stored gzip-compressed (Content-Encoding: gzip); it is fetched as stored, still compressed",
                 blob.name,
             )
-        f = RemoteFile(key=str(blob.name), rel_path=rel_path, size=detail.size, version=detail.version)
-        with self._lock:
-            self._details[(f.key, f.version)] = detail
-        return f
+        # A generation's bytes and checksums never change: the listing's facts serve the engine, no stat() needed.
+        return RemoteFile(
+            key=str(blob.name), rel_path=rel_path, size=detail.size, version=detail.version, detail=detail
+        )
 
     def _list_retry(self, attempts: _Attempts) -> Any:
         def on_error(exc: BaseException) -> None:
@@ -181,28 +180,13 @@ class GcsSource(NoNativeWhole):
         )
 
     # ------------------------------------------------------------------------------------- integrity
-    def describe(self, f: RemoteFile) -> ObjectDetail:
-        with self._lock:
-            cached = self._details.get((f.key, f.version))
-        if cached is not None:
-            return cached
-        generation = _generation(self.display_uri, f)
-        blob = self._call(f.key, lambda: self._get_blob(f.key, generation=generation))
-        if blob is None:
-            self._raise_missing(f, generation)
-        detail = _detail_from_blob(blob)
-        with self._lock:
-            self._details[(f.key, detail.version)] = detail
-        return detail
-
-    def refresh(self, f: RemoteFile) -> RemoteFile | None:
+    def stat(self, f: RemoteFile) -> ObjectDetail:
         blob = self._call(f.key, lambda: self._get_blob(f.key))
         if blob is None:
-            return None
-        detail = _detail_from_blob(blob)
-        with self._lock:
-            self._details[(f.key, detail.version)] = detail
-        return RemoteFile(key=f.key, rel_path=f.rel_path, size=detail.size, version=detail.version)
+            if not self._bucket_exists(f.key):
+                raise NotFoundError(self.display_uri, f"bucket {self.bucket!r} does not exist")
+            raise NotFoundError(self.display_uri, "no such object", key=f.key)
+        return _detail_from_blob(blob)
 
     def _get_blob(self, name: str, *, generation: int | None = None, retrying: bool = False) -> Any:
         """Object metadata, or None when the object (or that generation, or the bucket) does not exist."""
@@ -242,10 +226,11 @@ class GcsSource(NoNativeWhole):
         return self._call(key, probe)
 
     # ---------------------------------------------------------------------------------------- reading
-    def open_range(self, f: RemoteFile, detail: ObjectDetail | None, start: int, end: int) -> RangeReader:
+    def open(self, f: RemoteFile, detail: ObjectDetail | None, span: Span | None, buffer: memoryview | None) -> Body:
         size = detail.size if detail else f.size
         pinned = detail.version if detail else f.version
         generation = _generation(self.display_uri, f, pinned)
+        start, end = (0, size - 1) if span is None else (span.start, span.end)
         whole = start == 0 and end == size - 1
         url = (
             f"{self._base_url}/download/storage/v1/b/{quote(self.bucket, safe='')}/o/{quote(f.key, safe='')}"
@@ -292,7 +277,9 @@ class GcsSource(NoNativeWhole):
             if isinstance(exc, _Missing):
                 self._raise_missing(f, generation)
             raise
-        return _GcsRangeReader(start, end, got_detail, resp, expected_len, self._read_timeout)
+        body = _GcsBody(resp, expected_len, self._read_timeout)
+        body.detail = got_detail
+        return body
 
     def close(self) -> None:
         with contextlib.suppress(Exception):
@@ -412,14 +399,12 @@ class _Missing(Exception):
     """Internal: a media GET answered 404; open_range finds out why."""
 
 
-class _GcsRangeReader(RangeReader):
-    def __init__(
-        self, start: int, end: int, detail: ObjectDetail | None, resp: Any, remaining: int, stall: float
-    ) -> None:
-        super().__init__(start, end, detail)
+class _GcsBody(Body):
+    """A media GET's body, read through urllib3's public readinto."""
+
+    def __init__(self, resp: Any, remaining: int, stall: float) -> None:
         self._resp = resp
         self._raw: Any = resp.raw
-        self._fp = direct_body(self._raw)
         self._remaining = remaining
         self._stall = stall
 
@@ -428,21 +413,19 @@ class _GcsRangeReader(RangeReader):
             return 0
         want = min(len(buf), self._remaining)
         try:
-            n = int(self._fp.readinto(buf[:want]) if self._fp is not None else self._raw.readinto(buf[:want]))
+            n = int(self._raw.readinto(buf[:want]))
         except http.client.IncompleteRead as exc:
-            raise RetryableError("truncated", _describe(exc)) from None
-        except urllib3.exceptions.ReadTimeoutError:
-            raise RetryableError("stall", f"no bytes for {self._stall:g}s (the stall timeout)") from None
+            raise RetryableError("truncated", _describe(exc)) from exc
+        except urllib3.exceptions.ReadTimeoutError as exc:
+            raise RetryableError("stall", f"no bytes for {self._stall:g}s (the stall timeout)") from exc
         except urllib3.exceptions.ProtocolError as exc:
             kind = "truncated" if "IncompleteRead" in str(exc) else "reset"
-            raise RetryableError(kind, _describe(exc)) from None
-        except TimeoutError:
-            raise RetryableError("stall", f"no bytes for {self._stall:g}s (the stall timeout)") from None
+            raise RetryableError(kind, _describe(exc)) from exc
+        except TimeoutError as exc:
+            raise RetryableError("stall", f"no bytes for {self._stall:g}s (the stall timeout)") from exc
         except (urllib3.exceptions.HTTPError, http.client.HTTPException, OSError, ValueError) as exc:
-            raise RetryableError("reset", _describe(exc)) from None
+            raise RetryableError("reset", _describe(exc)) from exc
         self._remaining -= n
-        if self._remaining == 0 and self._fp is not None:
-            self._raw.release_conn()  # read to its end under urllib3: hand the connection back ourselves
         return n
 
     def close(self) -> None:

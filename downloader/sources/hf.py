@@ -47,7 +47,7 @@ from ..errors import (
     TransferError,
 )
 from ..uri import ModelUri
-from .base import Checksum, NoNativeWhole, ObjectDetail, RangeReader, RemoteFile, direct_body, parse_retry_after
+from .base import Body, Checksum, ObjectDetail, RemoteFile, Span, parse_retry_after
 
 log = logging.getLogger(__name__)
 
@@ -100,7 +100,9 @@ def _norm_etag(raw: str | None) -> str | None:
     return value.strip('"').lower() or None
 
 
-class HfSource(NoNativeWhole):
+class HfSource:
+    open_ahead = 1
+
     def __init__(
         self, uri: ModelUri, hf: HfSettings, *, connections: int, stall_timeout: float, max_attempts: int = 10
     ) -> None:
@@ -222,43 +224,39 @@ class HfSource(NoNativeWhole):
         return commit, files
 
     # ------------------------------------------------------------------------------------- integrity
-    def describe(self, f: RemoteFile) -> ObjectDetail:
-        location, headers = self._resolve(f, "HEAD")
-        self._check_served(f, headers)
-        size = f.size
-        raw_size = headers.get("X-Linked-Size") or (headers.get("Content-Length") if location is None else None)
-        if raw_size and raw_size.isdigit():
-            size = int(raw_size)
-        with self._lock:
-            self._locations[(f.key, f.version)] = location or self._resolve_url(f)
-        return self._detail(f, size)
-
-    def _detail(self, f: RemoteFile, size: int) -> ObjectDetail:
-        entry = self._entry(f)
-        if entry.sha256:
-            return ObjectDetail(size, f.version, self._pinned(f), (Checksum("sha256", entry.sha256, "hex"),))
-        if _GIT_OID.match(entry.version):  # not in LFS: the version is the file's git blob id
-            return ObjectDetail(size, f.version, self._pinned(f), (Checksum("git-sha1", entry.version, "hex"),))
-        return ObjectDetail(size, f.version, self._pinned(f), (), unverifiable=_NON_LFS)
-
-    def refresh(self, f: RemoteFile) -> RemoteFile | None:
+    def stat(self, f: RemoteFile) -> ObjectDetail:
         """The file at the pinned commit as the Hub serves it now (it should never differ from the listing)."""
-        try:
-            location, headers = self._resolve(f, "HEAD")
-        except NotFoundError:
-            return None
-        version = _norm_etag(headers.get("X-Linked-Etag") or headers.get("ETag")) or f.version
+        location, headers = self._resolve(f, "HEAD")
+        served = (headers.get("X-Repo-Commit") or "").lower()
+        pinned = self._pinned(f)
+        if served and pinned and served != pinned:
+            raise SourceError(
+                self.display_uri, f"the endpoint served commit {served} for pinned commit {pinned}", key=f.key
+            )
+        etag = _norm_etag(headers.get("X-Linked-Etag") or headers.get("ETag"))
+        # Only ETags in the Hub's own formats are versions; a mirror that sends its own kind is checked by size.
+        version = etag if etag and (_SHA256.match(etag) or _GIT_OID.match(etag)) else f.version
         raw_size = headers.get("X-Linked-Size") or (headers.get("Content-Length") if location is None else None)
         size = int(raw_size) if raw_size and raw_size.isdigit() else f.size
         sha256 = version if _SHA256.match(version) else None
         with self._lock:
             self._entries[(f.key, version)] = _Entry(size, version, sha256)
-            self._locations.pop((f.key, f.version), None)
-        return RemoteFile(key=f.key, rel_path=f.rel_path, size=size, version=version, version_id=f.version_id)
+            self._locations[(f.key, version)] = location or self._resolve_url(f)
+        return self._detail(f, size, version)
+
+    def _detail(self, f: RemoteFile, size: int, version: str | None = None) -> ObjectDetail:
+        version = version or f.version
+        entry = self._entry(f.key, version, f.size)
+        if entry.sha256:
+            return ObjectDetail(size, version, self._pinned(f), (Checksum("sha256", entry.sha256, "hex"),))
+        if _GIT_OID.match(entry.version):  # not in LFS: the version is the file's git blob id
+            return ObjectDetail(size, version, self._pinned(f), (Checksum("git-sha1", entry.version, "hex"),))
+        return ObjectDetail(size, version, self._pinned(f), (), unverifiable=_NON_LFS)
 
     # ---------------------------------------------------------------------------------------- reading
-    def open_range(self, f: RemoteFile, detail: ObjectDetail | None, start: int, end: int) -> RangeReader:
+    def open(self, f: RemoteFile, detail: ObjectDetail | None, span: Span | None, buffer: memoryview | None) -> Body:
         size = detail.size if detail else f.size
+        start, end = (0, size - 1) if span is None else (span.start, span.end)
         whole = start == 0 and end == size - 1
         headers = {"Range": f"bytes={start}-{end}"} if size > 0 else {}
         with self._lock:
@@ -283,8 +281,9 @@ class HfSource(NoNativeWhole):
         except BaseException:
             _discard(resp)
             raise
-        got = self._detail(f, size) if whole and detail is None else None
-        return _HfRangeReader(start, end, got, resp, self._scrub)
+        body = _HfBody(start, end, resp, self._scrub)
+        body.detail = self._detail(f, size) if whole and detail is None else None
+        return body
 
     def _get_resolving(self, f: RemoteFile, headers: Mapping[str, str]) -> tuple[urllib3.BaseHTTPResponse, str]:
         """GET through the Hub's resolve URL; a redirect to the storage host is remembered for later ranges.
@@ -370,12 +369,12 @@ class HfSource(NoNativeWhole):
         self._pool.clear()
 
     # ---------------------------------------------------------------------------------------- helpers
-    def _entry(self, f: RemoteFile) -> _Entry:
+    def _entry(self, key: str, version: str, size: int) -> _Entry:
         with self._lock:
-            entry = self._entries.get((f.key, f.version))
+            entry = self._entries.get((key, version))
         if entry is None:
-            sha256 = f.version if _SHA256.match(f.version) else None
-            entry = _Entry(f.size, f.version, sha256)
+            sha256 = version if _SHA256.match(version) else None
+            entry = _Entry(size, version, sha256)
         return entry
 
     def _pinned(self, f: RemoteFile) -> str | None:
@@ -492,34 +491,28 @@ class HfSource(NoNativeWhole):
         return _URL_QUERY.sub("?...", text)
 
 
-class _HfRangeReader(RangeReader):
-    def __init__(
-        self,
-        start: int,
-        end: int,
-        detail: ObjectDetail | None,
-        resp: urllib3.BaseHTTPResponse,
-        scrub: Callable[[str], str],
-    ) -> None:
-        super().__init__(start, end, detail)
+class _HfBody(Body):
+    """A GET's body, read through urllib3's public readinto."""
+
+    def __init__(self, start: int, end: int, resp: urllib3.BaseHTTPResponse, scrub: Callable[[str], str]) -> None:
         self._resp = resp
-        self._fp = direct_body(resp)
         self._scrub = scrub
         self._remaining = end - start + 1
+        self._closed = False
 
     def readinto(self, buf: memoryview) -> int:
         try:
-            n = self._fp.readinto(buf[: max(0, self._remaining)]) if self._fp else self._resp.readinto(buf)
+            n = self._resp.readinto(buf[: max(0, self._remaining)])
         except http.client.IncompleteRead as exc:
-            raise RetryableError("truncated", self._scrub(f"IncompleteRead: {exc}")) from None
-        except (urllib3.exceptions.ReadTimeoutError, TimeoutError):
-            raise RetryableError("stall", "no bytes for the stall timeout") from None
+            raise RetryableError("truncated", self._scrub(f"IncompleteRead: {exc}")) from exc
+        except (urllib3.exceptions.ReadTimeoutError, TimeoutError) as exc:
+            raise RetryableError("stall", "no bytes for the stall timeout") from exc
         except urllib3.exceptions.ProtocolError as exc:
             text = self._scrub(str(exc))
             kind = "truncated" if "IncompleteRead" in text or "incomplete" in text.lower() else "reset"
-            raise RetryableError(kind, text) from None
+            raise RetryableError(kind, text) from exc
         except (urllib3.exceptions.HTTPError, http.client.HTTPException, OSError, ValueError) as exc:
-            raise RetryableError("reset", f"{type(exc).__name__}: {self._scrub(str(exc))}") from None
+            raise RetryableError("reset", f"{type(exc).__name__}: {self._scrub(str(exc))}") from exc
         self._remaining -= n
         return n
 

@@ -1,7 +1,7 @@
 """Local paths (`file:///path` or `/path`): a PVC or shared filesystem that is already mounted.
 
 Files go through the same engine as remote objects (filter, ranges, resume, manifest, path safety), but
-bytes move inside the kernel with copy_file_range(2), never through a Python buffer. A local file
+bytes move inside the kernel with copy_file_range(2), never through a Python buffer (with fast paths on). A local file
 publishes no checksum; its size is checked, and its size and mtime pin the version: a file that changes
 while it is being copied is copied again.
 """
@@ -18,7 +18,7 @@ from collections.abc import Iterator
 from ..errors import AccessDeniedError, NotFoundError, ObjectChangedError, RetryableError, SourceError
 from ..state import STATE_DIR_NAME, TEMP_SUFFIX
 from ..uri import ModelUri
-from .base import NoNativeWhole, ObjectDetail, RangeReader, RemoteFile
+from .base import Body, ObjectDetail, RemoteFile, Span
 
 _UNVERIFIABLE = "a local file publishes no checksum; size checked"
 
@@ -27,10 +27,13 @@ def _version(st: os.stat_result) -> str:
     return f"{st.st_size}:{st.st_mtime_ns}"
 
 
-class LocalSource(NoNativeWhole):
-    def __init__(self, uri: ModelUri) -> None:
+class LocalSource:
+    open_ahead = 1
+
+    def __init__(self, uri: ModelUri, *, kernel_copy: bool = True) -> None:
         self.root = os.path.abspath(uri.prefix)
         self.display_uri = uri.display
+        self._kernel_copy = kernel_copy
 
     def list(self, cancel: threading.Event) -> Iterator[RemoteFile]:
         try:
@@ -65,56 +68,46 @@ class LocalSource(NoNativeWhole):
             if isinstance(exc, PermissionError):
                 raise AccessDeniedError(self.display_uri, f"permission denied: {exc.filename}")
 
-    def _stat(self, f: RemoteFile) -> os.stat_result:
-        try:
-            return os.stat(f.key)
-        except FileNotFoundError:
-            raise ObjectChangedError(f.key, "the file disappeared") from None
-        except PermissionError:
-            raise AccessDeniedError(self.display_uri, "permission denied", key=f.key) from None
-
-    def describe(self, f: RemoteFile) -> ObjectDetail:
-        st = self._stat(f)
-        if _version(st) != f.version:
-            raise ObjectChangedError(f.key, "size or mtime changed since listing")
-        return ObjectDetail(st.st_size, f.version, None, (), unverifiable=_UNVERIFIABLE)
-
-    def refresh(self, f: RemoteFile) -> RemoteFile | None:
+    def stat(self, f: RemoteFile) -> ObjectDetail:
         try:
             st = os.stat(f.key)
-        except FileNotFoundError:
-            return None
+        except FileNotFoundError as exc:
+            raise NotFoundError(self.display_uri, "the file disappeared", key=f.key) from exc
+        except PermissionError as exc:
+            raise AccessDeniedError(self.display_uri, "permission denied", key=f.key) from exc
         except OSError as exc:
-            raise RetryableError("io", str(exc)) from None
-        return RemoteFile(f.key, f.rel_path, st.st_size, _version(st))
+            raise RetryableError("io", exc.strerror or str(exc)) from exc
+        return ObjectDetail(st.st_size, _version(st), None, (), unverifiable=_UNVERIFIABLE)
 
-    def open_range(self, f: RemoteFile, detail: ObjectDetail | None, start: int, end: int) -> RangeReader:
+    def open(self, f: RemoteFile, detail: ObjectDetail | None, span: Span | None, buffer: memoryview | None) -> Body:
         try:
             fd = os.open(f.key, os.O_RDONLY | os.O_CLOEXEC)
-        except FileNotFoundError:
-            raise ObjectChangedError(f.key, "the file disappeared") from None
-        except PermissionError:
-            raise AccessDeniedError(self.display_uri, "permission denied", key=f.key) from None
+        except FileNotFoundError as exc:
+            raise ObjectChangedError(f.key, "the file disappeared") from exc
+        except PermissionError as exc:
+            raise AccessDeniedError(self.display_uri, "permission denied", key=f.key) from exc
         except OSError as exc:
-            raise SourceError(self.display_uri, exc.strerror or str(exc), key=f.key) from None
+            raise SourceError(self.display_uri, exc.strerror or str(exc), key=f.key) from exc
         if _version(os.fstat(fd)) != f.version:
             os.close(fd)
             raise ObjectChangedError(f.key, "size or mtime changed since listing")
-        whole = detail is None and start == 0 and end == f.size - 1
-        got = ObjectDetail(f.size, f.version, None, (), unverifiable=_UNVERIFIABLE) if whole else None
-        return _LocalReader(start, end, got, fd, f)
+        start, end = (0, f.size - 1) if span is None else (span.start, span.end)
+        body = _LocalBody(start, end, fd, f, self._kernel_copy)
+        if span is None:
+            body.detail = ObjectDetail(f.size, f.version, None, (), unverifiable=_UNVERIFIABLE)
+        return body
 
     def close(self) -> None:
         pass
 
 
-class _LocalReader(RangeReader):
-    def __init__(self, start: int, end: int, detail: ObjectDetail | None, fd: int, f: RemoteFile) -> None:
-        super().__init__(start, end, detail)
+class _LocalBody(Body):
+    def __init__(self, start: int, end: int, fd: int, f: RemoteFile, kernel_copy: bool) -> None:
+        self.end = end
         self._fd = fd
         self._pos = start
         self._file = f
-        self._kernel_copy = True
+        self._kernel_copy = kernel_copy
 
     def _advance(self, n: int) -> int:
         self._pos += n
@@ -126,7 +119,7 @@ class _LocalReader(RangeReader):
         try:
             n = os.preadv(self._fd, [buf[: self.end - self._pos + 1]], self._pos)
         except OSError as exc:
-            raise RetryableError("io", exc.strerror or str(exc)) from None
+            raise RetryableError("io", exc.strerror or str(exc)) from exc
         return self._advance(n) if n > 0 else 0
 
     def copy_into(self, fd: int, offset: int, count: int) -> int | None:
@@ -140,7 +133,7 @@ class _LocalReader(RangeReader):
                 return None
             if exc.errno in (errno.ENOSPC, errno.EDQUOT, errno.EROFS):
                 raise  # the target's problem: the engine reports it as a local storage error
-            raise RetryableError("io", exc.strerror or str(exc)) from None
+            raise RetryableError("io", exc.strerror or str(exc)) from exc
         return self._advance(n) if n > 0 else 0
 
     def close(self) -> None:
