@@ -4,7 +4,10 @@ VENV   ?= .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 
-.PHONY: setup demo test test-fast test-e2e lint typecheck bench clean
+.PHONY: setup demo test test-plain test-fast test-e2e lint typecheck bench clean
+# The tests that run a downloader (manifests, the API server and the sidecar's own surface do not)
+PLAIN_TESTS = $(filter-out tests/test_manifests.py tests/test_apiserver.py tests/test_seed_dropin.py \
+	tests/test_runtime_commands.py tests/test_bench_harness.py,$(wildcard tests/test_*.py))
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -26,6 +29,11 @@ test: lint typecheck
 test-e2e:
 	bash tests/e2e/setup.sh
 	.venv-e2e/bin/python -m pytest -q -rP -p no:cacheprovider -m e2e tests/e2e
+
+## test-plain: the downloader's tests once more with every backend's fast path off (DOWNLOADER_FAST_PATHS=0 in
+## every downloader the tests start; tests of a fast path itself are skipped), as CI runs them
+test-plain: $(STAMP)
+	TESTS_FAST_PATHS=off $(PY) -m pytest -q -p no:cacheprovider $(PLAIN_TESTS)
 
 ## test-fast: the suite without the slow end-to-end tests
 test-fast: $(STAMP)

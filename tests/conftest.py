@@ -30,6 +30,9 @@ os.environ["AWS_CONFIG_FILE"] = os.devnull
 os.environ["AWS_SHARED_CREDENTIALS_FILE"] = os.devnull
 for _name in [k for k in os.environ if k.startswith("DOWNLOADER_")]:
     os.environ.pop(_name)
+# `make test-plain` runs the suite again with every backend's fast path off (--no-fast-paths in every child
+# downloader); tests of a fast path itself are marked `fast_paths` and skipped then.
+FAST_PATHS_OFF = os.environ.get("TESTS_FAST_PATHS", "on").lower() == "off"
 
 import boto3  # noqa: E402
 from moto.server import ThreadedMotoServer  # noqa: E402
@@ -51,6 +54,14 @@ class S3Server:
 
     def client(self, url: str | None = None) -> object:
         return boto3.client("s3", endpoint_url=url or self.url)
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    if FAST_PATHS_OFF:
+        skip = pytest.mark.skip(reason="a test of a fast path; the suite runs with fast paths off (TESTS_FAST_PATHS)")
+        for item in items:
+            if "fast_paths" in item.keywords:
+                item.add_marker(skip)
 
 
 @pytest.fixture(scope="session")
@@ -106,6 +117,8 @@ def cli_env(endpoint: str, **extra: str) -> dict[str, str]:
     env = dict(os.environ)
     env["AWS_ENDPOINT_URL"] = endpoint
     env["PYTHONPATH"] = REPO
+    if FAST_PATHS_OFF:
+        env["DOWNLOADER_FAST_PATHS"] = "0"
     env.update(extra)
     return env
 

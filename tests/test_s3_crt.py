@@ -15,7 +15,7 @@ from tests.conftest import read_tree, run_cli
 from tests.faultproxy import FaultProxy, FlipBit, RequestRecord, Reset, Rule, Stall, Status, Truncate
 from tests.synthetic import MiB, random_bytes, upload
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.fast_paths]
 
 CRT_UA = "aibrix-download awscrt/"
 DIRECT_UA = "aibrix-download rest/"  # the REST transport: signed here, sent over http.client

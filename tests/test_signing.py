@@ -35,7 +35,7 @@ from tests.synthetic import MiB, random_bytes, upload
 from tests.test_s3_crt import CRT_UA, DIRECT_UA
 from tests.test_secrets import files_text
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.fast_paths]
 
 WRONG_SECRET = "wrong/Secret+For=TheRightKey0123456789ab"
 AUTH_EXIT = AccessDeniedError.exit_code  # 3 in the README's table: "the source refused ... access denied"

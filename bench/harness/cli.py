@@ -118,6 +118,7 @@ class Bench:
             Variant(Setting.DEFAULTS),
             a.s5cmd_workers,
             Path(a.aibrix_download_bin),
+            baseline_bin=Path(a.baseline_bin) if a.baseline_bin else None,
         )
         runnable: list[str] = []
         skipped: dict[str, str] = {}

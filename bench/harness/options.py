@@ -73,6 +73,11 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     p.add_argument("--work-dir", default=str(DEFAULT_WORK), help="where scratch/download dirs are made")
     p.add_argument("--results-dir", default=str(DEFAULT_RESULTS))
     p.add_argument("--aibrix-download-bin", default=str(DEFAULT_AIBRIX_DOWNLOAD))
+    p.add_argument(
+        "--baseline-bin",
+        help="another build's aibrix-download (e.g. <checkout of an earlier commit>/.venv/bin/aibrix-download), run "
+        "as the tool aibrix-download-baseline: add it to --tools for an interleaved before/after comparison",
+    )
     g = p.add_argument_group(
         "phases",
         "Without a phase flag a run is the classic comparison (--compare) on loopback, or the sweep with --netns. "

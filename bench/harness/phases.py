@@ -53,6 +53,7 @@ class Session:
             s5cmd_workers=a.s5cmd_workers,
             aibrix_download_bin=Path(a.aibrix_download_bin),
             sizes=sizes or [],
+            baseline_bin=Path(a.baseline_bin) if a.baseline_bin else None,
         )
         ctx.base_env = s3_tool_env(ctx.endpoint)
         return ctx

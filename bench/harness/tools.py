@@ -103,6 +103,7 @@ class Ctx:
     aibrix_download_bin: Path
     sizes: list[int] = field(default_factory=list)  # every object's size (for the in-flight bounds)
     base_env: dict[str, str] = field(default_factory=dict)
+    baseline_bin: Path | None = None  # --baseline-bin: another build of aibrix-download, run as its own tool
 
     @property
     def uri(self) -> str:
@@ -176,8 +177,9 @@ def aibrix_download_defaults(binary: Path) -> tuple[int | None, int | None]:
     return (int(threads.group(1)) if threads else None, int(chunk.group(1)) if chunk else None)
 
 
-def _aibrix_download_reason(ctx: Ctx) -> str | None:
-    b = ctx.aibrix_download_bin
+def _reason_for(b: Path | None) -> str | None:
+    if b is None:
+        return "no binary given (--baseline-bin)"
     if not b.exists():
         return f"{b} does not exist yet"
     text = _help_text(b)
@@ -209,36 +211,45 @@ def _aibrix_download_flags(ctx: Ctx) -> list[str]:
     return ["--num-threads", str(ctx.variant.conns), "--part-chunksize", chunk, "--part-threshold", chunk]
 
 
-def _aibrix_download_build(ctx: Ctx, dest: Path) -> Invocation:
-    return Invocation(
-        argv=[
-            str(ctx.aibrix_download_bin),
-            "--model-uri",
-            ctx.uri,
-            "--local-dir",
-            str(dest),
-            *_aibrix_download_flags(ctx),
-        ],
-        env={},
-        landing=_landing_from_stdout(ctx.spec.name),
-    )
+def _aibrix_download_tool(name: str, binary: Callable[[Ctx], Path | None]) -> Tool:
+    """aibrix-download from `binary` (this checkout's, or --baseline-bin's for a before/after comparison)."""
 
-
-def _aibrix_download_setup(ctx: Ctx) -> Setup:
-    if ctx.matched:
-        return Setup(
-            " ".join(_aibrix_download_flags(ctx)), pool_bound(ctx.variant.conns or 1, ctx.sizes, _matched_chunk(ctx))
+    def build(ctx: Ctx, dest: Path) -> Invocation:
+        b = binary(ctx)
+        assert b is not None
+        return Invocation(
+            argv=[str(b), "--model-uri", ctx.uri, "--local-dir", str(dest), *_aibrix_download_flags(ctx)],
+            env={},
+            landing=_landing_from_stdout(ctx.spec.name),
         )
-    threads, chunk_mib = aibrix_download_defaults(ctx.aibrix_download_bin)
-    flags = f"no flags (its defaults: --num-threads {threads}, {chunk_mib} MiB ranges, from --help)"
-    bound = pool_bound(threads, ctx.sizes, chunk_mib * MiB) if threads and chunk_mib else None
-    return Setup(flags, bound)
 
+    def setup(ctx: Ctx) -> Setup:
+        if ctx.matched:
+            return Setup(
+                " ".join(_aibrix_download_flags(ctx)),
+                pool_bound(ctx.variant.conns or 1, ctx.sizes, _matched_chunk(ctx)),
+            )
+        b = binary(ctx)
+        assert b is not None
+        threads, chunk_mib = aibrix_download_defaults(b)
+        flags = f"no flags (its defaults: --num-threads {threads}, {chunk_mib} MiB ranges, from --help)"
+        bound = pool_bound(threads, ctx.sizes, chunk_mib * MiB) if threads and chunk_mib else None
+        return Setup(flags, bound)
 
-def _aibrix_download_version(ctx: Ctx) -> dict[str, str]:
-    v = _pkg_versions(ctx.aibrix_download_bin.parent / "python", ["aibrix-model-runtime", "boto3", "botocore"])
-    v["git"] = git_rev()
-    return v
+    def version(ctx: Ctx) -> dict[str, str]:
+        b = binary(ctx)
+        assert b is not None
+        v = _pkg_versions(b.parent / "python", ["aibrix-model-runtime", "boto3", "botocore"])
+        v["binary"] = str(b)
+        # the checkout whose venv holds the binary (<repo>/.venv/bin/aibrix-download)
+        v["git"] = (
+            git_rev()
+            if name == "aibrix-download"
+            else cmd_out(["git", "-C", str(b.parent.parent.parent), "rev-parse", "--short", "HEAD"])
+        )
+        return v
+
+    return Tool(name=name, available=lambda c: _reason_for(binary(c)), build=build, setup=setup, version=version)
 
 
 # ------------------------------------------------------------------------------------- the peers
@@ -361,13 +372,8 @@ def _s5cmd_setup(ctx: Ctx) -> Setup:
 
 def make_tools() -> dict[str, Tool]:
     return {
-        "aibrix-download": Tool(
-            name="aibrix-download",
-            available=_aibrix_download_reason,
-            build=_aibrix_download_build,
-            setup=_aibrix_download_setup,
-            version=_aibrix_download_version,
-        ),
+        "aibrix-download": _aibrix_download_tool("aibrix-download", lambda c: c.aibrix_download_bin),
+        "aibrix-download-baseline": _aibrix_download_tool("aibrix-download-baseline", lambda c: c.baseline_bin),
         "aibrix-0.8.0": Tool(
             name="aibrix-0.8.0",
             available=lambda c: (
