@@ -12,8 +12,9 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 
 from .errors import InsufficientSpaceError, UnsafePathError
+from .layout import STATE_DIR_NAME
 from .sources.base import RemoteFile
-from .state import STATE_DIR_NAME, DoneRecord, LocalStat
+from .state import DoneRecord, LocalStat
 
 _CONTROL_CHARACTER = re.compile(r"[\x00-\x1f]")
 

@@ -13,7 +13,8 @@ from collections import deque
 from collections.abc import Callable
 from typing import TextIO
 
-from .state import Phase, Progress, StateDir
+from .layout import Phase, Progress
+from .state import StateDir
 
 # The rate, and so the ETA, is measured over about the last RATE_WINDOW seconds of bytes arriving, and not given
 # before bytes have been arriving for RATE_MIN_SPAN seconds: the first GETs' latency is not a rate (an ETA of

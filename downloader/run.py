@@ -18,21 +18,12 @@ from typing import TextIO
 from . import __version__
 from .config import Settings
 from .errors import Interrupted, NotFoundError, UnsafePathError
+from .layout import Manifest, ManifestFile, Phase, read_manifest
 from .pagecache import decide, read_memory_room
 from .plan import Plan, check_free_space, check_layout, dropped_load_critical, plan_downloads, safe_parts, select
 from .progress import Reporter, Stats, human_bytes
 from .sources import RemoteFile, Source, open_source
-from .state import (
-    DoneRecord,
-    Journal,
-    LocalStat,
-    Manifest,
-    ManifestFile,
-    ModelTree,
-    Phase,
-    StateDir,
-    read_manifest,
-)
+from .state import DoneRecord, Journal, LocalStat, ModelTree, StateDir
 from .transfer import Engine, Halted
 
 log = logging.getLogger(__name__)

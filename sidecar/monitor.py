@@ -28,7 +28,7 @@ import httpx
 
 from downloader import Manifest, Progress, damaged_files, read_manifest, read_progress
 from downloader.errors import PERMANENT_EXIT_CODES
-from downloader.state import MANIFEST_NAME, PROGRESS_NAME, state_dir
+from downloader.layout import MANIFEST_NAME, PROGRESS_NAME, state_dir
 
 from .coldstart import ColdStart
 from .config import SidecarSettings

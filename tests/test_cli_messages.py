@@ -20,8 +20,9 @@ from pathlib import Path
 import pytest
 
 from downloader import __version__
+from downloader.layout import Manifest, ManifestFile, Phase, Progress
 from downloader.progress import Reporter, Stats, bar_line, progress_line
-from downloader.state import Manifest, ManifestFile, Phase, Progress, StateDir
+from downloader.state import StateDir
 from tests.conftest import REPO, ClosingServer, S3Server, cli_env, read_tree, run_cli
 from tests.synthetic import MiB, random_bytes, upload
 

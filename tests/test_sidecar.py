@@ -18,7 +18,8 @@ import httpx
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from downloader.state import Manifest, ManifestFile, Progress, StateDir
+from downloader.layout import Manifest, ManifestFile, Progress
+from downloader.state import StateDir
 from tests.conftest import REPO, ClosingServer, S3Server, cli_env, read_tree, run_cli
 from tests.faultproxy import Delay, FaultProxy, Rule, Stall
 from tests.synthetic import MiB, random_bytes, upload

@@ -46,7 +46,7 @@ class ProgressWriter:
         self.thread = threading.Thread(target=self._run, daemon=True)
 
     def _run(self) -> None:
-        from downloader.state import Progress
+        from downloader.layout import Progress
 
         k = 0
         total = sum(SHARDS.values())

@@ -16,7 +16,7 @@ import threading
 from collections.abc import Iterator
 
 from ..errors import AccessDeniedError, NotFoundError, ObjectChangedError, RetryableError, SourceError
-from ..state import STATE_DIR_NAME, TEMP_SUFFIX
+from ..layout import STATE_DIR_NAME, TEMP_SUFFIX
 from ..uri import ModelUri
 from .base import Body, ObjectDetail, RemoteFile, Span
 
