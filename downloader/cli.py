@@ -31,7 +31,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return exc.exit_code
     logging.getLogger().setLevel(settings.log_level)
     noisy_libraries = ("botocore", "boto3", "urllib3", "s3transfer", "httpx", "httpcore", "httpx2", "httpcore2",
-                       "huggingface_hub", "google", "google.auth", "google.cloud")  # fmt: skip
+                       "google", "google.auth", "google.cloud")  # fmt: skip
     for noisy in noisy_libraries:
         logging.getLogger(noisy).setLevel(logging.WARNING if settings.log_level != "DEBUG" else logging.INFO)
     for warning in settings.warnings:

@@ -34,7 +34,12 @@ def open_source(settings: Settings, cancel: threading.Event) -> Source:
         from .hf import HfSource
 
         return HfSource(
-            settings.uri, settings.hf, connections=connections, stall_timeout=stall, max_attempts=settings.max_attempts
+            settings.uri,
+            settings.hf,
+            connections=connections,
+            stall_timeout=stall,
+            max_attempts=settings.max_attempts,
+            cancel=cancel,
         )
     if scheme == "file":
         from .local import LocalSource

@@ -1,7 +1,9 @@
 """Hugging Face Hub repositories (`hf://org/name[@revision]` or a bare `org/name`), and Hub mirrors.
 
-huggingface_hub is the control plane: the revision is resolved to a commit hash once (`model_info`), and the
-file list with sizes and LFS sha256 comes from `list_repo_tree` at that commit. Every later request is
+The Hub's HTTP API is the control plane, spoken here over the same urllib3 pool as the bytes (no
+huggingface_hub on the path): the revision is resolved to a commit hash once (`/api/models/{repo}/revision/{rev}`),
+and the file list with sizes and LFS sha256 comes from `/api/models/{repo}/tree/{commit}?recursive=true`, page by
+page (`Link: rel="next"`). Every later request is
 pinned to the commit (`/{repo}/resolve/{commit}/{path}`), never to the branch, so a branch that moves
 during the download changes nothing: the model is exactly that commit's files.
 
@@ -21,25 +23,21 @@ from __future__ import annotations
 
 import builtins
 import http.client
+import json
 import logging
 import re
 import threading
-import time
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
-from typing import Any, TypeVar
+from typing import Any
 from urllib.parse import quote, urljoin, urlsplit
 
 import urllib3
-from huggingface_hub import HfApi
-from huggingface_hub import constants as hf_constants
-from huggingface_hub.hf_api import RepoFile
 
 from .. import __version__
 from ..config import HfSettings
 from ..errors import (
     AccessDeniedError,
-    DownloaderError,
     NotFoundError,
     ObjectChangedError,
     RetryableError,
@@ -51,7 +49,6 @@ from .base import Body, Checksum, ObjectDetail, RemoteFile, Span, parse_retry_af
 
 log = logging.getLogger(__name__)
 
-T = TypeVar("T")
 
 MAX_REDIRECTS = 5
 _SHA256 = re.compile(r"^[0-9a-f]{64}$")
@@ -59,14 +56,10 @@ _GIT_OID = re.compile(r"^[0-9a-f]{40}$")
 _URL_QUERY = re.compile(r"\?[^\s'\"<>)]*")
 _NON_LFS = "not an LFS file and the Hub gave no git blob id for it; size checked"
 _REDIRECTS = (301, 302, 303, 307, 308)
-# Packages whose exceptions mean "the request did not get an answer" (huggingface_hub 2.x sends through httpx2).
-_TRANSPORT_MODULES = frozenset(
-    ("httpx", "httpx2", "httpcore", "httpcore2", "h11", "h2", "requests", "urllib3", "ssl", "socket", "anyio")
-)
 
 
 _Listing = tuple[str, list[RemoteFile]]  # commit, files (aliases: the class's `list` shadows the builtin)
-_Progress = list[float]
+_NEXT_LINK = re.compile(r'<([^>]+)>\s*;\s*rel="?next"?')
 
 
 @dataclass(frozen=True)
@@ -84,13 +77,6 @@ def _origin(url: str) -> tuple[str, str, int]:
     return scheme, (parts.hostname or "").lower(), parts.port or (443 if scheme == "https" else 80)
 
 
-def _is_transport_error(exc: BaseException) -> bool:
-    """A failure to get any answer (refused, reset, timed out, TLS), whichever HTTP stack raised it."""
-    if isinstance(exc, (OSError, TimeoutError)):
-        return True
-    return any(cls.__module__.split(".")[0] in _TRANSPORT_MODULES for cls in type(exc).__mro__[:-2])
-
-
 def _norm_etag(raw: str | None) -> str | None:
     if not raw:
         return None
@@ -104,8 +90,16 @@ class HfSource:
     open_ahead = 1
 
     def __init__(
-        self, uri: ModelUri, hf: HfSettings, *, connections: int, stall_timeout: float, max_attempts: int = 10
+        self,
+        uri: ModelUri,
+        hf: HfSettings,
+        *,
+        connections: int,
+        stall_timeout: float,
+        max_attempts: int = 10,
+        cancel: threading.Event | None = None,
     ) -> None:
+        cancel = cancel or threading.Event()
         self.repo = uri.bucket
         self._max_attempts = max_attempts
         self.revision = hf.revision
@@ -114,17 +108,7 @@ class HfSource:
         self._token = hf.token.reveal() if hf.token else None
         self._endpoint_origin = _origin(self.endpoint)
         self._stall = stall_timeout
-        # huggingface_hub 2.x builds its User-Agent with "agent detection": a GET of {HF_ENDPOINT at import}
-        # /api/agent-harnesses and a cache file under $HF_HOME. An init container needs neither the request
-        # (possibly to huggingface.co while a mirror is configured) nor the write.
-        hf_constants.HF_HUB_DISABLE_TELEMETRY = True
-        # token=False: only the token from the settings (HF_TOKEN, hf_token) is used, never a cached login.
-        self._api = HfApi(
-            endpoint=self.endpoint,
-            token=self._token if self._token else False,
-            library_name="aibrix-download",
-            library_version=__version__,
-        )
+        self._cancel = cancel
         self._pool = urllib3.PoolManager(
             num_pools=8,
             maxsize=connections + 4,
@@ -158,12 +142,12 @@ class HfSource:
         while True:
             attempt += 1
             try:
-                return self._watched(cancel, self._list_once)
+                return self._list_once(cancel)
             except RetryableError as exc:
                 if attempt >= self._max_attempts:
                     raise TransferError(
                         self.display_uri, f"listing failed: {exc}", attempts=attempt, subject="repository"
-                    ) from None
+                    ) from exc
                 delay = min(30.0, 2.0 ** (attempt - 1))
                 if exc.retry_after is not None:
                     delay = max(delay, min(exc.retry_after, 60.0))
@@ -171,57 +155,79 @@ class HfSource:
                 if cancel.wait(delay):
                     return None
 
-    def _watched(self, cancel: threading.Event, fn: Callable[[_Progress], T]) -> T | None:
-        """Run a control-plane call in a helper thread, so a signal or a silent server cannot hang the run.
-
-        huggingface_hub's session has no timeout for the tree listing and sleeps between its own retries;
-        `fn` marks progress (every listed entry), and no progress for max(30s, stall timeout) is a stall.
-        """
-        progress = [time.monotonic()]
-        box: dict[str, Any] = {}
-
-        def run() -> None:
-            try:
-                box["value"] = fn(progress)
-            except BaseException as exc:
-                box["error"] = exc
-
-        thread = threading.Thread(target=run, name="hf-listing", daemon=True)
-        thread.start()
-        limit = max(30.0, self._stall)
-        while thread.is_alive():
-            thread.join(0.2)
-            if cancel.is_set():
-                return None
-            if thread.is_alive() and time.monotonic() - progress[0] > limit:
-                raise RetryableError("stall", f"no answer from the Hub API at {self.endpoint} for {limit:.0f}s")
-        if "error" in box:
-            raise self._translate_api(box["error"])
-        value: T = box["value"]
-        return value
-
-    def _list_once(self, progress: _Progress) -> _Listing:
-        info = self._api.model_info(self.repo, revision=self.revision, timeout=max(30.0, self._stall))
-        commit = str(info.sha or "")
+    def _list_once(self, cancel: threading.Event) -> _Listing | None:
+        info = self._api_json(f"/api/models/{self.repo}/revision/{quote(self.revision, safe='')}")
+        commit = str(info.get("sha") or "") if isinstance(info, dict) else ""
         if not _GIT_OID.match(commit):
             raise SourceError(self.display_uri, "the Hub API did not return a commit hash for the revision")
-        progress[0] = time.monotonic()
         files: builtins.list[RemoteFile] = []
         entries: dict[tuple[str, str], _Entry] = {}
-        for item in self._api.list_repo_tree(self.repo, recursive=True, revision=commit):
-            progress[0] = time.monotonic()
-            if not isinstance(item, RepoFile):
-                continue  # a folder
-            lfs = item.lfs
-            sha256 = str(lfs.sha256).lower() if lfs is not None and getattr(lfs, "sha256", None) else None
-            version = sha256 or str(item.blob_id).lower()
-            size = int(lfs.size) if lfs is not None and getattr(lfs, "size", None) is not None else int(item.size)
-            path = str(item.path)
-            entries[(path, version)] = _Entry(size, version, sha256)
-            files.append(RemoteFile(key=path, rel_path=path, size=size, version=version, version_id=commit))
+        url: str | None = f"{self.endpoint}/api/models/{self.repo}/tree/{commit}?recursive=true"
+        while url is not None:
+            if cancel.is_set():
+                return None
+            page, url = self._api_page(url)
+            for item in page:
+                if not isinstance(item, dict) or item.get("type") != "file":
+                    continue  # a folder
+                lfs = item.get("lfs") if isinstance(item.get("lfs"), dict) else None
+                sha256 = str(lfs["oid"]).lower() if lfs and lfs.get("oid") else None
+                version = sha256 or str(item.get("oid", "")).lower()
+                size = int(lfs["size"]) if lfs and lfs.get("size") is not None else int(item.get("size", 0))
+                path = str(item["path"])
+                entries[(path, version)] = _Entry(size, version, sha256)
+                files.append(RemoteFile(key=path, rel_path=path, size=size, version=version, version_id=commit))
         with self._lock:
             self._entries.update(entries)
         return commit, files
+
+    def _api_json(self, path: str) -> Any:
+        page, _ = self._api_page(self.endpoint + path)
+        return page
+
+    def _api_page(self, url: str) -> tuple[Any, str | None]:
+        """A JSON answer of the Hub API and the URL of its next page (the Link header's rel="next"), if any."""
+        resp = self._request("GET", url, {"Accept": "application/json"}, key="")
+        try:
+            if resp.status >= 300:
+                raise self._api_error(resp)
+            body = resp.read()
+        except urllib3.exceptions.HTTPError as exc:
+            raise RetryableError("reset", f"the Hub API's answer broke off: {type(exc).__name__}") from exc
+        finally:
+            _discard(resp)
+        try:
+            document = json.loads(body)
+        except ValueError as exc:
+            raise RetryableError("bad-answer", f"the Hub API's answer at {urlsplit(url).path} is not JSON") from exc
+        return document, _next_link(resp.headers.get("Link"), url)
+
+    def _api_error(self, resp: urllib3.BaseHTTPResponse) -> Exception:
+        """The Hub API refused: why, from its status and X-Error-Code."""
+        status = resp.status
+        code = resp.headers.get("X-Error-Code", "")
+        server = self._scrub(resp.headers.get("X-Error-Message", ""))
+        where = f"HTTP {status}" + (f" ({server.strip()})" if server.strip() else "")
+        retry_after = parse_retry_after(resp.headers.get("Retry-After"))
+        if code == "RevisionNotFound":
+            return NotFoundError(self.display_uri, f"revision {self.revision!r} not found: {where}")
+        if code == "GatedRepo":
+            return AccessDeniedError(self.display_uri, self._auth_reason(where, "GatedRepo"))
+        if code == "RepoNotFound":
+            if status in (401, 403) or self._token is None:
+                return AccessDeniedError(
+                    self.display_uri, self._auth_reason(f"repository not found, or private or gated: {where}", "")
+                )
+            return NotFoundError(self.display_uri, f"repository not found: {where}")
+        if status in (401, 403):
+            return AccessDeniedError(self.display_uri, self._auth_reason(f"listing: {where}", ""))
+        if status == 429:
+            return RetryableError("throttled", where, retry_after=retry_after)
+        if status >= 500 or status == 408:
+            return RetryableError("server-error", where, retry_after=retry_after)
+        if status == 404:
+            return NotFoundError(self.display_uri, f"listing: {where}")
+        return SourceError(self.display_uri, f"listing: {where}")
 
     # ------------------------------------------------------------------------------------- integrity
     def stat(self, f: RemoteFile) -> ObjectDetail:
@@ -444,46 +450,6 @@ class HfSource:
             return f"{where}: no token given; set HF_TOKEN (from a Secret) to a token that can read this repository"
         return f"{where}: the token in HF_TOKEN was rejected or cannot read this repository"
 
-    def _translate_api(self, exc: BaseException) -> BaseException:
-        """huggingface_hub / HTTP client exceptions of the control plane -> downloader errors."""
-        if isinstance(exc, (DownloaderError, RetryableError, KeyboardInterrupt, SystemExit)):
-            return exc
-        name = type(exc).__name__
-        response = getattr(exc, "response", None)
-        status = int(getattr(response, "status_code", 0) or 0) if response is not None else 0
-        headers: Mapping[str, str] = getattr(response, "headers", None) or {}
-        server = self._scrub(str(getattr(exc, "server_message", "") or headers.get("X-Error-Message", "") or ""))
-        where = f"HTTP {status}" + (f" ({server.strip()})" if server.strip() else "") if status else ""
-        if name == "OfflineModeIsEnabled":
-            return SourceError(self.display_uri, "HF_HUB_OFFLINE is set: the Hub cannot be reached")
-        if name == "RevisionNotFoundError":
-            return NotFoundError(self.display_uri, f"revision {self.revision!r} not found: {where}")
-        if name == "GatedRepoError":
-            return AccessDeniedError(self.display_uri, self._auth_reason(where, "GatedRepo"))
-        if name == "RepositoryNotFoundError":
-            if status in (401, 403):
-                return AccessDeniedError(
-                    self.display_uri, self._auth_reason(f"repository not found, or private or gated: {where}", "")
-                )
-            return NotFoundError(self.display_uri, f"repository not found: {where}")
-        if name in ("RemoteEntryNotFoundError", "EntryNotFoundError"):
-            return NotFoundError(self.display_uri, f"not found: {where}")
-        if status:
-            if status in (401, 403):
-                return AccessDeniedError(self.display_uri, self._auth_reason(f"listing: {where}", ""))
-            if status == 429:
-                return RetryableError("throttled", where, retry_after=parse_retry_after(headers.get("Retry-After")))
-            if status >= 500 or status == 408:
-                return RetryableError("server-error", where, retry_after=parse_retry_after(headers.get("Retry-After")))
-            if status == 404:
-                return NotFoundError(self.display_uri, f"listing: {where}")
-            return SourceError(self.display_uri, f"listing: {where}")
-        if _is_transport_error(exc):
-            return RetryableError("connection", f"{name}: {self._scrub(str(exc))}")
-        if isinstance(exc, ValueError):
-            return SourceError(self.display_uri, f"rejected by huggingface_hub: {self._scrub(str(exc))}")
-        return SourceError(self.display_uri, f"unexpected answer from the Hub API at {self.endpoint}: {name}")
-
     def _scrub(self, text: str) -> str:
         """No token and no signed URL query string in anything we print."""
         if self._token:
@@ -523,6 +489,11 @@ class _HfBody(Body):
         if self._remaining > 0:
             self._resp.close()  # body not consumed: this connection cannot be reused
         self._resp.release_conn()
+
+
+def _next_link(header: str | None, base: str) -> str | None:
+    m = _NEXT_LINK.search(header or "")
+    return urljoin(base, m.group(1)) if m else None
 
 
 def _discard(resp: urllib3.BaseHTTPResponse) -> None:
