@@ -4,9 +4,10 @@ One pool of `num_threads` workers serves every file, so the number of connection
 the whole download. Large files are split into ranges that workers fetch concurrently; each range is
 written at its offset into a preallocated temporary file, its checksum parts are digested as the bytes
 stream past, and its completion is appended to the file's journal so a restarted run fetches only what is
-missing. A file that fits in one buffer may instead come whole through the source's own native client
-(`Source.fetch_whole`), then is checked and written the same way. A file appears under its final name only
-after it is complete and verified. Memory is bounded by num_threads x buffer_size, whatever the file sizes;
+missing. A file of one range is asked for whole; where the source's open() returns before the answer is in
+(Source.open_ahead, a native client), a worker opens several such files before it reads the first. Every body is
+read, checked and written the same way, and every request retried by one rule (_wait_to_retry). A file appears
+under its final name only after it is complete and verified. Memory is bounded by num_threads x buffer_size, whatever the file sizes;
 for a model of small files through S3's native client, its GETs' buffers and the client's copies of the bodies
 arriving take at most WHOLE_BUDGET_BUFFERS x buffer_size, whatever num_threads (see whole_concurrency).
 """
@@ -22,7 +23,7 @@ import threading
 import time
 from collections import deque
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import replace
 from typing import TypeVar
 
 from . import verify
@@ -35,17 +36,28 @@ from .errors import (
     RetryableError,
     TransferError,
 )
+from .jobs import (
+    WHOLE_BUDGET_BUFFERS,
+    Attempt,
+    Cursor,
+    Finished,
+    Job,
+    Strategy,
+    choose_checksum,
+    same_version,
+    usable_checksums,
+    whole_concurrency,
+)
 from .plan import ByteRange, is_complete_on_disk, safe_parts, split_ranges
 from .progress import Stats
 from .retry import backoff_delay
-from .sources.base import Body, Checksum, ObjectDetail, RemoteFile, Source, Span
+from .sources.base import Body, ObjectDetail, RemoteFile, Source, Span
 from .state import (
     DoneRecord,
     Journal,
     JournalHeader,
     ModelTree,
     StateDir,
-    clear_direct,
     new_token,
     open_direct,
     start_writeback,
@@ -59,15 +71,6 @@ MAX_OBJECT_RESTARTS = 3
 # age, or when the workers run out of other work.
 BATCH_MAX_FILES = 256
 BATCH_MAX_AGE = 1.0
-# When every file comes whole through a native client (see Engine.run, whole_concurrency): the most GETs a worker
-# sends at once; the GETs in flight per connection (the client queues those beyond its connection cap); the
-# bodies in flight, counted in read buffers (each GET holds a buffer of ours from its start and, while it arrives,
-# the client's copy of the body as well): a budget that does not grow with the connection count, so neither does
-# peak memory; and the fewest workers (one writes while the GETs of the others are in flight).
-WHOLE_DEPTH = 16
-WHOLE_PER_CONNECTION = 3
-WHOLE_BUDGET_BUFFERS = 24
-WHOLE_MIN_WORKERS = 3
 KERNEL_COPY_STEP = 16 * 1024 * 1024
 # Writes through the page cache are at most this large. The kernel sizes the page-cache folios it allocates by the
 # write, and on the benchmark VM (a hypervisor that takes free memory back, virtio-balloon free page reporting)
@@ -106,116 +109,6 @@ class _Abandoned(Exception):
     """This attempt of the file was abandoned (object changed, checksum failed); drop the range."""
 
 
-@dataclass
-class _Attempt:
-    """One try at one file: its temp file, its ranges and which of them are done."""
-
-    token: str
-    temp: str
-    fd: int
-    ranges: list[ByteRange]
-    journaled: bool
-    done: dict[int, list[str]] = field(default_factory=dict)
-    inflight: int = 0
-    abandoned: bool = False
-    closed: bool = False
-    dfd: int = -1  # the same file opened with O_DIRECT, while `direct`; `fd` itself for a one-range file
-    direct: bool = False
-    mtime_ns: int | None = None  # after the last write, from the descriptor
-    page_cache_writes: threading.Lock = field(default_factory=threading.Lock)  # see _write
-
-    def buffered_fd(self) -> int:
-        """`fd`, for what needs the page cache (an unaligned write, an in-kernel copy, a read): a one-range file's
-        only descriptor has O_DIRECT taken off it first, for good."""
-        if self.dfd == self.fd and self.direct:
-            clear_direct(self.fd)
-            self.direct = False
-        return self.fd
-
-    def close(self) -> None:
-        for fd in (self.fd, self.dfd) if self.dfd != self.fd else (self.fd,):
-            if fd >= 0:
-                with contextlib.suppress(OSError):
-                    os.close(fd)
-
-
-@dataclass
-class _Cursor:
-    """Where a range's transfer stands: the next offset to write, and the digest of the bytes before it."""
-
-    pos: int
-    hasher: verify.RangeHasher | None
-
-
-@dataclass
-class _Finished:
-    """A verified file waiting for its name."""
-
-    job: _Job
-    attempt: _Attempt
-    verified: str
-    checksum: str | None
-
-
-@dataclass
-class _Job:
-    f: RemoteFile
-    parts: tuple[str, ...]
-    detail: ObjectDetail | None = None
-    checksum: Checksum | None = None
-    # "stream": part digests computed while streaming; "combine": range CRCs combined at the end;
-    # "reread": a full second read at the end; "size": no checksum to verify
-    strategy: str = "size"
-    attempt: _Attempt | None = None
-    restarts: int = 0
-    integrity_failures: int = 0
-    mismatch: str | None = None  # what the first check computed over the bytes of a fetch that failed it
-    resumed: bool = False
-
-
-def same_version(a: str, b: str) -> bool:
-    """Whether two version strings name one version (ETags come quoted from some answers and bare from others)."""
-    return a.strip('"') == b.strip('"')
-
-
-def usable_checksums(detail: ObjectDetail, mode: VerifyMode) -> list[Checksum]:
-    """The published checksums --verify lets count and this build can compute, most preferred first."""
-    if mode is VerifyMode.SIZE:
-        return []
-    return [
-        c for c in detail.checksums if verify.supported(c.algorithm) and not (mode is VerifyMode.ETAG and c.additional)
-    ]
-
-
-def choose_checksum(
-    detail: ObjectDetail, multi_range: bool, mode: VerifyMode = VerifyMode.STRICT
-) -> tuple[Checksum | None, str]:
-    """Pick the checksum to verify and how: prefer one computed while streaming over a second full read."""
-    usable = usable_checksums(detail, mode)
-    if not usable:
-        return None, "size"
-    if not multi_range:
-        return usable[0], "stream"
-    for c in usable:  # cheapest first
-        if c.part_size:
-            return c, "stream"  # per-part digests while streaming, combined as the source did
-        if c.algorithm in verify.COMBINABLE:
-            return c, "combine"  # one CRC per range while streaming, combined mathematically
-    return usable[0], "reread"
-
-
-def whole_concurrency(connections: int, slot: int, budget: int) -> tuple[int, int]:
-    """(GETs each worker sends at once, workers) for whole-file GETs of up to `slot` bytes over `connections`
-    connections: up to WHOLE_PER_CONNECTION GETs per connection, with our `slot` per GET in flight plus the
-    client's copy of each body arriving (one per busy connection) within `budget` bytes, but at least one GET;
-    and at least WHOLE_MIN_WORKERS workers where there are that many GETs, so that one writes while the GETs of
-    the others are in flight."""
-    bodies = budget // slot
-    gets = max(1, min(WHOLE_PER_CONNECTION * connections, max(bodies - connections, bodies // 2)))
-    workers = max(min(WHOLE_MIN_WORKERS, gets), -(-gets // WHOLE_DEPTH))
-    return gets // workers, workers
-
-
 class Engine:
     def __init__(
         self,
@@ -236,12 +129,12 @@ class Engine:
         self.cancel = cancel
         self._halt = threading.Event()
         self._cv = threading.Condition()
-        self._queue: deque[tuple[_Job, _Attempt | None, ByteRange | None]] = deque()
+        self._queue: deque[tuple[Job, Attempt | None, ByteRange | None]] = deque()
         self._outstanding = 0
         self._error: BaseException | None = None
         self._records: list[DoneRecord] = []
         self._journals: dict[str, list[Journal]] = {}
-        self._unplaced: list[_Finished] = []  # small files written, verified and closed; not yet named
+        self._unplaced: list[Finished] = []  # small files written, verified and closed; not yet named
         self._unplaced_bytes = 0
         self._unplaced_since = 0.0
         self._placing = False
@@ -255,7 +148,7 @@ class Engine:
     def run(self, files: Sequence[RemoteFile], journals: Sequence[Journal]) -> list[DoneRecord]:
         for j in journals:
             self._journals.setdefault(j.header.rel_path, []).append(j)
-        jobs = [_Job(f, safe_parts(f.key, f.rel_path)) for f in files]
+        jobs = [Job(f, safe_parts(f.key, f.rel_path)) for f in files]
         self._outstanding = len(jobs)
         self._queue.extend((job, None, None) for job in jobs)
         count = min(self.settings.num_threads, max(1, self._range_upper_bound(files)))
@@ -340,9 +233,9 @@ class Engine:
                 self._fail(exc)
                 return
 
-    def _take_fresh(self, count: int) -> list[_Job]:
+    def _take_fresh(self, count: int) -> list[Job]:
         """Up to `count` more files not started yet from the front of the queue (the caller holds the lock)."""
-        taken: list[_Job] = []
+        taken: list[Job] = []
         while len(taken) < count and self._queue and self._queue[0][1] is None and self._queue[0][2] is None:
             taken.append(self._queue.popleft()[0])
         return taken
@@ -355,7 +248,7 @@ class Engine:
             self._halt.set()
             self._cv.notify_all()
 
-    def _push_front(self, items: list[tuple[_Job, _Attempt | None, ByteRange | None]]) -> None:
+    def _push_front(self, items: list[tuple[Job, Attempt | None, ByteRange | None]]) -> None:
         with self._cv:
             self._queue.extendleft(reversed(items))
             self._cv.notify_all()
@@ -365,11 +258,11 @@ class Engine:
             raise Halted()
 
     # ----------------------------------------------------------------------------------------- prepare
-    def _prepare(self, jobs: list[_Job], views: list[memoryview]) -> None:
+    def _prepare(self, jobs: list[Job], views: list[memoryview]) -> None:
         """Start files (one, or several small ones at once, one buffer each): large files are split into ranges
         for any worker; one-range files are fetched here, their bodies all opened before the first is read when
         there are several (a source whose open() returns before the answer has them all in flight together)."""
-        started: list[tuple[_Job, _Attempt, ByteRange, memoryview]] = []
+        started: list[tuple[Job, Attempt, ByteRange, memoryview]] = []
         for job, view in zip(jobs, views, strict=False):
             opened = self._open(job)
             if opened is None:
@@ -391,7 +284,7 @@ class Engine:
                 if body is not None:
                     body.close()
 
-    def _open_ahead(self, job: _Job, view: memoryview) -> Body | None:
+    def _open_ahead(self, job: Job, view: memoryview) -> Body | None:
         """A whole file's body, opened before it is read; None when the source did not take it now (the file is
         then opened again when its turn comes, where failures are counted and retried)."""
         try:
@@ -400,7 +293,7 @@ class Engine:
             log.debug("%s: not opened ahead (%s)", job.f.rel_path, exc)
             return None
 
-    def _open(self, job: _Job) -> tuple[_Attempt, list[ByteRange], list[ByteRange]] | None:
+    def _open(self, job: Job) -> tuple[Attempt, list[ByteRange], list[ByteRange]] | None:
         """A file's attempt, its ranges and those still to fetch; None when it starts over instead."""
         self._check_halt()
         f = job.f
@@ -415,7 +308,7 @@ class Engine:
                 )
                 return None
             self._choose(job, job.detail, multi_range=True)
-            if job.checksum is not None and job.strategy == "stream":
+            if job.checksum is not None and job.strategy is Strategy.STREAM:
                 part_size = job.checksum.part_size  # ranges aligned to the source's parts
         ranges = split_ranges(f.size, self.settings.part_threshold, self.settings.part_chunksize, part_size)
         attempt = self._open_attempt(job, ranges)
@@ -427,12 +320,12 @@ class Engine:
             log.info("resuming %s: %d of %d bytes already on disk", f.rel_path, already, f.size)
         return attempt, ranges, [r for r in ranges if r.index not in attempt.done]
 
-    def _layout(self, job: _Job, ranges: list[ByteRange]) -> str:
-        alg = job.checksum.algorithm if job.checksum and job.strategy in ("stream", "combine") else "-"
+    def _layout(self, job: Job, ranges: list[ByteRange]) -> str:
+        alg = job.checksum.algorithm if job.checksum and job.strategy.while_streaming else "-"
         part = job.checksum.part_size if job.checksum and job.checksum.part_size else 0
         return f"v1 step={ranges[0].length} part={part} digest={alg}"
 
-    def _open_attempt(self, job: _Job, ranges: list[ByteRange]) -> _Attempt:
+    def _open_attempt(self, job: Job, ranges: list[ByteRange]) -> Attempt:
         f = job.f
         journaled = len(ranges) > 1
         layout = self._layout(job, ranges)
@@ -448,7 +341,7 @@ class Engine:
                         if other is not j:
                             self._discard_journal(job.parts, other)
                     valid = {i: d for i, d in j.done.items() if 0 <= i < len(ranges)}
-                    return self._with_direct(_Attempt(j.token, h.temp, fd, ranges, True, done=valid))
+                    return self._with_direct(Attempt(j.token, h.temp, fd, ranges, True, done=valid))
                 self._discard_journal(job.parts, j)
         token = new_token()
         # A one-range file has one writer: one descriptor, opened with O_DIRECT (one open and one close fewer per
@@ -461,10 +354,10 @@ class Engine:
             )
             self.state.start_journal(token, header)
         if one_fd:
-            return _Attempt(token, temp, fd, ranges, journaled, dfd=fd, direct=direct)
-        return self._with_direct(_Attempt(token, temp, fd, ranges, journaled))
+            return Attempt(token, temp, fd, ranges, journaled, dfd=fd, direct=direct)
+        return self._with_direct(Attempt(token, temp, fd, ranges, journaled))
 
-    def _with_direct(self, attempt: _Attempt) -> _Attempt:
+    def _with_direct(self, attempt: Attempt) -> Attempt:
         """Where the pages are not kept, files bypass the page cache: on the benchmark VM buffered writes cost
         0.3-3.7 kernel CPU-seconds per GiB (page cache, writeback), O_DIRECT 0.1-0.2 (BENCHMARKS.md)."""
         if self._direct:
@@ -478,19 +371,18 @@ class Engine:
         self.state.drop_journal(j.token)
 
     # ------------------------------------------------------------------------------------------ ranges
-    def _wait_to_retry(self, f: RemoteFile, exc: RetryableError, tries: int, message: str) -> None:
-        """Count a failed request; wait out its backoff, or give up after the last attempt."""
+    def _wait_to_retry(self, key: str, exc: RetryableError, tries: int, message: str) -> None:
+        """Count the `tries`-th failed request; wait out its backoff, or give up after the last attempt. The one
+        retry rule of every request the engine makes (ranges, whole files, stat)."""
         self.stats.retry(exc.kind, message)
         if tries >= self.settings.max_attempts:
-            raise TransferError(f.key, str(exc), attempts=tries) from None
+            raise TransferError(key, str(exc), attempts=tries) from exc
         delay = backoff_delay(tries, exc.retry_after, exc.kind)
         log.warning("retrying %s in %.1fs (attempt %d of %d)", message, delay, tries + 1, self.settings.max_attempts)
         if self._halt.wait(delay):
-            raise Halted() from None
+            raise Halted() from exc
 
-    def _run_range(
-        self, job: _Job, attempt: _Attempt, r: ByteRange, view: memoryview, first: Body | None = None
-    ) -> None:
+    def _run_range(self, job: Job, attempt: Attempt, r: ByteRange, view: memoryview, first: Body | None = None) -> None:
         with self._cv:
             if attempt.abandoned:
                 if first is not None:
@@ -518,12 +410,12 @@ class Engine:
             self._finalize(job, attempt)
 
     def _fetch_range(
-        self, job: _Job, attempt: _Attempt, r: ByteRange, view: memoryview, first: Body | None = None
+        self, job: Job, attempt: Attempt, r: ByteRange, view: memoryview, first: Body | None = None
     ) -> list[str]:
         """Range `r` of the file into its temp file, retried where it broke; its digests. `first`, when given, is
         the body of the whole file already opened (it is used, or closed, here)."""
         f = job.f
-        cursor = _Cursor(r.start, self._range_hasher(job, r))
+        cursor = Cursor(r.start, self._range_hasher(job, r))
         tries = 0
         while True:
             try:
@@ -540,11 +432,9 @@ class Engine:
                 return cursor.hasher.finish() if cursor.hasher is not None else []
             except RetryableError as exc:
                 tries += 1
-                self._wait_to_retry(f, exc, tries, f"{f.rel_path} bytes {cursor.pos}-{r.end}: {exc}")
+                self._wait_to_retry(f.key, exc, tries, f"{f.rel_path} bytes {cursor.pos}-{r.end}: {exc}")
 
-    def _stream(
-        self, job: _Job, attempt: _Attempt, r: ByteRange, view: memoryview, body: Body, cursor: _Cursor
-    ) -> None:
+    def _stream(self, job: Job, attempt: Attempt, r: ByteRange, view: memoryview, body: Body, cursor: Cursor) -> None:
         """Read `body` to the end of range `r` into the file from `cursor.pos` on, digesting as the bytes pass; the
         cursor keeps what was written when the transfer breaks, so the retry asks for the rest only."""
         f = job.f
@@ -592,13 +482,13 @@ class Engine:
             finally:
                 body.close()
 
-    def _learn(self, job: _Job, detail: ObjectDetail, r: ByteRange) -> verify.RangeHasher | None:
+    def _learn(self, job: Job, detail: ObjectDetail, r: ByteRange) -> verify.RangeHasher | None:
         """What a whole-file answer said of the object: the checksum to verify, and its hasher for this range."""
         job.detail = detail
         self._choose(job, detail, multi_range=False)
         return self._range_hasher(job, r)
 
-    def _choose(self, job: _Job, detail: ObjectDetail, *, multi_range: bool) -> None:
+    def _choose(self, job: Job, detail: ObjectDetail, *, multi_range: bool) -> None:
         job.checksum, job.strategy = choose_checksum(detail, multi_range, self.settings.verify)
         for note in detail.uninterpreted:
             log.warning(
@@ -608,12 +498,12 @@ class Engine:
                 job.checksum.label if job.checksum else "its size",
             )
 
-    def _range_hasher(self, job: _Job, r: ByteRange) -> verify.RangeHasher | None:
-        if job.checksum is None or job.strategy not in ("stream", "combine"):
+    def _range_hasher(self, job: Job, r: ByteRange) -> verify.RangeHasher | None:
+        if job.checksum is None or not job.strategy.while_streaming:
             return None
         return verify.RangeHasher(job.checksum.algorithm, r.start, r.end, job.checksum.part_size)
 
-    def _copy_in_kernel(self, reader: Body, attempt: _Attempt, job: _Job, pos: int, end: int) -> int | None:
+    def _copy_in_kernel(self, reader: Body, attempt: Attempt, job: Job, pos: int, end: int) -> int | None:
         try:
             copied = reader.copy_into(attempt.buffered_fd(), pos, min(KERNEL_COPY_STEP, end - pos + 1))
         except OSError as exc:
@@ -622,7 +512,7 @@ class Engine:
             raise RetryableError("truncated", f"body ended at byte {pos} of range ending at {end}")
         return copied
 
-    def _write(self, attempt: _Attempt, job: _Job, data: memoryview, offset: int) -> None:
+    def _write(self, attempt: Attempt, job: Job, data: memoryview, offset: int) -> None:
         """Write `data` at `offset`: its block-aligned part through the O_DIRECT descriptor when there is one."""
         try:
             if attempt.direct and offset % DIRECT_ALIGN == 0 and len(data) >= DIRECT_ALIGN:
@@ -654,14 +544,10 @@ class Engine:
                 return fn()
             except RetryableError as exc:
                 tries += 1
-                self.stats.retry(exc.kind, f"{key}: {exc}")
-                if tries >= self.settings.max_attempts:
-                    raise TransferError(key, str(exc), attempts=tries) from None
-                if self._halt.wait(backoff_delay(tries, exc.retry_after, exc.kind)):
-                    raise Halted() from None
+                self._wait_to_retry(key, exc, tries, f"{key}: {exc}")
 
     # ----------------------------------------------------------------------------------- finish a file
-    def _finalize(self, job: _Job, attempt: _Attempt) -> None:
+    def _finalize(self, job: Job, attempt: Attempt) -> None:
         try:
             verified, checksum_text = self._verify(job, attempt)
         except IntegrityError as exc:
@@ -685,7 +571,7 @@ class Engine:
                 ) from None
         attempt.close()
         attempt.closed = True
-        done = _Finished(job, attempt, verified, checksum_text)
+        done = Finished(job, attempt, verified, checksum_text)
         if not attempt.journaled:
             self._defer(done)
             return
@@ -697,7 +583,7 @@ class Engine:
             self.state.drop_journal(attempt.token)
             self._complete([record])
 
-    def _place(self, done: _Finished, *, durable: bool) -> tuple[DoneRecord, bool] | None:
+    def _place(self, done: Finished, *, durable: bool) -> tuple[DoneRecord, bool] | None:
         """Give a finished file its name: (its record, whether the record is new); None if it starts over."""
         job, f = done.job, done.job.f
         mtime_ns = self.tree.commit(job.parts, done.attempt.temp, durable=durable, mtime_ns=done.attempt.mtime_ns)
@@ -721,7 +607,7 @@ class Engine:
             self._outstanding -= len(records)
             self._cv.notify_all()
 
-    def _defer(self, done: _Finished) -> None:
+    def _defer(self, done: Finished) -> None:
         with self._cv:
             if not self._unplaced:
                 self._unplaced_since = time.monotonic()
@@ -756,7 +642,7 @@ class Engine:
                 self._cv.notify_all()
         self._complete([record for record, _ in placed])
 
-    def _verify(self, job: _Job, attempt: _Attempt) -> tuple[str, str | None]:
+    def _verify(self, job: Job, attempt: Attempt) -> tuple[str, str | None]:
         f = job.f
         st = os.fstat(attempt.fd)
         size, attempt.mtime_ns = st.st_size, st.st_mtime_ns
@@ -769,10 +655,10 @@ class Engine:
             else:
                 reason = job.detail.unverifiable if job.detail and job.detail.unverifiable else "no checksum published"
             return (f"size only ({reason})" if f.size else "size (empty file)"), None
-        if job.strategy == "stream":
+        if job.strategy is Strategy.STREAM:
             digests = [d for r in attempt.ranges for d in attempt.done[r.index]]
             actual = verify.composite_value(c, digests)
-        elif job.strategy == "combine":
+        elif job.strategy is Strategy.COMBINE:
             crcs = [attempt.done[r.index][0] for r in attempt.ranges]
             raw = verify.combine_range_crcs(c.algorithm, crcs, [r.length for r in attempt.ranges])
             actual = verify.encode(raw, c.encoding)
@@ -797,8 +683,8 @@ class Engine:
 
     def _restart(
         self,
-        job: _Job,
-        attempt: _Attempt | None,
+        job: Job,
+        attempt: Attempt | None,
         changed: ObjectChangedError | None,
         current: ObjectDetail | None = None,
     ) -> None:
@@ -826,7 +712,7 @@ class Engine:
             )
         job.detail = None
         job.checksum = None
-        job.strategy = "size"
+        job.strategy = Strategy.SIZE
         job.attempt = None
         self._push_front([(job, None, None)])
 
@@ -836,7 +722,7 @@ class Engine:
         except NotFoundError as exc:
             raise NotFoundError(self.source.display_uri, "object disappeared during the download", key=f.key) from exc
 
-    def _maybe_cleanup(self, attempt: _Attempt, parts: tuple[str, ...]) -> None:
+    def _maybe_cleanup(self, attempt: Attempt, parts: tuple[str, ...]) -> None:
         with self._cv:
             if not attempt.abandoned or attempt.inflight > 0 or attempt.closed:
                 return

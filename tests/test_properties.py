@@ -21,7 +21,7 @@ import pytest
 from hypothesis import HealthCheck, assume, example, given, settings
 from hypothesis import strategies as st
 
-from downloader import transfer
+from downloader import jobs
 from downloader.config import load_settings, parse_patterns, parse_size, parse_suffixes
 from downloader.errors import ConfigError, DownloaderError, UnsafePathError, UriError
 from downloader.plan import check_layout, is_selected, pattern_matches, safe_parts, suffix_matches
@@ -434,19 +434,19 @@ def test_runtime_nested_resources_is_a_config_error() -> None:
 @given(
     st.integers(min_value=1, max_value=1024),
     st.integers(min_value=1, max_value=16384).map(lambda pages: pages * 4096),
-    st.integers(min_value=4096, max_value=64 * 2**20).map(lambda buffer: buffer * transfer.WHOLE_BUDGET_BUFFERS),
+    st.integers(min_value=4096, max_value=64 * 2**20).map(lambda buffer: buffer * jobs.WHOLE_BUDGET_BUFFERS),
 )
 @example(16, 256 * 1024, 24 * 2**20)  # the benchmark's small files: three GETs per connection, as measured
 @example(32, 2**20, 24 * 2**20)  # 1 MiB files at the default 32 connections
 def test_whole_gets_in_flight_keep_to_the_memory_budget(connections: int, slot: int, budget: int) -> None:
-    depth, workers = transfer.whole_concurrency(connections, slot, budget)
+    depth, workers = jobs.whole_concurrency(connections, slot, budget)
     gets = depth * workers
-    assert 1 <= depth <= transfer.WHOLE_DEPTH and workers >= 1
-    assert gets <= transfer.WHOLE_PER_CONNECTION * connections
+    assert 1 <= depth <= jobs.WHOLE_DEPTH and workers >= 1
+    assert gets <= jobs.WHOLE_PER_CONNECTION * connections
     # Our buffers, plus the client's copy of each body arriving (one per busy connection), within the budget:
     # whatever the connection count, unless one GET alone is over it.
     assert gets * slot + min(gets, connections) * slot <= max(budget, 2 * slot)
     # No fewer than the budget allows: three per connection, or half of what it buys, less the rounding to batches.
-    assert gets >= min(transfer.WHOLE_PER_CONNECTION * connections, budget // slot // 2) - workers + 1
+    assert gets >= min(jobs.WHOLE_PER_CONNECTION * connections, budget // slot // 2) - workers + 1
     if connections == 16 and slot == 256 * 1024 and budget == 24 * 2**20:
         assert (depth, workers) == (16, 3)

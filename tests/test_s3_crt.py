@@ -153,7 +153,7 @@ def test_access_denied_through_the_crt_is_a_clear_error(proxy: FaultProxy, small
 
 
 def test_a_model_of_small_files_is_fetched_several_gets_per_worker(proxy: FaultProxy, s3, bucket, tmp_path) -> None:  # type: ignore[no-untyped-def]
-    """Every file fits in a buffer: each worker sends several GETs at once (transfer.WHOLE_DEPTH), and a fault
+    """Every file fits in a buffer: each worker sends several GETs at once (jobs.WHOLE_DEPTH), and a fault
     on any of them is retried for that file alone."""
     files = {f"part-{i:02d}.bin": random_bytes(50_000 + i, 100 + i) for i in range(24)}
     upload(s3, bucket, "m", files)
