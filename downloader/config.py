@@ -230,8 +230,8 @@ def parse_int(setting: str, raw: object, *, minimum: int, maximum: int) -> int:
         if len(text) > 30:  # int() refuses huge digit strings with its own ValueError; no setting needs them
             raise ValueError
         value = raw if isinstance(raw, int) else int(text, 10)
-    except ValueError:
-        raise ConfigError(setting, raw, "expected an integer") from None
+    except ValueError as exc:
+        raise ConfigError(setting, raw, "expected an integer") from exc
     if not minimum <= value <= maximum:
         raise ConfigError(setting, raw, f"must be between {minimum} and {maximum}")
     return value
@@ -242,8 +242,8 @@ def parse_seconds(setting: str, raw: object, *, minimum: float = 0.0, maximum: f
         raise ConfigError(setting, raw, "expected a number of seconds")
     try:
         value = float(raw) if isinstance(raw, (int, float)) else float(str(raw).strip().rstrip("s"))
-    except ValueError:
-        raise ConfigError(setting, raw, "expected a number of seconds") from None
+    except ValueError as exc:
+        raise ConfigError(setting, raw, "expected a number of seconds") from exc
     if not math.isfinite(value) or not minimum <= value <= maximum:
         raise ConfigError(setting, raw, f"must be between {minimum} and {maximum} seconds")
     return value
@@ -420,13 +420,11 @@ def parse_extra_config(raw: str | None) -> dict[str, Any]:
     try:
         value = json.loads(raw)
     except json.JSONDecodeError as exc:
-        raise ConfigError(
-            "--download-extra-config", None, f"not valid JSON ({exc.msg} at column {exc.colno})"
-        ) from None
-    except (RecursionError, ValueError):  # nesting too deep, or an integer longer than Python converts
+        raise ConfigError("--download-extra-config", None, f"not valid JSON ({exc.msg} at column {exc.colno})") from exc
+    except (RecursionError, ValueError) as exc:  # nesting too deep, or an integer longer than Python converts
         raise ConfigError(
             "--download-extra-config", None, "not valid JSON (nested too deeply or a number too long)"
-        ) from None
+        ) from exc
     if not isinstance(value, dict):
         raise ConfigError("--download-extra-config", None, "must be a JSON object")
     unknown = sorted(set(value) - EXTRA_CONFIG_KEYS)

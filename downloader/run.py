@@ -181,8 +181,8 @@ def _fetch(run: _Run, selected: list[RemoteFile]) -> Result:
     engine = Engine(run.source, run.tree, state, settings, stats, run.cancel, keep_pages=pages.keep)
     try:
         new_records = engine.run(plan.fetch, journals)
-    except Halted:
-        raise Interrupted("signal", 130) from None
+    except Halted as exc:
+        raise Interrupted("signal", 130) from exc
     finally:
         run.reporter.stop()
 

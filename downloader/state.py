@@ -84,7 +84,7 @@ class ModelTree:
                 os.makedirs(self.model_dir, exist_ok=True)
             fd = os.open(self.model_dir, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
         except OSError as exc:
-            raise LocalStorageError(self.model_dir, _os_reason(exc)) from None
+            raise LocalStorageError(self.model_dir, _os_reason(exc)) from exc
         with self._lock:
             self._dirs[()] = fd
 
@@ -109,8 +109,8 @@ class ModelTree:
             if exc.errno in (errno.ELOOP, errno.ENOTDIR):
                 raise UnsafePathError(
                     "/".join(key), "a symlink or file stands where a directory should be; refusing to follow it"
-                ) from None
-            raise LocalStorageError(os.path.join(self.model_dir, *key), _os_reason(exc)) from None
+                ) from exc
+            raise LocalStorageError(os.path.join(self.model_dir, *key), _os_reason(exc)) from exc
         with self._lock:
             existing = self._dirs.get(key)
             if existing is not None:
@@ -180,7 +180,7 @@ class ModelTree:
                 direct = False  # this filesystem refuses O_DIRECT (tmpfs): the page cache it is
                 fd = os.open(name, flags, 0o644, dir_fd=parent)
         except OSError as exc:
-            raise LocalStorageError(os.path.join(self.model_dir, *parts[:-1], name), _os_reason(exc)) from None
+            raise LocalStorageError(os.path.join(self.model_dir, *parts[:-1], name), _os_reason(exc)) from exc
         try:
             if preallocate_blocks:
                 preallocate(fd, size)
@@ -188,7 +188,7 @@ class ModelTree:
             os.close(fd)
             with contextlib.suppress(OSError):
                 os.unlink(name, dir_fd=parent)
-            raise LocalStorageError(os.path.join(self.model_dir, *parts), _os_reason(exc)) from None
+            raise LocalStorageError(os.path.join(self.model_dir, *parts), _os_reason(exc)) from exc
         return name, fd, direct
 
     def open_temp(self, parts: Sequence[str], name: str, size: int) -> int | None:
@@ -225,17 +225,17 @@ class ModelTree:
             os.rename(name, parts[-1], src_dir_fd=parent, dst_dir_fd=parent)
         except FileNotFoundError:
             return None
-        except IsADirectoryError:
-            raise UnsafePathError("/".join(parts), "a directory stands where the file should go") from None
+        except IsADirectoryError as exc:
+            raise UnsafePathError("/".join(parts), "a directory stands where the file should go") from exc
         except OSError as exc:
-            raise LocalStorageError(os.path.join(self.model_dir, *parts), _os_reason(exc)) from None
+            raise LocalStorageError(os.path.join(self.model_dir, *parts), _os_reason(exc)) from exc
         try:
             if durable:
                 os.fsync(parent)
             if mtime_ns is None:
                 mtime_ns = os.stat(parts[-1], dir_fd=parent, follow_symlinks=False).st_mtime_ns
         except OSError as exc:
-            raise LocalStorageError(os.path.join(self.model_dir, *parts), _os_reason(exc)) from None
+            raise LocalStorageError(os.path.join(self.model_dir, *parts), _os_reason(exc)) from exc
         return mtime_ns
 
     def sync(self) -> None:
@@ -247,7 +247,7 @@ class ModelTree:
         try:
             sync_filesystem(self.dir_fd((), create=False))
         except OSError as exc:
-            raise LocalStorageError(self.model_dir, _os_reason(exc)) from None
+            raise LocalStorageError(self.model_dir, _os_reason(exc)) from exc
 
     def sync_dirs(self, dirs: set[tuple[str, ...]]) -> None:
         """fsync each of these directories (under the model directory): names renamed into them are durable."""
@@ -255,7 +255,7 @@ class ModelTree:
             try:
                 os.fsync(self.dir_fd(d, create=False))
             except OSError as exc:
-                raise LocalStorageError(os.path.join(self.model_dir, *d), _os_reason(exc)) from None
+                raise LocalStorageError(os.path.join(self.model_dir, *d), _os_reason(exc)) from exc
 
     def link(self, parts: Sequence[str], target: str) -> None:
         """Atomically place a symlink to `target` at <model dir>/<parts> (used-in-place local files)."""
@@ -264,12 +264,12 @@ class ModelTree:
         try:
             os.symlink(target, tmp, dir_fd=parent)
             os.rename(tmp, parts[-1], src_dir_fd=parent, dst_dir_fd=parent)
-        except IsADirectoryError:
+        except IsADirectoryError as exc:
             with contextlib.suppress(OSError):
                 os.unlink(tmp, dir_fd=parent)
-            raise UnsafePathError("/".join(parts), "a directory stands where the link should go") from None
+            raise UnsafePathError("/".join(parts), "a directory stands where the link should go") from exc
         except OSError as exc:
-            raise LocalStorageError(os.path.join(self.model_dir, *parts), _os_reason(exc)) from None
+            raise LocalStorageError(os.path.join(self.model_dir, *parts), _os_reason(exc)) from exc
 
     def free_bytes(self) -> int:
         st = os.statvfs(self.model_dir)
@@ -404,7 +404,7 @@ def _write_all(fd: int, data: bytes, path: str) -> None:
     try:
         written = os.write(fd, data)
     except OSError as exc:
-        raise LocalStorageError(path, _os_reason(exc)) from None
+        raise LocalStorageError(path, _os_reason(exc)) from exc
     if written != len(data):  # a full disk mid-line: the torn line is skipped when read back
         raise LocalStorageError(path, "short write (no space left on device?)")
 
@@ -454,7 +454,7 @@ class StateDir:
                 if os.path.islink(p) or not os.path.isdir(p):
                     raise UnsafePathError(p, "state directory is not a plain directory")
         except OSError as exc:
-            raise LocalStorageError(self.path, _os_reason(exc)) from None
+            raise LocalStorageError(self.path, _os_reason(exc)) from exc
 
     # -- lock
     def acquire_lock(
@@ -472,27 +472,27 @@ class StateDir:
         try:
             fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o644)
         except OSError as exc:
-            raise LocalStorageError(path, _os_reason(exc)) from None
+            raise LocalStorageError(path, _os_reason(exc)) from exc
         started = time.monotonic()
         while True:
             try:
                 fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
                 break
-            except BlockingIOError:
+            except BlockingIOError as held:
                 waited = time.monotonic() - started
                 if timeout and waited > timeout:
                     os.close(fd)
                     raise LocalStorageError(
                         path, f"another download of this model held the lock for over {timeout:.0f}s"
-                    ) from None
+                    ) from held
                 on_wait(waited, self._owner_text(fd))
                 if cancel.wait(0.5):
                     os.close(fd)
-                    raise Interrupted("signal", 130) from None
+                    raise Interrupted("signal", 130) from held
             except OSError as exc:
                 if exc.errno in (errno.ENOLCK, errno.EOPNOTSUPP):
                     break  # a filesystem without locks: proceed, correctness does not depend on it
-                raise LocalStorageError(path, _os_reason(exc)) from None
+                raise LocalStorageError(path, _os_reason(exc)) from exc
         owner = json.dumps({"pid": os.getpid(), "host": socket.gethostname(), "since": time.time()}).encode()
         with contextlib.suppress(OSError):
             os.ftruncate(fd, 0)
@@ -545,7 +545,7 @@ class StateDir:
                 try:
                     self._done_fd = os.open(path, _APPEND_FLAGS | os.O_CREAT, 0o644)
                 except OSError as exc:
-                    raise LocalStorageError(path, _os_reason(exc)) from None
+                    raise LocalStorageError(path, _os_reason(exc)) from exc
             _write_all(self._done_fd, data, path)
 
     def close(self) -> None:
@@ -563,7 +563,7 @@ class StateDir:
                 raise
             return  # the journal was dropped (its file finished elsewhere); nothing to record
         except OSError as exc:
-            raise LocalStorageError(path, _os_reason(exc)) from None
+            raise LocalStorageError(path, _os_reason(exc)) from exc
         try:
             _write_all(fd, _json_line(obj), path)
         finally:
@@ -638,7 +638,7 @@ class StateDir:
         except FileNotFoundError:
             return
         except OSError as exc:
-            raise LocalStorageError(path, _os_reason(exc)) from None
+            raise LocalStorageError(path, _os_reason(exc)) from exc
         with contextlib.suppress(OSError):
             fd = os.open(self.path, os.O_RDONLY | os.O_DIRECTORY)
             os.fsync(fd)
@@ -669,4 +669,4 @@ class StateDir:
         except OSError as exc:
             with contextlib.suppress(OSError):
                 os.unlink(tmp)
-            raise LocalStorageError(final, _os_reason(exc)) from None
+            raise LocalStorageError(final, _os_reason(exc)) from exc

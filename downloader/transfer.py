@@ -7,9 +7,10 @@ stream past, and its completion is appended to the file's journal so a restarted
 missing. A file of one range is asked for whole; where the source's open() returns before the answer is in
 (Source.open_ahead, a native client), a worker opens several such files before it reads the first. Every body is
 read, checked and written the same way, and every request retried by one rule (_wait_to_retry). A file appears
-under its final name only after it is complete and verified. Memory is bounded by num_threads x buffer_size, whatever the file sizes;
-for a model of small files through S3's native client, its GETs' buffers and the client's copies of the bodies
-arriving take at most WHOLE_BUDGET_BUFFERS x buffer_size, whatever num_threads (see whole_concurrency).
+under its final name only after it is complete and verified. Memory is bounded by num_threads x buffer_size,
+whatever the file sizes; for a model of small files through S3's native client, its GETs' buffers and the client's
+copies of the bodies arriving take at most WHOLE_BUDGET_BUFFERS x buffer_size, whatever num_threads
+(see jobs.whole_concurrency).
 """
 
 from __future__ import annotations
@@ -507,7 +508,7 @@ class Engine:
         try:
             copied = reader.copy_into(attempt.buffered_fd(), pos, min(KERNEL_COPY_STEP, end - pos + 1))
         except OSError as exc:
-            raise LocalStorageError(os.path.join(self.tree.model_dir, *job.parts), exc.strerror or str(exc)) from None
+            raise LocalStorageError(os.path.join(self.tree.model_dir, *job.parts), exc.strerror or str(exc)) from exc
         if copied is not None and copied <= 0:
             raise RetryableError("truncated", f"body ended at byte {pos} of range ending at {end}")
         return copied
@@ -532,9 +533,9 @@ class Engine:
                     _pwrite_all(attempt.buffered_fd(), data, offset, PAGE_CACHE_WRITE)
         except OSError as exc:
             if attempt.abandoned:
-                raise _Abandoned() from None
+                raise _Abandoned() from exc
             reason = "no space left on device" if exc.errno == errno.ENOSPC else (exc.strerror or str(exc))
-            raise LocalStorageError(os.path.join(self.tree.model_dir, *job.parts), reason) from None
+            raise LocalStorageError(os.path.join(self.tree.model_dir, *job.parts), reason) from exc
 
     def _retrying(self, key: str, fn: Callable[[], T]) -> T:
         tries = 0
@@ -554,7 +555,7 @@ class Engine:
             job.integrity_failures += 1
             if job.integrity_failures > 1:
                 hint = verify.STORE_HINT if exc.check != "size" else ""
-                raise IntegrityError(exc.key, exc.check, exc.expected, exc.actual, hint=hint) from None
+                raise IntegrityError(exc.key, exc.check, exc.expected, exc.actual, hint=hint) from exc
             job.mismatch = exc.actual
             log.warning("%s; fetching the file again", exc)
             self.stats.retry("checksum", str(exc))
@@ -568,7 +569,7 @@ class Engine:
             except OSError as exc:
                 raise LocalStorageError(
                     os.path.join(self.tree.model_dir, *job.parts), exc.strerror or str(exc)
-                ) from None
+                ) from exc
         attempt.close()
         attempt.closed = True
         done = Finished(job, attempt, verified, checksum_text)

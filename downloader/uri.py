@@ -61,7 +61,7 @@ def parse_model_uri(uri: str) -> ModelUri:
         has_userinfo = bool(parts.username or parts.password)
         _ = parts.port  # raises ValueError for a port that is not a number
     except ValueError as exc:
-        raise UriError(shown, f"is not a valid URI ({exc})") from None
+        raise UriError(shown, f"is not a valid URI ({exc})") from exc
     scheme = parts.scheme.lower()
     if scheme == "file":
         if parts.netloc not in ("", "localhost"):

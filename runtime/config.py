@@ -313,8 +313,8 @@ def parse_number(setting: str, raw: str) -> str:
     """A non-negative count for Ray (CPUs, GPUs): kept as text, integers without a trailing .0."""
     try:
         value = float(raw.strip())
-    except ValueError:
-        raise ConfigError(setting, raw, "expected a non-negative number") from None
+    except ValueError as exc:
+        raise ConfigError(setting, raw, "expected a non-negative number") from exc
     if not math.isfinite(value) or value < 0:
         raise ConfigError(setting, raw, "expected a non-negative number")
     return str(int(value)) if value.is_integer() else repr(value)
@@ -325,9 +325,9 @@ def parse_resources(setting: str, raw: str) -> str:
     try:
         value = json.loads(raw)
     except json.JSONDecodeError as exc:
-        raise ConfigError(setting, raw, f"not valid JSON ({exc.msg})") from None
-    except (RecursionError, ValueError):  # nesting too deep, or an integer longer than Python converts
-        raise ConfigError(setting, raw, "not valid JSON (nested too deeply or a number too long)") from None
+        raise ConfigError(setting, raw, f"not valid JSON ({exc.msg})") from exc
+    except (RecursionError, ValueError) as exc:  # nesting too deep, or an integer longer than Python converts
+        raise ConfigError(setting, raw, "not valid JSON (nested too deeply or a number too long)") from exc
     if not isinstance(value, dict):
         raise ConfigError(setting, raw, 'expected a JSON object such as {"rack_a": 1}')
     for key, amount in value.items():
@@ -343,7 +343,7 @@ def parse_command(setting: str, raw: str, env: Mapping[str, str]) -> tuple[str, 
     try:
         argv = shlex.split(raw)
     except ValueError as exc:
-        raise ConfigError(setting, raw, f"cannot be split into words ({exc})") from None
+        raise ConfigError(setting, raw, f"cannot be split into words ({exc})") from exc
     if not argv:
         raise ConfigError(setting, raw, "is empty")
     program = argv[0]
@@ -358,7 +358,7 @@ def parse_args_string(setting: str, raw: str) -> tuple[str, ...]:
     try:
         return tuple(shlex.split(raw))
     except ValueError as exc:
-        raise ConfigError(setting, raw, f"cannot be split into words ({exc})") from None
+        raise ConfigError(setting, raw, f"cannot be split into words ({exc})") from exc
 
 
 def parse_health_check(setting: str, raw: str) -> HealthCheck | None:
@@ -381,7 +381,7 @@ def ray_start_flags(command: str) -> dict[str, str]:
     try:
         words = shlex.split(command)
     except ValueError as exc:
-        raise ConfigError(KUBERAY_ENV, command, f"cannot be split into words ({exc})") from None
+        raise ConfigError(KUBERAY_ENV, command, f"cannot be split into words ({exc})") from exc
     if "start" not in words:
         raise ConfigError(KUBERAY_ENV, command, "is not a `ray start` command")
     words = words[words.index("start") + 1 :]

@@ -70,7 +70,7 @@ class Runner:
             reason = exc.strerror or str(exc)
             if isinstance(exc, FileNotFoundError):
                 reason += "; " + self._not_found_hint(child.argv[0])
-            raise failure(f"cannot start {child.name} ({child.argv[0]}): {reason}") from None
+            raise failure(f"cannot start {child.name} ({child.argv[0]}): {reason}") from exc
         self.children.append(child)
         return child
 
@@ -236,7 +236,7 @@ class Runner:
                     raise NodeLostError(
                         f"the Ray dashboard {s.dashboard_url} has not answered for {now - dashboard_down_since:.0f}s: "
                         "cluster membership unknown"
-                    ) from None
+                    ) from exc
             engine_code = vllm.poll()
             if lost:
                 raise self.node_lost(lost, engine_code)

@@ -397,6 +397,7 @@ class HfSource:
         if self._token and _origin(url) == self._endpoint_origin:
             send["Authorization"] = f"Bearer {self._token}"  # the endpoint only; never a redirect target
         host = urlsplit(url).netloc
+        # Not chained (`from None`): urllib3's errors name the URL, and a storage URL's query string is a signature.
         try:
             return self._pool.request(
                 method, url, headers=send, redirect=False, retries=False, preload_content=False, decode_content=False

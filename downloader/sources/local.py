@@ -38,10 +38,10 @@ class LocalSource:
     def list(self, cancel: threading.Event) -> Iterator[RemoteFile]:
         try:
             st = os.stat(self.root)
-        except FileNotFoundError:
-            raise NotFoundError(self.display_uri, "no such file or directory") from None
-        except PermissionError:
-            raise AccessDeniedError(self.display_uri, "permission denied") from None
+        except FileNotFoundError as exc:
+            raise NotFoundError(self.display_uri, "no such file or directory") from exc
+        except PermissionError as exc:
+            raise AccessDeniedError(self.display_uri, "permission denied") from exc
         if stat.S_ISREG(st.st_mode):
             yield RemoteFile(self.root, os.path.basename(self.root), st.st_size, _version(st))
             return
@@ -64,9 +64,9 @@ class LocalSource:
                     continue
                 rel = os.path.relpath(path, self.root).replace(os.sep, "/")
                 yield RemoteFile(path, rel, fst.st_size, _version(fst))
-        for exc in errors:
-            if isinstance(exc, PermissionError):
-                raise AccessDeniedError(self.display_uri, f"permission denied: {exc.filename}")
+        for error in errors:
+            if isinstance(error, PermissionError):
+                raise AccessDeniedError(self.display_uri, f"permission denied: {error.filename}") from error
 
     def stat(self, f: RemoteFile) -> ObjectDetail:
         try:
