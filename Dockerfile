@@ -37,17 +37,19 @@ LABEL org.opencontainers.image.title="aibrix-model-runtime" \
       org.opencontainers.image.base.name="${BASE_IMAGE}"
 
 COPY --from=wheel /dist/ /tmp/dist/
+COPY constraints.txt /tmp/project-constraints.txt
 # What the base installed stays as it is (vLLM's environment is released and tested as a whole): every
 # installed distribution becomes a constraint, so a conflict fails the build instead of moving vLLM's
-# dependencies. `ray[default]` adds the dashboard (the sidecar and the runtime read membership from it) at the
-# base's own Ray version, or RAY_VERSION when the base has no Ray.
-RUN python3 -c 'import importlib.metadata as m; names = {(d.metadata["Name"] or "").lower(): d.version for d in m.distributions()}; print("\n".join(f"{n}=={v}" for n, v in sorted(names.items()) if n not in ("", "pip", "setuptools", "wheel")))' \
+# dependencies; what the base lacks is pinned as CI tested it (constraints.txt). `ray[default]` adds the dashboard
+# (the sidecar and the runtime read membership from it) at the base's own Ray version, or RAY_VERSION when the base
+# has no Ray.
+RUN python3 -c 'import importlib.metadata as m, re, sys; names = {(d.metadata["Name"] or "").lower().replace("_", "-"): d.version for d in m.distributions()}; names.pop("", None); [names.pop(n, None) for n in ("pip", "setuptools", "wheel")]; pins = [l.strip() for l in open("/tmp/project-constraints.txt") if re.match(r"^[A-Za-z0-9]", l)]; extra = [p for p in pins if p.split("==")[0].lower().replace("_", "-") not in names]; print("\n".join([f"{n}=={v}" for n, v in sorted(names.items())] + extra))' \
         > /tmp/base-constraints.txt \
     && base_ray="$(sed -n 's/^ray==//p' /tmp/base-constraints.txt)" \
     && echo "Ray: ${base_ray:-none in the base, installing ${RAY_VERSION}}" \
     && PIP_BREAK_SYSTEM_PACKAGES=1 python3 -m pip install --no-cache-dir --constraint /tmp/base-constraints.txt \
         "ray[default]==${base_ray:-${RAY_VERSION}}" /tmp/dist/*.whl \
-    && rm -rf /tmp/dist /tmp/base-constraints.txt \
+    && rm -rf /tmp/dist /tmp/base-constraints.txt /tmp/project-constraints.txt \
     && aibrix-download --help > /dev/null && aibrix-sidecar --help > /dev/null && aibrix-runtime --help > /dev/null \
     && aibrix_download --help > /dev/null && aibrix_runtime --help > /dev/null \
     && python3 -c 'import ray, ray.dashboard; print("ray", ray.__version__, "(set rayVersion in the manifests to it)")'

@@ -4,16 +4,21 @@ VENV   ?= .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 
-.PHONY: setup demo test test-plain test-fast test-e2e lint typecheck bench clean
+.PHONY: setup demo test test-plain test-fast test-e2e lint typecheck bench clean constraints
 # The tests that run a downloader (manifests, the API server and the sidecar's own surface do not)
 PLAIN_TESTS = $(filter-out tests/test_manifests.py tests/test_apiserver.py tests/test_seed_dropin.py \
 	tests/test_runtime_commands.py tests/test_bench_harness.py,$(wildcard tests/test_*.py))
 
-$(STAMP): pyproject.toml
+$(STAMP): pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --quiet -e '.[test]'
+	$(PY) -m pip install --quiet --constraint constraints.txt -e '.[test]'
 	touch $(STAMP)
+
+## constraints: pin what is installed now (after changing a dependency in pyproject.toml: rm -rf .venv first)
+constraints: $(STAMP)
+	{ sed -n '1,3p' constraints.txt; $(PY) -m pip freeze --exclude-editable | grep -v '^aibrix-model-runtime'; } > constraints.new
+	mv constraints.new constraints.txt
 
 setup: $(STAMP)
 
