@@ -1,5 +1,6 @@
 """Ray cluster membership, read from the head's dashboard (`GET /api/v0/nodes`, tens of milliseconds), and the
 GCS port probe the workers use. Parsing and the summaries are pure; only `Dashboard.nodes` and `probe_tcp` do I/O.
+The sidecar reads membership through `Dashboard` too (its readiness with --expected-ray-nodes).
 
 Dead nodes stay listed by Ray, so only `state == "ALIVE"` counts.
 """

@@ -1,4 +1,5 @@
-"""Processes and signals: the small piece that starts children, watches them, and stops them in order.
+"""Processes and signals: the small piece that starts children, watches them, and stops them in order. Shared by
+the runtime (Ray, vLLM, the download) and the sidecar (the download it runs in native-sidecar mode).
 
 - Every child runs in its own process group (so a terminal's Ctrl-C reaches only the runtime, which then stops
   the children in the right order) and, on Linux, gets SIGTERM if the runtime itself dies.
@@ -22,6 +23,7 @@ import sys
 import time
 from collections.abc import Callable, Mapping, Sequence
 from types import FrameType
+from typing import IO
 
 from .errors import Interrupted
 
@@ -82,18 +84,39 @@ def _die_with_parent() -> None:  # pragma: no cover - runs in the child between 
 
 
 class Child:
-    """One supervised process (and its process group)."""
+    """One supervised process (and its process group).
 
-    def __init__(self, name: str, argv: Sequence[str], env: Mapping[str, str], *, stdout_to_stderr: bool = False):
+    `env` None: this process's environment. `stdout_to_stderr`: the child's stdout goes to our stderr (stdout
+    stays free for what the caller prints). `pipe_stderr`: the child's stderr is a pipe (`stderr`) that the
+    caller must read to the end, or the child blocks once it is full.
+
+    Start it from a thread that lives as long as the child should: on Linux the child gets SIGTERM when the
+    thread that started it ends (PR_SET_PDEATHSIG)."""
+
+    def __init__(
+        self,
+        name: str,
+        argv: Sequence[str],
+        env: Mapping[str, str] | None = None,
+        *,
+        stdout_to_stderr: bool = False,
+        pipe_stderr: bool = False,
+    ):
         self.name = name
         self.argv = list(argv)
-        self.env = dict(env)
+        self.env = dict(env) if env is not None else None
         self.stdout_to_stderr = stdout_to_stderr
+        self.pipe_stderr = pipe_stderr
         self.proc: subprocess.Popen[bytes] | None = None
 
     @property
     def pid(self) -> int | None:
         return self.proc.pid if self.proc is not None else None
+
+    @property
+    def stderr(self) -> IO[bytes] | None:
+        """The read end of the child's stderr with `pipe_stderr`, else None."""
+        return self.proc.stderr if self.proc is not None else None
 
     def start(self) -> None:
         """Raises OSError (FileNotFoundError, PermissionError) when the program cannot be started."""
@@ -102,10 +125,16 @@ class Child:
             env=self.env,
             stdin=subprocess.DEVNULL,
             stdout=sys.stderr.fileno() if self.stdout_to_stderr else None,
+            stderr=subprocess.PIPE if self.pipe_stderr else None,
             start_new_session=True,
             preexec_fn=_die_with_parent if sys.platform.startswith("linux") else None,
         )
         log.debug("started %s (pid %d)", self.name, self.proc.pid)
+
+    def wait(self) -> int:
+        """Block until the child has exited; its exit code."""
+        assert self.proc is not None
+        return self.proc.wait()
 
     def poll(self) -> int | None:
         return self.proc.poll() if self.proc is not None else None

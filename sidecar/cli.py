@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import logging
 import os
-import signal
 import socket
 import sys
 import threading
@@ -18,11 +17,14 @@ from collections.abc import Sequence
 import uvicorn
 
 from downloader.errors import ConfigError
+from runtime.supervise import Signals
 
 from .app import create_app
 from .config import load_settings
 from .fastpath import probe_protocol
 from .monitor import Monitor
+from .routes import route_table
+from .snapshot import readiness_follows
 
 log = logging.getLogger("sidecar")
 
@@ -36,6 +38,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return exc.exit_code
     logging.getLogger().setLevel(settings.log_level)
     logging.getLogger("httpx").setLevel(logging.WARNING)
+    for warning in settings.warnings:
+        log.warning("%s", warning)
 
     # Bind first, so that port 0 works and the real address is in the log.
     family = socket.AF_INET6 if ":" in settings.host else socket.AF_INET
@@ -51,21 +55,26 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     host, port = sock.getsockname()[:2]
 
+    if settings.model_dir is None:
+        log.warning(
+            "no model directory given (--model-dir / SIDECAR_MODEL_DIR): no model is watched; %s",
+            readiness_follows(settings),
+        )
     monitor = Monitor(settings)
     monitor.start()
-    app = create_app(monitor)
-    # Probes are answered on the socket (sidecar/fastpath.py); anything else goes through uvicorn to the app.
-    # No access log: a line per probe would cost more than the probe.
+    routes = route_table(monitor)
+    # Probes are answered on the socket (sidecar/fastpath.py); anything else goes through uvicorn to the app. Both
+    # serve the one route table. No access log: a line per probe would cost more than the probe.
     config = uvicorn.Config(
-        app, http=probe_protocol(app.answers), log_level="warning", access_log=False, lifespan="off"
+        create_app(routes), http=probe_protocol(routes), log_level="warning", access_log=False, lifespan="off"
     )
     server = uvicorn.Server(config)
     # uvicorn restores these after its graceful shutdown and re-raises the signal it caught; ours records it
     # instead of dying, so the download child is stopped before we exit.
-    received: list[int] = []
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        signal.signal(sig, lambda signum, _frame: received.append(signum))
-    log.info("aibrix-sidecar listening on http://%s:%d watching %s", host, port, settings.model_dir)
+    signals = Signals()
+    signals.install()
+    watching = settings.model_dir if settings.model_dir is not None else f"no model ({readiness_follows(settings)})"
+    log.info("aibrix-sidecar listening on http://%s:%d watching %s", host, port, watching)
     failed = threading.Event()
     if settings.download_args and settings.exit_on_failure_after >= 0:
 
@@ -82,7 +91,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         monitor.stop()
     if failed.is_set():
         return 1
-    return 128 + received[0] if received else 0
+    return 128 + signals.received[0] if signals.received else 0
 
 
 if __name__ == "__main__":

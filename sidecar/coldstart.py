@@ -19,7 +19,7 @@ from __future__ import annotations
 import enum
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 
 from downloader import Phase, Progress
 
@@ -90,11 +90,12 @@ class ColdStart:
         out[Step.TOTAL] = _span(listing if listing is not None else ready, end)
         return out
 
-    def as_status(self) -> dict[str, float | bool | None]:
-        d = self.durations()
-        body: dict[str, float | bool | None] = {f"{step.value}_seconds": _round(v) for step, v in d.items()}
-        body["complete"] = d[Step.TOTAL] is not None
-        return body
+
+def as_status(durations: Mapping[Step, float | None]) -> dict[str, float | bool | None]:
+    """/status's `cold_start`: seconds per step (None until reached), and whether the whole start is done."""
+    body: dict[str, float | bool | None] = {f"{step.value}_seconds": _round(durations.get(step)) for step in Step}
+    body["complete"] = durations.get(Step.TOTAL) is not None
+    return body
 
 
 def _first(starts: dict[str, float], *phases: Phase) -> float | None:

@@ -37,6 +37,13 @@ class SidecarSettings:
     # Credentials in the environment and the download's settings: cut out of anything the sidecar repeats from
     # the download child (its error lines), whatever the child printed.
     secrets: tuple[Secret, ...] = ()
+    warnings: tuple[str, ...] = ()  # settings accepted but not acted on (AIBrix's runtime flags), for the log
+
+    def redact(self, text: str) -> str:
+        """`text` without any credential the sidecar knows of (the downloader prints none; this makes sure)."""
+        for secret in self.secrets:
+            text = text.replace(secret.reveal(), "***")
+        return text
 
 
 def build_arg_parser() -> argparse.ArgumentParser:
@@ -48,7 +55,11 @@ def build_arg_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--host", help="bind address [SIDECAR_HOST, 0.0.0.0]")
     p.add_argument("--port", help="bind port; 0 picks a free one [SIDECAR_PORT, 8080]")
-    p.add_argument("--model-dir", help="model directory to watch [SIDECAR_MODEL_DIR]; implied by download args")
+    p.add_argument(
+        "--model-dir",
+        help="model directory to watch [SIDECAR_MODEL_DIR]; implied by download args; without one, no model is "
+        "watched and readiness follows the engine (and Ray), as AIBrix's runtime sidecar",
+    )
     p.add_argument("--engine-url", help="engine base URL, e.g. http://localhost:8000 [INFERENCE_ENGINE_ENDPOINT]")
     p.add_argument("--engine-metrics-path", help="engine metrics path passed through [METRIC_SCRAPE_PATH, /metrics]")
     p.add_argument("--engine-timeout", help="seconds for each engine probe [SIDECAR_ENGINE_TIMEOUT, 2]")
@@ -67,8 +78,22 @@ def build_arg_parser() -> argparse.ArgumentParser:
         "container and the download resumes (probes do not run during startup); -1 = stay up [10]",
     )
     p.add_argument("--log-level", help="debug, info, warning, error [SIDECAR_LOG_LEVEL, info]")
+    p.add_argument(
+        "--enable-fastapi-docs",
+        action="store_true",
+        help="accepted for AIBrix's runtime sidecar (aibrix_runtime); ignored: no API docs are served",
+    )
     p.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     return p
+
+
+# AIBrix's runtime sidecar reads these; they mean nothing here. Accepted, and named in the log when set.
+_AIBRIX_IGNORED = {
+    "INFERENCE_ENGINE_VERSION": "the engine is reached over HTTP, whatever its version",
+    "PROMETHEUS_MULTIPROC_DIR": "the sidecar's metrics come from one process",
+    "METRICS_ENABLE_TRANSFORMATION": "the engine's metrics are passed through with their own names",
+    "METRICS_RAW_PASSTHROUGH_MODE": "the engine's metrics are always passed through with their own names",
+}
 
 
 def _pick(flag: str | None, env: Mapping[str, str], *names: str) -> tuple[str | None, str]:
@@ -101,7 +126,7 @@ def load_settings(argv: Sequence[str], env: Mapping[str, str]) -> SidecarSetting
         # The downloader's own parser decides where the model lands: one source of truth.
         download = load_download_settings(download_args, env)
         model_dir = download.model_dir
-    if model_dir is None or not model_dir.strip():
+    if model_dir is not None and not model_dir.strip():
         raise ConfigError(
             "--model-dir", model_dir, "set the model directory (or pass aibrix-download arguments after --)"
         )
@@ -130,6 +155,13 @@ def load_settings(argv: Sequence[str], env: Mapping[str, str]) -> SidecarSetting
     exit_after = parse_seconds(name or "--exit-on-failure-after", raw, minimum=-1) if raw else 10.0
     raw, name = _pick(args.log_level, env, "SIDECAR_LOG_LEVEL")
     level = parse_choice(name or "--log-level", raw or "info", ("debug", "info", "warning", "error")).upper()
+    if model_dir is None and engine_url is None and not ray_nodes:
+        raise ConfigError(
+            "--model-dir",
+            None,
+            "nothing to watch: set the model directory (--model-dir / SIDECAR_MODEL_DIR, or aibrix-download "
+            "arguments after --), or the engine (--engine-url / INFERENCE_ENGINE_ENDPOINT)",
+        )
     return SidecarSettings(
         host=host,
         port=port,
@@ -145,7 +177,25 @@ def load_settings(argv: Sequence[str], env: Mapping[str, str]) -> SidecarSetting
         exit_on_failure_after=exit_after,
         log_level=level,
         secrets=_secrets(env, download),
+        warnings=_aibrix_warnings(args, env, engine_url),
     )
+
+
+def _aibrix_warnings(args: argparse.Namespace, env: Mapping[str, str], engine_url: str | None) -> tuple[str, ...]:
+    """What AIBrix's runtime sidecar reads that the sidecar accepts without acting on it."""
+    out: list[str] = []
+    if args.enable_fastapi_docs:
+        out.append("--enable-fastapi-docs (AIBrix's runtime flag) ignored: the sidecar serves no API docs")
+    engine = env.get("INFERENCE_ENGINE", "").strip()
+    if engine and engine_url is None:
+        out.append(
+            f"INFERENCE_ENGINE={engine} is set but no engine endpoint (INFERENCE_ENGINE_ENDPOINT / --engine-url): "
+            "the engine is not watched"
+        )
+    for name, why in _AIBRIX_IGNORED.items():
+        if env.get(name, "").strip():
+            out.append(f"{name} (AIBrix's runtime setting) ignored: {why}")
+    return tuple(out)
 
 
 def _secrets(env: Mapping[str, str], download: DownloadSettings | None) -> tuple[Secret, ...]:

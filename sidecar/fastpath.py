@@ -1,4 +1,5 @@
-"""Probes answered on the socket: uvicorn's HTTP protocol class, with GET/HEAD of the probe paths short-circuited.
+"""Probes answered on the socket: uvicorn's HTTP protocol class, with GET/HEAD of the route table's non-blocking
+routes (the probes: sidecar/routes.py) short-circuited.
 
 A Kubernetes probe is a tiny GET whose answer `ProbeAnswers` already holds rendered. Going through uvicorn's
 ASGI cycle for it (a parser callback per header, a scope dict, a Task, an Event, a keep-alive timer per
@@ -7,20 +8,20 @@ here (bench/bench_sidecar.py --probe-cost). This protocol recognises such a requ
 writes the pre-encoded answer straight to the transport. Anything else - another path or
 method, a request with a body, an upgrade, something it does not understand - hands the connection (with
 the bytes read so far) to uvicorn's own protocol, the way uvicorn itself hands a connection to its WebSocket
-protocol, and from then on uvicorn serves that connection as usual.
+protocol, and from then on uvicorn serves that connection as usual (the ASGI app, from the same route table).
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from http import HTTPStatus
 from typing import Any, cast
 
 from uvicorn.protocols.http.auto import AutoHTTPProtocol
 
-from .app import Answer, ProbeAnswers
+from .routes import Answer, Route
 
 log = logging.getLogger(__name__)
 
@@ -34,15 +35,10 @@ _SERVER_ERROR = (
 )
 
 
-def probe_protocol(answers: ProbeAnswers) -> type[asyncio.Protocol]:
-    """The class to pass as uvicorn.Config(http=...)."""
-    routes: dict[bytes, Callable[[], Answer]] = {
-        b"/healthz": answers.liveness,
-        b"/readyz": answers.readiness,
-        b"/ready": answers.readiness,
-        b"/status": answers.status,
-    }
-    return type("ProbeProtocol", (ProbeProtocol,), {"routes": routes})
+def probe_protocol(routes: Mapping[str, Route]) -> type[asyncio.Protocol]:
+    """The class to pass as uvicorn.Config(http=...): it answers the routes that never wait."""
+    on_socket = {path.encode(): route.answer for path, route in routes.items() if not route.blocking}
+    return type("ProbeProtocol", (ProbeProtocol,), {"routes": on_socket})
 
 
 class ProbeProtocol(asyncio.Protocol):
@@ -161,22 +157,20 @@ class ProbeProtocol(asyncio.Protocol):
                 stop = headers.find(b"\r\n", at + 13)
                 value = headers[at + 13 :] if stop < 0 else headers[at + 13 : stop]
                 close = b"close" in {t.strip() for t in value.split(b",")}
-        status, body = route()
+        answer = route()
         cls = type(self)
         default = self.server_state.default_headers  # date and server, replaced by uvicorn once a second
         if default is not cls._default_headers:
             cls._default_headers = default
             cls._default_block = b"".join(k + b": " + v + b"\r\n" for k, v in default)
         out = [
-            _STATUS_LINES[status],
+            _STATUS_LINES[answer.status],
             cls._default_block,
-            b"content-length: ",
-            str(len(body)).encode(),
-            b"\r\ncontent-type: application/json\r\n",
+            answer.headers,
             b"connection: close\r\n\r\n" if close else b"\r\n",
         ]
         if method == b"GET":
-            out.append(body)
+            out.append(answer.body)
         return b"".join(out), close
 
     def _hand_over(self, buf: bytes) -> None:

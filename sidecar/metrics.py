@@ -1,4 +1,5 @@
-"""Prometheus text for the download, the readiness verdict, and the engine's own metrics passed through."""
+"""Prometheus text for the download, the readiness verdict, and the engine's own metrics passed through. A scrape
+reads one snapshot, with fresh progress, so the counters agree with the manifest they sit beside."""
 
 from __future__ import annotations
 
@@ -8,9 +9,12 @@ from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector
 
-from .monitor import Monitor, Phase
+from .monitor import Monitor
+from .snapshot import Phase, Snapshot
 
-PHASES = tuple(p.value for p in Phase)
+
+def _gauge(name: str, doc: str, value: float) -> GaugeMetricFamily:
+    return GaugeMetricFamily(name, doc, value=value)
 
 
 class DownloadCollector(Collector):
@@ -18,71 +22,71 @@ class DownloadCollector(Collector):
         self.monitor = monitor
 
     def collect(self):  # type: ignore[no-untyped-def]
-        progress, complete, manifest, verdict = self.monitor.snapshot()
-        total = progress.bytes_total if progress else (manifest.total_bytes if manifest else 0)
-        done = progress.bytes_done if progress else (manifest.total_bytes if manifest and complete else 0)
+        snap = self.monitor.snapshot(fresh_progress=True)
+        if snap.model is not None:
+            yield from _download(snap)
+        settings = snap.settings
+        yield _gauge("aibrix_ready", "1 when /readyz answers 200", 1.0 if snap.readiness.ok else 0.0)
+        if snap.engine is not None:
+            yield _gauge("aibrix_engine_up", "1 when the engine's /health answers 200", 1.0 if snap.engine.up else 0.0)
+        if snap.ray is not None:
+            yield _gauge("aibrix_ray_alive_nodes", "Alive Ray nodes", float(snap.ray.alive or 0))
+            yield _gauge("aibrix_ray_expected_nodes", "Ray nodes required", float(settings.expected_ray_nodes))
 
-        def gauge(name: str, doc: str, value: float) -> GaugeMetricFamily:
-            return GaugeMetricFamily(name, doc, value=value)
 
-        yield gauge("aibrix_download_bytes_total", "Bytes of the selected model files", total)
-        yield gauge("aibrix_download_bytes_done", "Bytes of the model on disk and verified or in progress", done)
-        yield CounterMetricFamily(
-            "aibrix_download_bytes_fetched",
-            "Bytes received from the source by the current (or last) download run",
-            value=progress.bytes_fetched if progress else 0,
-        )
-        files_total = progress.files_total if progress else (len(manifest.files) if manifest else 0)
-        files_done = progress.files_done if progress else (len(manifest.files) if manifest and complete else 0)
-        yield gauge("aibrix_download_files_total", "Model files selected", files_total)
-        yield gauge("aibrix_download_files_done", "Model files complete and verified", files_done)
-        duration = 0.0
-        if progress is not None:
-            end = progress.updated_at if progress.phase in ("ready", "failed", "interrupted") else time.time()
-            duration = max(0.0, end - progress.started_at)
-        yield gauge("aibrix_download_duration_seconds", "Seconds the current (or last) download has run", duration)
-        yield gauge(
-            "aibrix_download_throughput_bytes_per_second",
-            "Current download rate",
-            progress.rate_bps if progress and progress.phase == "downloading" else 0.0,
-        )
-        yield CounterMetricFamily(
-            "aibrix_download_retries", "Retried requests", value=progress.retries if progress else 0
-        )
-        errors = CounterMetricFamily("aibrix_download_errors", "Transient errors by kind", labels=["kind"])
-        for kind, count in sorted((progress.errors_by_kind if progress else {}).items()):
-            errors.add_metric([kind], count)
-        yield errors
-        phase = GaugeMetricFamily("aibrix_download_phase", "1 for the current phase", labels=["phase"])
-        for name in PHASES:
-            phase.add_metric([name], 1.0 if verdict.phase == name else 0.0)
-        yield phase
-        steps = GaugeMetricFamily(
-            "aibrix_cold_start_step_seconds",
-            "Seconds each step of this start took (listing, download, verification, ray, engine, total); "
-            "a step not reached yet is absent",
-            labels=["step"],
-        )
-        for step, seconds in self.monitor.coldstart.durations().items():
-            if seconds is not None:
-                steps.add_metric([step.value], seconds)
-        yield steps
-        yield gauge("aibrix_model_complete", "1 when the manifest says complete and verified", 1.0 if complete else 0.0)
-        yield gauge("aibrix_ready", "1 when /readyz answers 200", 1.0 if verdict.ok else 0.0)
-        if self.monitor.settings.engine_url:
-            yield gauge(
-                "aibrix_engine_up", "1 when the engine's /health answers 200", 1.0 if self.monitor.engine_up else 0.0
-            )
-        if self.monitor.settings.expected_ray_nodes:
-            yield gauge("aibrix_ray_alive_nodes", "Alive Ray nodes", float(self.monitor.ray_alive or 0))
-            yield gauge(
-                "aibrix_ray_expected_nodes", "Ray nodes required", float(self.monitor.settings.expected_ray_nodes)
-            )
+def _download(snap: Snapshot):  # type: ignore[no-untyped-def]
+    """The model's series: its download's progress, its phase, the cold-start steps, whether it is complete."""
+    progress, model = snap.progress, snap.model
+    assert model is not None
+    manifest, complete = model.manifest, model.ready
+    total = progress.bytes_total if progress else (manifest.total_bytes if manifest else 0)
+    done = progress.bytes_done if progress else (manifest.total_bytes if manifest and complete else 0)
+    yield _gauge("aibrix_download_bytes_total", "Bytes of the selected model files", total)
+    yield _gauge("aibrix_download_bytes_done", "Bytes of the model on disk and verified or in progress", done)
+    yield CounterMetricFamily(
+        "aibrix_download_bytes_fetched",
+        "Bytes received from the source by the current (or last) download run",
+        value=progress.bytes_fetched if progress else 0,
+    )
+    files_total = progress.files_total if progress else (len(manifest.files) if manifest else 0)
+    files_done = progress.files_done if progress else (len(manifest.files) if manifest and complete else 0)
+    yield _gauge("aibrix_download_files_total", "Model files selected", files_total)
+    yield _gauge("aibrix_download_files_done", "Model files complete and verified", files_done)
+    duration = 0.0
+    if progress is not None:
+        end = time.time() if snap.download_running else progress.updated_at
+        duration = max(0.0, end - progress.started_at)
+    yield _gauge("aibrix_download_duration_seconds", "Seconds the current (or last) download has run", duration)
+    yield _gauge(
+        "aibrix_download_throughput_bytes_per_second",
+        "Current download rate",
+        progress.rate_bps if progress and progress.phase == Phase.DOWNLOADING else 0.0,
+    )
+    yield CounterMetricFamily("aibrix_download_retries", "Retried requests", value=progress.retries if progress else 0)
+    errors = CounterMetricFamily("aibrix_download_errors", "Transient errors by kind", labels=["kind"])
+    for kind, count in sorted((progress.errors_by_kind if progress else {}).items()):
+        errors.add_metric([kind], count)
+    yield errors
+    phase = GaugeMetricFamily("aibrix_download_phase", "1 for the current phase", labels=["phase"])
+    for p in Phase:
+        phase.add_metric([p.value], 1.0 if snap.phase == p else 0.0)
+    yield phase
+    steps = GaugeMetricFamily(
+        "aibrix_cold_start_step_seconds",
+        "Seconds each step of this start took (listing, download, verification, ray, engine, total); "
+        "a step not reached yet is absent",
+        labels=["step"],
+    )
+    for step, seconds in (snap.cold_start or {}).items():
+        if seconds is not None:
+            steps.add_metric([step.value], seconds)
+    yield steps
+    yield _gauge("aibrix_model_complete", "1 when the manifest says complete and verified", 1.0 if complete else 0.0)
 
 
 def render(monitor: Monitor, registry: CollectorRegistry) -> bytes:
     ours = generate_latest(registry)
-    engine = monitor.engine_metrics()
+    engine = monitor.engine.metrics() if monitor.engine is not None else None
     if engine:
         # The engine's metrics keep their own names (vllm:...), as AIBrix's sidecar passes them through.
         return ours + b"\n" + engine.encode()

@@ -1,123 +1,111 @@
-"""What the probes answer from: the model's manifest and progress (through the downloader's public state API),
-the engine's /health, Ray's membership, and, in native-sidecar mode, the download child process.
+"""Keeps the current `Snapshot`: the model's manifest and progress (through the downloader's public state API), the
+engine's /health, Ray's membership (through the runtime's dashboard reader) and, in native-sidecar mode, the
+download child process.
 
-Engine and Ray are polled in the background, so a probe never waits on them and probing at a high rate
-costs the download nothing. The manifest is checked on every readiness request (one stat(2), a re-parse
-only when the file changed), so readiness turns true exactly when the manifest lands.
-
-Every change to something a probe answer depends on (the manifest's verdict, the polled progress, engine,
-Ray, the download child) bumps `version`, so the HTTP layer can keep a rendered answer until it changes.
+Engine and Ray are polled in the background, so a probe never waits on them and probing at a high rate costs the
+download nothing. Each poll builds one snapshot and publishes it whole (a new object only when something in it
+changed). Between polls, `snapshot()` still stats the manifest on every call (one stat(2); a re-read only when the
+file changed, or every MANIFEST_RECHECK_SECONDS to see whether a listed file went missing), so readiness turns true
+exactly when the manifest lands; with `fresh_progress` it also stats progress.json (the downloader replaces it by a
+rename, so its identity changes whenever its content does), so /status and the metrics show every write at once.
 """
 
 from __future__ import annotations
 
 import logging
 import os
-import signal
-import subprocess
-import sys
 import threading
 import time
-from collections import deque
 from collections.abc import Callable
-from dataclasses import dataclass
-from enum import Enum
+from dataclasses import replace
 from typing import Any
 
 import httpx
 
-from downloader import Manifest, Progress, damaged_files, read_manifest, read_progress
-from downloader.errors import PERMANENT_EXIT_CODES
+from downloader import damaged_files, read_manifest, read_progress
 from downloader.layout import MANIFEST_NAME, PROGRESS_NAME, state_dir
+from runtime.cluster import Dashboard
 
 from .coldstart import ColdStart
 from .config import SidecarSettings
+from .download import DownloadChild
+from .engine import Engine
+from .snapshot import NO_MANIFEST, ChildState, EngineState, FileKey, ModelCheck, RayState, Snapshot
 
 log = logging.getLogger(__name__)
 
+_NOT_ASKED_ENGINE = EngineState(None, "not asked yet")
+_NOT_ASKED_RAY = RayState(None, "not asked yet")
+
 MANIFEST_RECHECK_SECONDS = 5.0  # how often files listed in an unchanged manifest are stat'ed again
-STDERR_TAIL_LINES = 40  # lines of the download child's stderr kept to tell /status why it failed
 
 
-class Phase(str, Enum):
-    """The model's phase, as /readyz, /status and the aibrix_download_phase metric name it."""
-
-    PENDING = "pending"  # nothing downloaded yet, or a download not started
-    DOWNLOADING = "downloading"
-    VERIFYING = "verifying"
-    READY = "ready"  # the manifest says complete and every file it lists is in place
-    INCOMPLETE = "incomplete"  # a manifest is there, but a file it lists is missing or changed since
-    FAILED = "failed"  # the last download failed
+def file_key(path: str) -> FileKey | None:
+    try:
+        st = os.stat(path)
+    except OSError:
+        return None
+    return st.st_mtime_ns, st.st_size, st.st_ino
 
 
-@dataclass(frozen=True)
-class Verdict:
-    ok: bool
-    phase: str
-    reason: str
+class ModelFiles:
+    """The watched model directory and its two state files."""
 
+    def __init__(self, model_dir: str) -> None:
+        self.model_dir = model_dir
+        self.manifest = os.path.join(state_dir(model_dir), MANIFEST_NAME)
+        self.progress = os.path.join(state_dir(model_dir), PROGRESS_NAME)
 
-def _gb(n: float) -> str:
-    return f"{n / 1e9:.0f}" if n >= 10e9 else f"{n / 1e9:.1f}"
-
-
-def _eta(seconds: float | None) -> str:
-    if seconds is None:
-        return "?"
-    s = int(seconds)
-    return f"{s // 3600}h{s % 3600 // 60:02d}m" if s >= 3600 else (f"{s // 60}m" if s >= 60 else f"{s}s")
-
-
-def describe_download(p: Progress) -> str:
-    pct = 100.0 * p.bytes_done / p.bytes_total if p.bytes_total else 0.0
-    return (
-        f"downloading {pct:.0f}% ({_gb(p.bytes_done)}/{_gb(p.bytes_total)} GB, "
-        f"{p.rate_bps / 1e9:.1f} GB/s, ETA {_eta(p.eta_seconds)})"
-    )
+    def read_progress(self) -> dict[str, Any]:
+        """progress.json as snapshot fields. Its identity is taken before the read: a rewrite in between only
+        costs one more read later."""
+        key = file_key(self.progress)
+        return {"progress_key": key, "progress": read_progress(self.model_dir)}
 
 
 class Monitor:
     def __init__(self, settings: SidecarSettings, clock: Callable[[], float] = time.monotonic) -> None:
-        assert settings.model_dir is not None
         self.settings = settings
         self.model_dir = settings.model_dir
         self._clock = clock
-        self._lock = threading.Lock()
-        self._manifest_path = os.path.join(state_dir(self.model_dir), MANIFEST_NAME)
-        self._progress_path = os.path.join(state_dir(self.model_dir), PROGRESS_NAME)
-        self._version = 0  # bumped (under the lock) whenever anything a verdict or status depends on changes
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
-        self._http = httpx.Client(timeout=settings.engine_timeout, follow_redirects=False, trust_env=False)
-        # download progress and stall tracking
-        self._progress: Progress | None = None
-        self._last_bytes = -1
-        self._last_change = clock()
-        # manifest cache
-        self._manifest_key: tuple[int, int, int] | None = None
-        self._manifest: Manifest | None = None
-        self._manifest_ready = False
-        self._damaged: list[str] = []  # files the manifest lists that are missing or changed
-        self._checked_at = 0.0
-        # engine and Ray
-        self.engine_up: bool | None = None
-        self.engine_detail = "not configured"
-        self.ray_alive: int | None = None
-        self.ray_detail = "not configured"
-        # native-sidecar mode: the download child
-        self._child: subprocess.Popen[bytes] | None = None
-        self._relay: threading.Thread | None = None
-        self._stderr_tail: deque[str] = deque(maxlen=STDERR_TAIL_LINES)
-        self.download_failed = threading.Event()  # set when the download child failed (native-sidecar mode)
-        self.child_failed: str | None = None
-        self.child_cause: str | None = None  # why it failed, from its last error line or progress.json
-        self.child_exit: int | None = None
-        self.coldstart = ColdStart(watch_ray=bool(settings.expected_ray_nodes), watch_engine=bool(settings.engine_url))
+        self.engine = (
+            Engine(settings.engine_url, settings.engine_metrics_path, settings.engine_timeout)
+            if settings.engine_url
+            else None
+        )
+        self._dashboard = (
+            Dashboard(settings.ray_dashboard_url, settings.engine_timeout) if settings.expected_ray_nodes else None
+        )
+        self._lock = threading.Lock()  # held while a new snapshot is built from the current one
+        model_dir = self.model_dir
+        self._files = ModelFiles(model_dir) if model_dir is not None else None
+        self._model_checked_at = 0.0
+        self._coldstart = (
+            ColdStart(watch_ray=bool(settings.expected_ray_nodes), watch_engine=bool(settings.engine_url))
+            if model_dir is not None
+            else None
+        )
+        self._download = (
+            DownloadChild(settings.download_args, model_dir, settings.redact, self._child_changed)
+            if settings.download_args and model_dir is not None
+            else None
+        )
+        self.download_failed = self._download.failed if self._download is not None else threading.Event()
+        self._snapshot = Snapshot(
+            settings,
+            model=NO_MANIFEST if model_dir is not None else None,
+            last_change=clock(),
+            engine=_NOT_ASKED_ENGINE if self.engine is not None else None,
+            ray=_NOT_ASKED_RAY if self._dashboard is not None else None,
+            cold_start=self._coldstart.durations() if self._coldstart is not None else None,
+        )
 
     # ------------------------------------------------------------------------------------ lifecycle
     def start(self) -> None:
-        if self.settings.download_args:
-            self._start_download()
+        if self._download is not None:
+            self._download.start()
         self.poll_once()
         self._thread = threading.Thread(target=self._run, name="sidecar-poll", daemon=True)
         self._thread.start()
@@ -131,325 +119,99 @@ class Monitor:
 
     def stop(self) -> None:
         self._stop.set()
-        child = self._child
-        if child is not None and child.poll() is None:
-            child.send_signal(signal.SIGTERM)  # the downloader keeps finished ranges and exits 143
-            try:
-                child.wait(timeout=15)
-            except subprocess.TimeoutExpired:
-                child.kill()
-                child.wait()
+        if self._download is not None:
+            self._download.stop()
         if self._thread is not None:
             self._thread.join(timeout=5)
-        self._http.close()
-
-    def _start_download(self) -> None:
-        cmd = [sys.executable, "-m", "downloader", *self.settings.download_args]
-        log.info("starting the download: aibrix-download %s", " ".join(self.settings.download_args))
-        # Its stderr comes through us (passed on line by line) so that the cause of a failure reaches /status.
-        self._child = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stdin=subprocess.DEVNULL, stderr=subprocess.PIPE)
-        self._relay = threading.Thread(target=self._relay_stderr, name="download-stderr", daemon=True)
-        self._relay.start()
-        threading.Thread(target=self._wait_child, name="download-child", daemon=True).start()
-
-    def _relay_stderr(self) -> None:
-        assert self._child is not None and self._child.stderr is not None
-        out = getattr(sys.stderr, "buffer", None)
-        for raw in self._child.stderr:
-            if out is not None:
-                try:
-                    out.write(raw)
-                    out.flush()
-                except (OSError, ValueError):
-                    out = None  # our own stderr is gone; keep reading so that the child never blocks
-            line = raw.decode("utf-8", "replace").rstrip()
-            if line:
-                with self._lock:
-                    self._stderr_tail.append(line)
-
-    def _wait_child(self) -> None:
-        assert self._child is not None
-        code = self._child.wait()
-        if self._relay is not None:
-            self._relay.join(timeout=5)  # its last lines, which say why
-        cause = self._failure_cause() if code != 0 else None
-        with self._lock:
-            self._version += 1
-            self.child_exit = code
-            if code != 0 and not self._stop.is_set():
-                self.child_cause = cause
-                self.child_failed = f"aibrix-download exited with code {code}" + (f": {cause}" if cause else "")
-        if code == 0:
-            log.info("download finished")
-        elif not self._stop.is_set():
-            if code in PERMANENT_EXIT_CODES:
-                log.error(
-                    "download failed (exit code %d): %s; a restart fails the same way until that is fixed",
-                    code,
-                    cause or "see the lines above",
-                )
-            else:
-                log.error(
-                    "download failed (exit code %d): %s; the next start of this container resumes it",
-                    code,
-                    cause or "see the lines above",
-                )
-            self.download_failed.set()
-
-    def _failure_cause(self) -> str | None:
-        """The download's own last word on why it failed: its last ERROR line, else progress.json's last error."""
-        with self._lock:
-            tail = list(self._stderr_tail)
-        errors = [line.split(" ERROR ", 1)[1] for line in tail if " ERROR " in line]
-        if errors:
-            return self.redact(errors[-1])
-        p = read_progress(self.model_dir)
-        return self.redact(p.last_error) if p is not None and p.last_error else None
+        if self.engine is not None:
+            self.engine.close()
+        if self._dashboard is not None:
+            self._dashboard.close()
 
     def redact(self, text: str) -> str:
         """`text` without any credential the sidecar knows of (the downloader prints none; this makes sure)."""
-        for secret in self.settings.secrets:
-            text = text.replace(secret.reveal(), "***")
-        return text
-
-    # ---------------------------------------------------------------------------------------- polls
-    def poll_once(self) -> None:
-        progress = read_progress(self.model_dir)
-        now = self._clock()
-        with self._lock:
-            if progress != self._progress:
-                self._version += 1
-            self._progress = progress
-            done = progress.bytes_done if progress else -1
-            if done != self._last_bytes:
-                self._last_bytes = done
-                self._last_change = now
-        if self.settings.engine_url:
-            self._poll_engine()
-        if self.settings.expected_ray_nodes:
-            self._poll_ray()
-        self._observe_start(progress, self.model()[0])
-
-    def _observe_start(self, progress: Progress | None, ready: bool) -> None:
-        with self._lock:
-            expected, alive, engine_up = self.settings.expected_ray_nodes, self.ray_alive, self.engine_up
-        ray_complete = bool(expected and alive is not None and alive >= expected)
-        self.coldstart.observe(progress, ready, ray_complete, bool(engine_up))
-
-    def _poll_engine(self) -> None:
-        assert self.settings.engine_url is not None
-        try:
-            r = self._http.get(self.settings.engine_url + "/health")
-            up, detail = r.status_code == 200, f"/health answered {r.status_code}"
-        except httpx.HTTPError as exc:
-            up, detail = False, f"engine not answering ({type(exc).__name__})"
-        with self._lock:
-            if (up, detail) != (self.engine_up, self.engine_detail):
-                self._version += 1
-            self.engine_up, self.engine_detail = up, detail
-
-    def _poll_ray(self) -> None:
-        try:
-            r = self._http.get(self.settings.ray_dashboard_url + "/api/v0/nodes", params={"limit": 10000})
-            r.raise_for_status()
-            alive = count_alive_nodes(r.json())
-            detail = f"{alive} of {self.settings.expected_ray_nodes} nodes alive"
-        except (httpx.HTTPError, ValueError) as exc:
-            alive, detail = None, f"Ray dashboard not answering ({type(exc).__name__})"
-        with self._lock:
-            if (alive, detail) != (self.ray_alive, self.ray_detail):
-                self._version += 1
-            self.ray_alive, self.ray_detail = alive, detail
-
-    def engine_metrics(self) -> str | None:
-        if not self.settings.engine_url:
-            return None
-        try:
-            r = self._http.get(self.settings.engine_url + self.settings.engine_metrics_path)
-        except httpx.HTTPError:
-            return None
-        return r.text if r.status_code == 200 else None
-
-    # ------------------------------------------------------------------------------------- verdicts
-    @property
-    def version(self) -> int:
-        """Changes whenever a verdict or the status may have changed; call model() first (it checks the manifest)."""
-        return self._version
+        return self.settings.redact(text)
 
     def clock(self) -> float:
         return self._clock()
 
-    def stall_deadline(self) -> float:
-        """When (on clock()) liveness turns 503 for a stall if the download makes no progress until then."""
+    # ---------------------------------------------------------------------------------------- polls
+    def poll_once(self) -> None:
+        """One poll: progress, engine and Ray (network I/O outside the lock), then one new snapshot."""
+        changes: dict[str, Any] = self._files.read_progress() if self._files is not None else {}
+        if self.engine is not None:
+            changes["engine"] = self.engine.health()
+        if self._dashboard is not None:
+            changes["ray"] = self._poll_ray(self._dashboard)
         with self._lock:
-            return self._last_change + self.settings.stall_timeout
+            self._publish(self._check_model(), **changes)
 
-    def progress_key(self) -> tuple[int, int, int] | None:
-        """Identity of progress.json as it is now (the downloader replaces it by a rename each time it writes)."""
-        try:
-            st = os.stat(self._progress_path)
-        except OSError:
-            return None
-        return st.st_mtime_ns, st.st_size, st.st_ino
-
-    def model(self) -> tuple[bool, Manifest | None]:
-        """Is the model complete and verified? Cheap enough for every probe."""
-        try:
-            st = os.stat(self._manifest_path)
-        except OSError:
-            with self._lock:
-                if self._manifest_key is not None or self._manifest_ready:
-                    self._version += 1
-                self._manifest_key, self._manifest, self._manifest_ready = None, None, False
-            return False, None
-        key = (st.st_mtime_ns, st.st_size, st.st_ino)
-        now = self._clock()
-        with self._lock:
-            if key == self._manifest_key and now - self._checked_at < MANIFEST_RECHECK_SECONDS:
-                return self._manifest_ready, self._manifest
-        manifest = read_manifest(self.model_dir)
-        damaged = damaged_files(self.model_dir, manifest) if manifest is not None else []
-        ready = manifest is not None and not damaged
-        with self._lock:
-            if (key, ready) != (self._manifest_key, self._manifest_ready) or manifest != self._manifest:
-                self._version += 1
-            self._manifest_key, self._manifest, self._manifest_ready, self._checked_at = key, manifest, ready, now
-            self._damaged = damaged
-        return ready, manifest
-
-    def phase(self) -> str:
-        ready, manifest = self.model()
-        with self._lock:
-            if self.child_failed:
-                return Phase.FAILED.value
-            if ready:
-                return Phase.READY.value
-            p = self._progress
-        if p is not None and p.phase in (Phase.DOWNLOADING, Phase.VERIFYING, Phase.FAILED):
-            return Phase(p.phase).value
-        if manifest is not None:
-            return Phase.INCOMPLETE.value  # complete once; something removed or changed a file since
-        return Phase.PENDING.value
-
-    def readiness(self) -> Verdict:
-        ready, manifest = self.model()
-        phase = self.phase()
-        if not ready:
-            with self._lock:
-                p, failed, damaged = self._progress, self.child_failed, list(self._damaged)
-            if failed:
-                return Verdict(False, phase, f"download failed: {failed}")
-            if p is not None and p.phase == Phase.FAILED:
-                return Verdict(False, phase, f"download failed: {self.redact(p.last_error or 'see its log')}")
-            if p is not None and phase in (Phase.DOWNLOADING, Phase.VERIFYING):
-                return Verdict(False, phase, describe_download(p))
-            if phase == Phase.INCOMPLETE and manifest is not None:
-                shown = ", ".join(damaged[:3]) + (f" and {len(damaged) - 3} more" if len(damaged) > 3 else "")
-                return Verdict(
-                    False,
-                    phase,
-                    f"model incomplete: {len(damaged)} of {len(manifest.files)} files missing or changed since it "
-                    f"was downloaded ({shown}); the next aibrix-download run fetches them again",
-                )
-            return Verdict(False, phase, "model not downloaded yet")
-        with self._lock:
-            engine_up, engine_detail = self.engine_up, self.engine_detail
-            ray_alive = self.ray_alive
-        if self.settings.engine_url and not engine_up:
-            return Verdict(False, phase, "engine not answering" if engine_up is None else engine_detail)
+    def _poll_ray(self, dashboard: Dashboard) -> RayState:
         expected = self.settings.expected_ray_nodes
-        if expected and (ray_alive is None or ray_alive < expected):
-            shown = "?" if ray_alive is None else str(ray_alive)
-            return Verdict(False, phase, f"ray: {shown} of {expected} nodes")
-        return Verdict(True, phase, "ready")
+        try:
+            alive = sum(1 for n in dashboard.nodes() if n.alive)  # dead nodes stay listed: only ALIVE counts
+        except (httpx.HTTPError, ValueError) as exc:
+            return RayState(None, f"Ray dashboard not answering ({type(exc).__name__})")
+        return RayState(alive, f"{alive} of {expected} nodes alive")
 
-    def liveness(self) -> Verdict:
-        phase = self.phase()
+    def _child_changed(self, state: ChildState) -> None:
         with self._lock:
-            failed = self.child_failed
-            p = self._progress
-            idle = self._clock() - self._last_change
-        if failed:
-            return Verdict(False, phase, f"download failed: {failed}")
-        if phase in ("downloading", "verifying") and idle > self.settings.stall_timeout:
-            return Verdict(False, phase, f"no download progress for {idle:.0f}s")
-        if p is not None and p.phase == "failed" and phase != "ready":
-            return Verdict(False, phase, f"download failed: {p.last_error}")
-        return Verdict(True, phase, "ok")
+            self._publish(self._snapshot.model, child=state)
 
-    def status(self) -> dict[str, Any]:
-        ready, manifest = self.model()
-        verdict = self.readiness()
-        p = read_progress(self.model_dir)  # fresh, not the last poll: status is read by people
-        self._observe_start(p, ready)
+    # ------------------------------------------------------------------------------------ snapshots
+    def snapshot(self, *, fresh_progress: bool = False) -> Snapshot:
+        """The current snapshot, after a stat of the manifest (and, with `fresh_progress`, of progress.json): a
+        change to either since the last snapshot shows in the one returned. Cheap enough for every probe."""
+        snap, files = self._snapshot, self._files
+        if files is None or snap.model is None:
+            return snap  # no model watched: only the poll changes anything
+        key = file_key(files.manifest)
+        if (
+            key == snap.model.key
+            and (key is None or self._clock() - self._model_checked_at < MANIFEST_RECHECK_SECONDS)
+            and not (fresh_progress and file_key(files.progress) != snap.progress_key)
+        ):
+            return snap
         with self._lock:
-            body: dict[str, Any] = {
-                "phase": verdict.phase,
-                "ready": verdict.ok,
-                "reason": verdict.reason,
-                "model_path": self.model_dir,
-                "model_complete": ready,
-                "engine": None
-                if not self.settings.engine_url
-                else {"url": self.settings.engine_url, "up": self.engine_up, "detail": self.engine_detail},
-                "ray": None
-                if not self.settings.expected_ray_nodes
-                else {"expected_nodes": self.settings.expected_ray_nodes, "alive_nodes": self.ray_alive},
-                "download_process": None
-                if self._child is None
-                else {
-                    "pid": self._child.pid,
-                    "exit_code": self.child_exit,
-                    "failed": self.child_failed,
-                    "cause": self.child_cause,
-                },
-                "damaged_files": list(self._damaged) if manifest is not None and not ready else [],
-                "cold_start": self.coldstart.as_status(),
-            }
-        if p is not None:
-            body.update(
-                source=p.source,
-                bytes_total=p.bytes_total,
-                bytes_done=p.bytes_done,
-                bytes_fetched=p.bytes_fetched,
-                percent=round(100.0 * p.bytes_done / p.bytes_total, 2) if p.bytes_total else None,
-                files_total=p.files_total,
-                files_done=p.files_done,
-                rate_bytes_per_second=p.rate_bps,
-                eta_seconds=p.eta_seconds,
-                retries=p.retries,
-                errors_by_kind=p.errors_by_kind,
-                object_changes=p.object_changes,
-                last_error=self.redact(p.last_error) if p.last_error else None,
-                started_at=p.started_at,
-                updated_at=p.updated_at,
-                files=p.active_files,
-            )
-        if body.get("last_error") is None and self.child_cause:
-            body["last_error"] = self.child_cause  # it failed before it wrote any progress (a missing bucket)
-        if manifest is not None:
-            body["manifest"] = {
-                "source": manifest.source,
-                "files": len(manifest.files),
-                "bytes": manifest.total_bytes,
-                "created_at": manifest.created_at,
-            }
-            body.setdefault("source", manifest.source)
-        return body
+            changes: dict[str, Any] = {}
+            if fresh_progress and file_key(files.progress) != self._snapshot.progress_key:
+                changes = files.read_progress()
+            return self._publish(self._check_model(), **changes)
 
-    def snapshot(self) -> tuple[Progress | None, bool, Manifest | None, Verdict]:
-        """For a metrics scrape: fresh progress, so the counters agree with the manifest they sit beside."""
-        ready, manifest = self.model()
-        verdict = self.readiness()
-        return read_progress(self.model_dir), ready, manifest, verdict
+    def _check_model(self) -> ModelCheck | None:
+        """The manifest's verdict now: the current one while the file is unchanged and its recheck is not due.
+        Called with the lock held."""
+        current, files = self._snapshot.model, self._files
+        if files is None or current is None:
+            return None
+        key = file_key(files.manifest)
+        if key is None:
+            return NO_MANIFEST
+        now = self._clock()
+        if key == current.key and now - self._model_checked_at < MANIFEST_RECHECK_SECONDS:
+            return current
+        manifest = read_manifest(files.model_dir)
+        damaged = tuple(damaged_files(files.model_dir, manifest)) if manifest is not None else ()
+        self._model_checked_at = now
+        return ModelCheck(key, manifest, damaged)
 
-
-def count_alive_nodes(payload: Any) -> int:
-    """Alive nodes in Ray's state API answer (GET /api/v0/nodes); dead nodes stay listed, so filter."""
-    nodes: Any = payload.get("data", payload) if isinstance(payload, dict) else payload
-    # Ray's state API nests the list twice: {"data": {"result": {"total": N, "result": [node, ...]}}}
-    while isinstance(nodes, dict) and "result" in nodes:
-        nodes = nodes["result"]
-    if not isinstance(nodes, list):
-        raise ValueError("unexpected answer from the Ray dashboard")
-    return sum(1 for n in nodes if isinstance(n, dict) and n.get("state") == "ALIVE")
+    def _publish(self, model: ModelCheck | None, **changes: Any) -> Snapshot:
+        """The current snapshot with `model` and `changes`, made current; the same object when nothing changed.
+        Called with the lock held."""
+        old = self._snapshot
+        progress = changes.get("progress", old.progress)
+        done = progress.bytes_done if progress is not None else -1
+        old_done = old.progress.bytes_done if old.progress is not None else -1
+        if done != old_done:
+            changes["last_change"] = self._clock()
+        if self._coldstart is not None and model is not None:
+            engine, ray = changes.get("engine", old.engine), changes.get("ray", old.ray)
+            expected = self.settings.expected_ray_nodes
+            ray_complete = bool(expected and ray is not None and ray.alive is not None and ray.alive >= expected)
+            self._coldstart.observe(progress, model.ready, ray_complete, bool(engine is not None and engine.up))
+            changes["cold_start"] = self._coldstart.durations()
+        new = replace(old, model=model, **changes)
+        if new == old:
+            return old
+        self._snapshot = new
+        return new

@@ -173,6 +173,41 @@ def test_a_stalled_download_fails_liveness(proxy: FaultProxy, model, tmp_path: P
         sidecar.close()
 
 
+def _running(pid: int) -> bool:
+    """Whether `pid` is a process that has not exited (a zombie waiting for its reaper has exited)."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as fh:
+            return fh.read().rsplit(b")", 1)[-1].split()[0] != b"Z"
+    except OSError:
+        return False
+
+
+@pytest.mark.slow
+def test_a_killed_sidecar_leaves_no_download_behind(proxy: FaultProxy, model, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    """The download child is supervised as the runtime's children are (runtime.supervise.Child): in its own process
+    group, and stopped when the sidecar dies without a chance to stop it (SIGKILL, the OOM killer), so that no
+    orphaned download holds the model's lock."""
+    bucket, _ = model
+    proxy.add_rule(Rule(Stall(seconds=120, after_bytes=64 * 1024), match_method="GET", only_ranged=True, times=-1))
+    sidecar = Sidecar(
+        ["--", "--model-uri", f"s3://{bucket}/m/", "--local-dir", str(tmp_path), *RANGED],
+        proxy.url,
+        DOWNLOADER_STALL_TIMEOUT="600",
+    )
+    try:
+        status = wait_for(lambda: (x := sidecar.get("/status").json())["phase"] == "downloading" and x, timeout=30)
+        pid = status["download_process"]["pid"]
+        assert _running(pid) and os.getpgid(pid) == pid  # its own process group
+        sidecar.proc.kill()
+        sidecar.proc.wait(timeout=30)
+        assert wait_for(lambda: not _running(pid), timeout=60)
+    finally:
+        proxy.stop()
+        sidecar.http.close()
+        if sidecar.proc.poll() is None:
+            sidecar.proc.kill()
+
+
 class _Engine(BaseHTTPRequestHandler):
     healthy = True
 
@@ -573,3 +608,55 @@ def test_probes_on_raw_connections(tmp_path: Path) -> None:
     finally:
         if sidecar.proc.poll() is None:
             sidecar.close()
+
+
+# ------------------------------------------------------------------------------- verdicts from one snapshot
+
+
+def test_with_no_model_readiness_follows_the_engine_and_ray() -> None:
+    """No model directory (AIBrix's aibrix_runtime): no phase, liveness always ok, readiness from the engine and Ray,
+    and /status says that no model is watched instead of giving model fields."""
+    from sidecar.config import load_settings
+    from sidecar.snapshot import EngineState, RayState, Snapshot
+
+    settings = load_settings(["--engine-url", "http://127.0.0.1:9", "--expected-ray-nodes", "2"], {})
+    assert settings.model_dir is None
+    up, down = EngineState(True, "/health answered 200"), EngineState(False, "/health answered 503")
+    snap = Snapshot(settings, model=None, engine=up, ray=RayState(1, "1 of 2 nodes alive"))
+    assert (snap.phase, snap.readiness.ok, snap.readiness.reason) == (None, False, "ray: 1 of 2 nodes")
+    assert snap.liveness(now=1e9).ok
+    snap = Snapshot(settings, model=None, engine=up, ray=RayState(2, "2 of 2 nodes alive"))
+    assert snap.readiness.ok and snap.readiness.reason == "ready"
+    snap = Snapshot(settings, model=None, engine=down, ray=RayState(2, "2 of 2 nodes alive"))
+    assert snap.readiness.reason == "/health answered 503"
+    status = snap.status()
+    assert status["model"].startswith("none watched") and status["model"].endswith(
+        "readiness follows the engine at http://127.0.0.1:9 and 2 Ray nodes"
+    )
+    assert status["ray"] == {"expected_nodes": 2, "alive_nodes": 2} and "model_path" not in status
+    ray_only = Snapshot(load_settings(["--expected-ray-nodes", "1"], {}), model=None, ray=RayState(1, ""))
+    assert ray_only.readiness.ok and ray_only.status()["model"].endswith("readiness follows 1 Ray node")
+
+
+def test_the_models_phase_is_the_downloads_where_they_are_the_same_thing(tmp_path: Path) -> None:
+    from downloader import Phase as DownloadPhase
+    from sidecar.config import load_settings
+    from sidecar.snapshot import NO_MANIFEST, Phase, Snapshot
+
+    shared = {p.value for p in Phase} & {p.value for p in DownloadPhase}
+    assert shared == {"pending", "downloading", "verifying", "ready", "failed"}
+    settings = load_settings(["--model-dir", str(tmp_path)], {})
+    now = time.time()
+    for download, phase in [
+        (DownloadPhase.LISTING, Phase.PENDING),
+        (DownloadPhase.WAITING, Phase.PENDING),
+        (DownloadPhase.DOWNLOADING, Phase.DOWNLOADING),
+        (DownloadPhase.VERIFYING, Phase.VERIFYING),
+        (DownloadPhase.FAILED, Phase.FAILED),
+        (DownloadPhase.INTERRUPTED, Phase.PENDING),
+    ]:
+        progress = Progress(phase=download.value, source="s3://b/m/", model_dir=str(tmp_path), pid=1, host="h",
+                            started_at=now, updated_at=now, bytes_total=10, last_error="boom")  # fmt: skip
+        snap = Snapshot(settings, model=NO_MANIFEST, progress=progress)
+        assert snap.phase is phase, download
+        assert json.loads(json.dumps(snap.status()))["phase"] == phase.value
