@@ -163,8 +163,17 @@ def read_tree(root: str) -> dict[str, bytes]:
 def journal_ranges(model_dir: Path) -> int:
     """Ranges recorded as finished in the model's resume journals (one header line per journal)."""
     jdir = model_dir / ".aibrix" / "journal"
-    names = os.listdir(jdir) if jdir.exists() else []
-    return sum(max(0, len((jdir / n).read_bytes().splitlines()) - 1) for n in names)
+    try:
+        names = os.listdir(jdir)
+    except FileNotFoundError:
+        return 0
+    count = 0
+    for n in names:
+        try:  # a journal is dropped the moment its file is done: one listed may be gone by now
+            count += max(0, len((jdir / n).read_bytes().splitlines()) - 1)
+        except FileNotFoundError:
+            continue
+    return count
 
 
 # ----------------------------------------------------------------------------------------- deterministic waits

@@ -40,7 +40,8 @@ def test_every_tool_matched_has_the_same_bound_where_it_can() -> None:
         bounds = {name: t.setup(ctx(sizes, MATCHED)).max_in_flight for name, t in made.items()}
         # AIBrix 0.8 fetches one file at a time: 1 GET for a small file, at most N on a 17-part shard
         want_old = 1 if sizes is SMALL else 16
-        assert bounds == {"aibrix-download": 16, "aibrix-0.8.0": want_old, "boto3": 16, "s5cmd": 16}
+        want = {"aibrix-download": 16, "aibrix-download-baseline": 16, "aibrix-0.8.0": want_old, "boto3": 16}
+        assert bounds == {**want, "s5cmd": 16}
 
 
 def test_peer_defaults_in_flight() -> None:
