@@ -1,8 +1,13 @@
 """`aibrix-download` / `aibrix_download` / `python -m downloader`: parse, configure logging, run, exit.
 
+`aibrix-download cache ls|rm|gc ...` is the node cache's command (downloader/cache_cli.py); every other command line
+is a download, as AIBrix's flags have it (the top-level parser takes no positional argument, so no download's
+command line starts with `cache`).
+
 Exit codes (also in README and docs/downloader.md): 0 ok, 1 internal error, 2 usage or configuration, 3 source
 refused or missing, 4 transfer failed after retries, 5 integrity check failed, 6 local storage (space, permissions,
-I/O), 7 unsafe object key, 130 interrupted by SIGINT, 143 interrupted by SIGTERM.
+I/O), 7 unsafe object key, 8 the node cache cannot make room (--cache-max-size, free space; models in use),
+9 `cache rm` of a model in use, 130 interrupted by SIGINT, 143 interrupted by SIGTERM.
 """
 
 from __future__ import annotations
@@ -15,8 +20,10 @@ import threading
 from collections.abc import Sequence
 from types import FrameType
 
-from .config import load_settings
+from . import cache_cli
+from .config import Settings, load_cache_settings, load_settings
 from .errors import ConfigError, DownloaderError, Interrupted
+from .lease import Lease
 from .progress import human_bytes
 
 log = logging.getLogger("downloader")
@@ -24,6 +31,9 @@ log = logging.getLogger("downloader")
 
 def main(argv: Sequence[str] | None = None) -> int:
     logging.basicConfig(stream=sys.stderr, level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv[:1] == ["cache"]:
+        return cache_main(argv[1:])
     try:
         settings = load_settings(argv, os.environ)
     except ConfigError as exc:
@@ -50,6 +60,24 @@ def main(argv: Sequence[str] | None = None) -> int:
     signal.signal(signal.SIGINT, on_signal)
     signal.signal(signal.SIGTERM, on_signal)
 
+    # --hold: a lease of its own, from before the download until the signal (the download's own ends with it)
+    hold = Lease(settings.model_dir) if settings.hold else None
+    if hold is not None:
+        hold.acquire(create=True)
+    try:
+        code = _download(settings, cancel, received)
+        if hold is None or code != 0:
+            return code
+        log.info("holding a lease on %s until SIGTERM or SIGINT: it is not evicted meanwhile", settings.model_dir)
+        cancel.wait()
+        log.info("received %s: releasing the lease", signal.Signals(received[0]).name if received else "a signal")
+        return 0
+    finally:
+        if hold is not None:
+            hold.release()
+
+
+def _download(settings: Settings, cancel: threading.Event, received: list[int]) -> int:
     from .run import download  # imported late: boto3 import is slow and --help should not pay it
 
     try:
@@ -77,6 +105,25 @@ def main(argv: Sequence[str] | None = None) -> int:
         )
         print(result.model_dir, flush=True)
     return 0
+
+
+def cache_main(argv: Sequence[str]) -> int:
+    """`aibrix-download cache ls|rm|gc`."""
+    try:
+        settings = load_cache_settings(argv, os.environ)
+    except ConfigError as exc:
+        log.error("%s", exc)
+        return exc.exit_code
+    logging.getLogger().setLevel(settings.log_level)
+    for warning in settings.warnings:
+        log.warning("%s", warning)
+    try:
+        return cache_cli.run(settings, sys.stdout)
+    except DownloaderError as exc:
+        log.error("%s", exc)
+        return exc.exit_code
+    except KeyboardInterrupt:
+        return 130
 
 
 if __name__ == "__main__":

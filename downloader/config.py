@@ -16,6 +16,7 @@ from typing import Any
 
 from . import __version__
 from .errors import ConfigError
+from .inventory import CACHE_DIR_NAME
 from .pagecache import PageCache
 from .uri import ModelUri, parse_model_uri
 
@@ -54,6 +55,7 @@ KNOWN_ENV = {
     "DOWNLOADER_LOG_LEVEL",
     "DOWNLOADER_LOCAL_MODE",
     "DOWNLOADER_VERIFY",
+    "DOWNLOADER_CACHE_MAX_SIZE",
     # Accepted for AIBrix compatibility; they tune boto3 internals we do not use (docs/downloader.md).
     "DOWNLOADER_S3_MAX_IO_QUEUE",
     "DOWNLOADER_S3_IO_CHUNKSIZE",
@@ -169,6 +171,8 @@ class Settings:
     hf: HfSettings = field(default_factory=HfSettings)
     local_mode: str = "copy"  # file:// sources: "copy" the files, or "link" (use them in place)
     verify: VerifyMode = VerifyMode.STRICT
+    cache_max_size: int | None = None  # the node cache's budget for every model under local_dir; None: no budget
+    hold: bool = False  # after the download, hold a lease on the model until SIGTERM/SIGINT
     warnings: tuple[str, ...] = ()
 
     @property
@@ -283,14 +287,14 @@ def parse_choice(setting: str, raw: object, choices: Sequence[str]) -> str:
     return text
 
 
-def validate_model_name(name: str | None) -> str:
+def validate_model_name(name: str | None, setting: str = "--model-name") -> str:
     if not name or not name.strip():
-        raise ConfigError(
-            "--model-name", name, "cannot be derived from the URI (it has no last segment); pass --model-name"
-        )
+        raise ConfigError(setting, name, "cannot be derived from the URI (it has no last segment); pass --model-name")
     parts = name.split("/")
     if not name or name.startswith("/") or "\\" in name or "\x00" in name or any(p in ("", ".", "..") for p in parts):
-        raise ConfigError("--model-name", name, "must be a relative name without '..', empty parts or backslashes")
+        raise ConfigError(setting, name, "must be a relative name without '..', empty parts or backslashes")
+    if parts[0] == CACHE_DIR_NAME:
+        raise ConfigError(setting, name, f"{CACHE_DIR_NAME} is the node cache's own directory")
     return name
 
 
@@ -378,6 +382,18 @@ def build_arg_parser() -> argparse.ArgumentParser:
         help="strict (size and the best published checksum), etag (S3: size and ETag only) or size "
         "[DOWNLOADER_VERIFY, strict]",
     )
+    p.add_argument(
+        "--cache-max-size",
+        help="budget for every model under --local-dir together: before fetching, models not in use are evicted "
+        "(least recently used first) to make room [DOWNLOADER_CACHE_MAX_SIZE; default: no budget, nothing evicted]",
+    )
+    p.add_argument(
+        "--hold",
+        action="store_true",
+        default=None,
+        help="once the model is complete, keep a lease on it (it is not evicted) until SIGTERM or SIGINT; "
+        "for an engine without the sidecar",
+    )
     p.add_argument("--log-level", help="debug, info, warning, error [DOWNLOADER_LOG_LEVEL, info]")
     p.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     return p
@@ -452,15 +468,11 @@ def settings_from(args: argparse.Namespace, env: Mapping[str, str]) -> Settings:
                 f"--download-extra-config {secret_key} puts a secret in the pod spec and process table; "
                 "prefer the environment from a Secret"
             )
-    unknown_env = sorted(k for k in env if k.startswith("DOWNLOADER_") and k not in KNOWN_ENV)
-    for name in unknown_env:
-        warnings.append(f"ignoring unknown environment variable {name}")
+    warnings += _unknown_env(env)
 
     uri = parse_model_uri(args.model_uri)
 
-    local_dir = _first(args.local_dir, env.get("DOWNLOADER_LOCAL_DIR"), DEFAULT_LOCAL_DIR)
-    if "\x00" in local_dir:
-        raise ConfigError("--local-dir", local_dir, "contains a NUL byte")
+    local_dir = _local_dir(args, env)
     model_name = validate_model_name(_first(args.model_name, env.get("DOWNLOADER_MODEL_NAME"), uri.default_model_name))
 
     raw, name = _pick(args.allow_file_suffix, extra, "allow_file_suffix", env, "DOWNLOADER_ALLOW_FILE_SUFFIX")
@@ -538,6 +550,11 @@ def settings_from(args: argparse.Namespace, env: Mapping[str, str]) -> Settings:
     verify = (
         VerifyMode(parse_choice(name, raw, [m.value for m in VerifyMode])) if raw is not None else VerifyMode.STRICT
     )
+    raw, name = _pick(args.cache_max_size, {}, "cache_max_size", env, "DOWNLOADER_CACHE_MAX_SIZE")
+    cache_max_size = parse_size(name, raw) if raw is not None else None
+    hold = bool(args.hold)
+    if hold and dry_run:
+        raise ConfigError("--hold", True, "a dry run fetches nothing, so there is nothing to hold")
 
     return Settings(
         uri=uri,
@@ -566,8 +583,24 @@ def settings_from(args: argparse.Namespace, env: Mapping[str, str]) -> Settings:
         hf=hf,
         local_mode=local_mode,
         verify=verify,
+        cache_max_size=cache_max_size,
+        hold=hold,
         warnings=tuple(warnings),
     )
+
+
+def _unknown_env(env: Mapping[str, str]) -> list[str]:
+    return [
+        f"ignoring unknown environment variable {name}"
+        for name in sorted(k for k in env if k.startswith("DOWNLOADER_") and k not in KNOWN_ENV)
+    ]
+
+
+def _local_dir(args: argparse.Namespace, env: Mapping[str, str]) -> str:
+    local_dir: str = _first(args.local_dir, env.get("DOWNLOADER_LOCAL_DIR"), DEFAULT_LOCAL_DIR)
+    if "\x00" in local_dir:
+        raise ConfigError("--local-dir", local_dir, "contains a NUL byte")
+    return local_dir
 
 
 def _page_cache(args: argparse.Namespace, env: Mapping[str, str]) -> PageCache:
@@ -660,4 +693,79 @@ def _s3_settings(
         crt=crt,
         ca_bundle=ca_bundle,
         proxied=proxied,
+    )
+
+
+# ------------------------------------------------------------------------------ aibrix-download cache ls|rm|gc
+
+
+class CacheAction(str, Enum):
+    LS = "ls"  # the inventory
+    RM = "rm"  # evict one model (refused while it is in use)
+    GC = "gc"  # evict models not in use, least recently used first, down to a size
+
+
+@dataclass(frozen=True)
+class CacheSettings:
+    """`aibrix-download cache ...`: the node cache under --local-dir (docs/downloader.md, "The node cache")."""
+
+    action: CacheAction
+    root: str
+    name: str | None = None  # rm: the model (its directory under the root)
+    max_size: int | None = None  # gc: the size to bring every model together under
+    json: bool = False  # ls: one JSON document instead of the table
+    log_level: str = "INFO"
+    warnings: tuple[str, ...] = ()
+
+
+def build_cache_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="aibrix-download cache",
+        allow_abbrev=False,
+        description="The node cache: every model under --local-dir, their leases, and eviction.",
+    )
+    common = argparse.ArgumentParser(add_help=False, allow_abbrev=False)
+    common.add_argument("--local-dir", help=f"the cache root [DOWNLOADER_LOCAL_DIR, default {DEFAULT_LOCAL_DIR}]")
+    common.add_argument("--log-level", help="debug, info, warning, error [DOWNLOADER_LOG_LEVEL, info]")
+    actions = p.add_subparsers(dest="action", required=True, metavar="{ls,rm,gc}")
+    ls = actions.add_parser(
+        "ls",
+        parents=[common],
+        allow_abbrev=False,
+        help="every model: state, bytes, leases, last use, source and versions",
+    )
+    ls.add_argument("--json", action="store_true", help="one JSON document (for machines)")
+    rm = actions.add_parser("rm", parents=[common], allow_abbrev=False, help="remove one model; refused while in use")
+    rm.add_argument("name", metavar="NAME", help="the model's directory under --local-dir (its --model-name)")
+    gc = actions.add_parser(
+        "gc", parents=[common], allow_abbrev=False, help="evict models not in use, least recently used first"
+    )
+    gc.add_argument("--max-size", help="bring every model together under this size [DOWNLOADER_CACHE_MAX_SIZE]")
+    return p
+
+
+def load_cache_settings(argv: Sequence[str], env: Mapping[str, str]) -> CacheSettings:
+    """Parse `aibrix-download cache ...` (the arguments after `cache`). Raises ConfigError; argparse exits 2."""
+    args = build_cache_parser().parse_args(argv)
+    action = CacheAction(args.action)
+    root = _local_dir(args, env)
+    name = validate_model_name(args.name, "NAME") if action is CacheAction.RM else None
+    max_size = None
+    if action is CacheAction.GC:
+        raw, setting = _pick(args.max_size, {}, "max_size", env, "DOWNLOADER_CACHE_MAX_SIZE")
+        if raw is None:
+            raise ConfigError("--max-size", None, "cache gc needs the size to reach (or DOWNLOADER_CACHE_MAX_SIZE)")
+        max_size = parse_size(setting, raw, minimum=0)
+    raw = _first(args.log_level, env.get("DOWNLOADER_LOG_LEVEL"), "info")
+    log_level = parse_choice(
+        "--log-level" if args.log_level else "DOWNLOADER_LOG_LEVEL", raw, ("debug", "info", "warning", "error")
+    )
+    return CacheSettings(
+        action=action,
+        root=root,
+        name=name,
+        max_size=max_size,
+        json=bool(getattr(args, "json", False)),
+        log_level=log_level.upper(),
+        warnings=tuple(_unknown_env(env)),
     )

@@ -128,6 +128,69 @@ class UnsafePathError(DownloaderError):
         self.reason = reason
 
 
+def size_text(n: int) -> str:
+    for unit, factor in (("TiB", 2**40), ("GiB", 2**30), ("MiB", 2**20), ("KiB", 2**10)):
+        if n >= factor:
+            return f"{n} bytes ({n / factor:.2f} {unit})"
+    return f"{n} bytes"
+
+
+def _holders(n: int) -> str:
+    return f"{n} lease{'s' if n != 1 else ''} held" if n else "being downloaded or evicted"
+
+
+class CacheFullError(DownloaderError):
+    """The node cache cannot make room: what a download needs (or `cache gc` aims at) does not fit in the budget or
+    the free space even with every model not in use evicted. A download fails before it fetches anything."""
+
+    exit_code = 8
+
+    def __init__(
+        self,
+        root: str,
+        goal: str,
+        *,
+        budget: int | None,
+        used: int,
+        free: int | None,
+        in_use: tuple[tuple[str, int, int], ...],
+        evicted: tuple[str, ...] = (),
+    ) -> None:
+        # `goal`: what could not be met, in words with its numbers; `in_use`: (name, bytes, holders) of each model
+        # that could not be evicted
+        held = f"models hold {size_text(used)}" + (f" of a budget of {size_text(budget)}" if budget else "")
+        parts = [f"{root}: {goal}", held]
+        if free is not None:
+            parts.append(f"{size_text(free)} free on the filesystem")
+        if in_use:
+            shown = ", ".join(f"{name} ({size_text(size)}, {_holders(holders)})" for name, size, holders in in_use)
+            parts.append(f"in use and not evictable: {shown}")
+        else:
+            parts.append("no model is in use: what is needed is larger than the budget or the filesystem")
+        if evicted:
+            parts.append(f"evicted on the way: {', '.join(evicted)}")
+        super().__init__("; ".join(parts))
+        self.root = root
+        self.goal = goal
+        self.budget = budget
+        self.used = used
+        self.free = free
+        self.in_use = in_use
+        self.evicted = evicted
+
+
+class ModelInUseError(DownloaderError):
+    """`cache rm` of a model that a process holds a lease on (or that is being downloaded)."""
+
+    exit_code = 9
+
+    def __init__(self, root: str, name: str, holders: int) -> None:
+        super().__init__(f"{root}: refusing to remove {name}: in use ({_holders(holders)}); stop what serves it first")
+        self.root = root
+        self.name = name
+        self.holders = holders
+
+
 class Interrupted(DownloaderError):
     """SIGINT/SIGTERM arrived; completed work is kept for the next run."""
 

@@ -16,9 +16,11 @@ from dataclasses import dataclass
 from typing import TextIO
 
 from . import __version__
+from .cache import CacheRoot, drop_reservation
 from .config import Settings
 from .errors import Interrupted, NotFoundError, UnsafePathError
 from .layout import Manifest, ManifestFile, Phase, read_manifest
+from .lease import Lease
 from .pagecache import decide, read_memory_room
 from .plan import Plan, check_free_space, check_layout, dropped_load_critical, plan_downloads, safe_parts, select
 from .progress import Reporter, Stats, human_bytes
@@ -111,10 +113,15 @@ def _download(
 
     tree = ModelTree(model_dir)
     state = StateDir(model_dir)
+    # A download is a use of its model: the lease keeps evictions away from it (and is taken before the tree is
+    # opened, so that it is the directory an eviction that was under way has just moved away, if any, that is left
+    # behind, not ours).
+    lease = Lease(model_dir)
     try:
         if settings.dry_run:
             return _dry_run(settings, selected, dropped, tree, state, out, started)
 
+        lease.acquire(create=True)
         tree.open_root(create=True)
         state.ensure()
         reporter.attach(state)
@@ -145,6 +152,7 @@ def _download(
             state.release_lock()
     finally:
         tree.close()
+        lease.release()
 
 
 def _local_stats(tree: ModelTree, files: Sequence[RemoteFile]) -> dict[str, LocalStat | None]:
@@ -169,7 +177,7 @@ def _fetch(run: _Run, selected: list[RemoteFile]) -> Result:
     # From here on files of the model change: readers must not see the old manifest.
     state.remove_manifest()
     journals = [] if settings.force_download else state.journals()
-    _check_space(settings, run.tree, plan, journals)
+    _check_space(run, plan, journals)
 
     stats.set_phase(Phase.DOWNLOADING)
     log.info(
@@ -190,6 +198,7 @@ def _fetch(run: _Run, selected: list[RemoteFile]) -> Result:
     for rec in new_records:
         records[rec.rel_path] = rec
     _write_manifest(run, selected, records)
+    drop_reservation(settings.model_dir)
     _clean_leftovers(run.tree, state, selected)
     stats.set_phase(Phase.READY)
     return run.result(len(plan.fetch), len(plan.skip), stats.snapshot().bytes_fetched, total)
@@ -210,11 +219,20 @@ def _link_in_place(run: _Run, selected: list[RemoteFile]) -> Result:
     return run.result(0, len(selected), 0, total)
 
 
-def _check_space(settings: Settings, tree: ModelTree, plan: Plan, journals: list[Journal]) -> None:
+def _check_space(run: _Run, plan: Plan, journals: list[Journal]) -> None:
+    """What is still needed must fit, before anything is fetched: in the free space, and with --cache-max-size in the
+    node cache's budget too, evicting models not in use to make room (downloader/cache.py)."""
+    settings = run.settings
     # A temp file that will be resumed is already allocated at full size.
     allocated = {(j.header.rel_path, j.header.version) for j in journals}
     needed = sum(f.size for f in plan.fetch if (f.rel_path, f.version) not in allocated)
-    check_free_space(settings.model_dir, needed, tree.free_bytes(), settings.reserve_space)
+    if settings.cache_max_size is None:
+        check_free_space(settings.model_dir, needed, run.tree.free_bytes(), settings.reserve_space)
+        return
+    root = CacheRoot(settings.local_dir)
+    evicted = root.admit(settings.model_dir, needed, settings.cache_max_size, settings.reserve_space, run.cancel)
+    for e in evicted:
+        log.info("evicted %s from the node cache (%s, not in use) to make room", e.name, human_bytes(e.bytes))
 
 
 def _manifest_matches(manifest: Manifest, selected: Sequence[RemoteFile]) -> bool:

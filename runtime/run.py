@@ -14,6 +14,7 @@ from collections.abc import Callable, Mapping, Sequence
 import httpx
 
 from downloader import Progress, is_ready, read_manifest, read_progress
+from downloader.lease import Lease
 
 from . import commands
 from .cluster import Dashboard, Membership, Node, engine_nodes, lost_nodes, probe_http, probe_tcp
@@ -57,6 +58,8 @@ class Runner:
         self.python = python
         self.clock = clock
         self.children: list[Child] = []  # in start order; stopped in reverse
+        # The model is in use for as long as the runtime lives: its lease keeps the node cache from evicting it.
+        self.lease = Lease(settings.model_dir)
 
     # ---------------------------------------------------------------------------------------------- helpers
     def _sleep(self, seconds: float) -> None:
@@ -110,6 +113,7 @@ class Runner:
 
     # ------------------------------------------------------------------------------------------------ model
     def prepare_model(self) -> None:
+        self.hold_lease()
         cmd = commands.download_command(self.python, self.s)
         if cmd is not None:
             log.info("downloading the model into %s: aibrix-download %s", self.s.model_dir, " ".join(cmd[3:]))
@@ -126,12 +130,25 @@ class Runner:
                 )
         self.wait_for_model()
 
+    def hold_lease(self) -> None:
+        """Take the model's lease when its lease file is there (made by the download; the runtime makes it only
+        when it runs the download itself, since its mount of the model may be read-only)."""
+        if not self.lease.held and self.lease.acquire(create=bool(self.s.download_args)):
+            log.info("holding a lease on %s: the node cache does not evict it while the runtime runs", self.s.model_dir)
+
     def wait_for_model(self) -> None:
         s = self.s
         start = self.clock()
         last_log = -1e18
         while True:
+            self.hold_lease()
             if is_ready(s.model_dir):
+                if not self.lease.held:
+                    log.warning(
+                        "no lease on %s (%s): the node cache could evict it while it is served",
+                        s.model_dir,
+                        self.lease.unsupported or "no lease file: downloaded by an older aibrix-download?",
+                    )
                 manifest = read_manifest(s.model_dir)
                 files = len(manifest.files) if manifest is not None else 0
                 log.info("model ready in %s (%d files, complete and verified)", s.model_dir, files)
@@ -409,6 +426,7 @@ class Runner:
             raise
         finally:
             self.stop_children(failure)
+            self.lease.release()
 
 
 def node_loss_window(s: Settings) -> float:

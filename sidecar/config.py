@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -25,6 +26,8 @@ class SidecarSettings:
     port: int = 8080
     model_dir: str | None = None
     download_args: tuple[str, ...] = ()  # when set, the sidecar runs `aibrix-download` with these itself
+    cache_root: str | None = None  # the node cache whose inventory /status and /metrics show; None: none shown
+    cache_budget: int | None = None  # the download's --cache-max-size, when the sidecar runs it
     engine_url: str | None = None
     engine_metrics_path: str = "/metrics"
     engine_timeout: float = 2.0
@@ -59,6 +62,11 @@ def build_arg_parser() -> argparse.ArgumentParser:
         "--model-dir",
         help="model directory to watch [SIDECAR_MODEL_DIR]; implied by download args; without one, no model is "
         "watched and readiness follows the engine (and Ray), as AIBrix's runtime sidecar",
+    )
+    p.add_argument(
+        "--cache-root",
+        help="the node cache (aibrix-download's --local-dir) whose inventory /status and /metrics show "
+        "[SIDECAR_CACHE_ROOT; default: the download's --local-dir, else the model directory's parent]",
     )
     p.add_argument("--engine-url", help="engine base URL, e.g. http://localhost:8000 [INFERENCE_ENGINE_ENDPOINT]")
     p.add_argument("--engine-metrics-path", help="engine metrics path passed through [METRIC_SCRAPE_PATH, /metrics]")
@@ -126,10 +134,19 @@ def load_settings(argv: Sequence[str], env: Mapping[str, str]) -> SidecarSetting
         # The downloader's own parser decides where the model lands: one source of truth.
         download = load_download_settings(download_args, env)
         model_dir = download.model_dir
+        if download.hold:
+            raise ConfigError("--hold", True, "the sidecar holds a lease on the model itself, for its whole life")
     if model_dir is not None and not model_dir.strip():
         raise ConfigError(
             "--model-dir", model_dir, "set the model directory (or pass aibrix-download arguments after --)"
         )
+    raw, _ = _pick(args.cache_root, env, "SIDECAR_CACHE_ROOT")
+    if raw is not None:
+        cache_root: str | None = os.path.abspath(raw)
+    elif download is not None:
+        cache_root = os.path.abspath(download.local_dir)
+    else:
+        cache_root = os.path.dirname(os.path.abspath(model_dir)) if model_dir is not None else None
 
     raw, name = _pick(args.host, env, "SIDECAR_HOST")
     host = raw or "0.0.0.0"
@@ -167,6 +184,8 @@ def load_settings(argv: Sequence[str], env: Mapping[str, str]) -> SidecarSetting
         port=port,
         model_dir=model_dir,
         download_args=download_args,
+        cache_root=cache_root,
+        cache_budget=download.cache_max_size if download is not None else None,
         engine_url=engine_url,
         engine_metrics_path=metrics_path,
         engine_timeout=engine_timeout,

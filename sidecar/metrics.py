@@ -9,6 +9,8 @@ from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector
 
+from downloader.inventory import ModelState
+
 from .monitor import Monitor
 from .snapshot import Phase, Snapshot
 
@@ -26,6 +28,8 @@ class DownloadCollector(Collector):
         if snap.model is not None:
             yield from _download(snap)
         settings = snap.settings
+        if settings.cache_root is not None:
+            yield from _cache(snap)
         yield _gauge("aibrix_ready", "1 when /readyz answers 200", 1.0 if snap.readiness.ok else 0.0)
         if snap.engine is not None:
             yield _gauge("aibrix_engine_up", "1 when the engine's /health answers 200", 1.0 if snap.engine.up else 0.0)
@@ -82,6 +86,34 @@ def _download(snap: Snapshot):  # type: ignore[no-untyped-def]
             steps.add_metric([step.value], seconds)
     yield steps
     yield _gauge("aibrix_model_complete", "1 when the manifest says complete and verified", 1.0 if complete else 0.0)
+    yield _gauge(
+        "aibrix_model_lease_held", "1 while the sidecar holds a lease on the model", 1.0 if snap.lease else 0.0
+    )
+
+
+def _cache(snap: Snapshot):  # type: ignore[no-untyped-def]
+    """The node cache under the model's root: bytes, budget, models by state, evictions (zero until first read)."""
+    inventory = snap.cache
+    models = inventory.models if inventory is not None else ()
+    yield _gauge("aibrix_cache_bytes_used", "Bytes of every model in the node cache", sum(m.bytes for m in models))
+    budget = GaugeMetricFamily("aibrix_cache_budget_bytes", "The node cache's budget (absent when none is set)")
+    if snap.cache_budget is not None:
+        budget.add_metric([], snap.cache_budget)
+    yield budget
+    by_state = GaugeMetricFamily("aibrix_cache_models", "Models in the node cache by state", labels=["state"])
+    for state in ModelState:
+        by_state.add_metric([state.value], sum(1 for m in models if m.state is state))
+    yield by_state
+    yield _gauge("aibrix_cache_models_in_use", "Models with a lease held (or being downloaded or evicted)",
+                 sum(1 for m in models if m.leases.in_use))  # fmt: skip
+    yield CounterMetricFamily(
+        "aibrix_cache_evictions", "Models evicted from the node cache", value=inventory.evictions if inventory else 0
+    )
+    yield CounterMetricFamily(
+        "aibrix_cache_evicted_bytes",
+        "Bytes of the models evicted from the node cache",
+        value=inventory.evicted_bytes if inventory else 0,
+    )
 
 
 def render(monitor: Monitor, registry: CollectorRegistry) -> bytes:

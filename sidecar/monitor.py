@@ -23,7 +23,9 @@ from typing import Any
 import httpx
 
 from downloader import damaged_files, read_manifest, read_progress
+from downloader.inventory import read_inventory
 from downloader.layout import MANIFEST_NAME, PROGRESS_NAME, state_dir
+from downloader.lease import Lease
 from runtime.cluster import Dashboard
 
 from .coldstart import ColdStart
@@ -38,6 +40,7 @@ _NOT_ASKED_ENGINE = EngineState(None, "not asked yet")
 _NOT_ASKED_RAY = RayState(None, "not asked yet")
 
 MANIFEST_RECHECK_SECONDS = 5.0  # how often files listed in an unchanged manifest are stat'ed again
+INVENTORY_SECONDS = 5.0  # how often the node cache's inventory is read again (a stat of every file of every model)
 
 
 def file_key(path: str) -> FileKey | None:
@@ -93,6 +96,11 @@ class Monitor:
             else None
         )
         self.download_failed = self._download.failed if self._download is not None else threading.Event()
+        # The model is in use for as long as the sidecar lives: its lease keeps evictions away. Native mode makes
+        # the model's directory (its download is about to); otherwise the lease waits for the lease file the
+        # download creates, and is taken on the first poll that finds it.
+        self._lease = Lease(model_dir) if model_dir is not None else None
+        self._inventory_read_at = -INVENTORY_SECONDS
         self._snapshot = Snapshot(
             settings,
             model=NO_MANIFEST if model_dir is not None else None,
@@ -104,6 +112,7 @@ class Monitor:
 
     # ------------------------------------------------------------------------------------ lifecycle
     def start(self) -> None:
+        self._hold_lease()
         if self._download is not None:
             self._download.start()
         self.poll_once()
@@ -127,6 +136,19 @@ class Monitor:
             self.engine.close()
         if self._dashboard is not None:
             self._dashboard.close()
+        if self._lease is not None:
+            self._lease.release()
+
+    def _hold_lease(self) -> bool | None:
+        """Take the model's lease if it is not held yet; whether it is held (None: no model watched)."""
+        lease = self._lease
+        if lease is None:
+            return None
+        was_held = lease.held
+        held = lease.acquire(create=bool(self.settings.download_args))
+        if held and not was_held:
+            log.info("holding a lease on %s: it is in use, and not evicted, while the sidecar runs", lease.model_dir)
+        return held
 
     def redact(self, text: str) -> str:
         """`text` without any credential the sidecar knows of (the downloader prints none; this makes sure)."""
@@ -139,6 +161,12 @@ class Monitor:
     def poll_once(self) -> None:
         """One poll: progress, engine and Ray (network I/O outside the lock), then one new snapshot."""
         changes: dict[str, Any] = self._files.read_progress() if self._files is not None else {}
+        if self._lease is not None:
+            changes["lease"] = self._hold_lease()
+        root = self.settings.cache_root
+        if root is not None and self._clock() - self._inventory_read_at >= INVENTORY_SECONDS:
+            self._inventory_read_at = self._clock()
+            changes["cache"] = read_inventory(root)
         if self.engine is not None:
             changes["engine"] = self.engine.health()
         if self._dashboard is not None:

@@ -16,6 +16,7 @@ from typing import Any
 
 from downloader import Manifest, Progress
 from downloader import Phase as DownloadPhase
+from downloader.inventory import CacheInventory
 
 from .coldstart import Step, as_status
 from .config import SidecarSettings
@@ -97,6 +98,8 @@ class Snapshot:
     ray: RayState | None = None  # None: Ray not watched
     child: ChildState | None = None  # None: not running the download
     cold_start: Mapping[Step, float | None] | None = None  # None: no model watched
+    cache: CacheInventory | None = None  # the node cache's inventory, as last read; None: no cache root
+    lease: bool | None = None  # whether the sidecar holds a lease on its model; None: no model watched
 
     # ------------------------------------------------------------------------------------------ verdicts
     @cached_property
@@ -176,6 +179,14 @@ class Snapshot:
 
     # ------------------------------------------------------------------------------------------ figures
     @property
+    def cache_budget(self) -> int | None:
+        """The budget of the node cache: the download's own --cache-max-size, else the one its last admission
+        applied."""
+        if self.settings.cache_budget is not None:
+            return self.settings.cache_budget
+        return self.cache.budget if self.cache is not None else None
+
+    @property
     def download_running(self) -> bool:
         p = self.progress
         return p is not None and p.phase not in _FINISHED
@@ -196,8 +207,11 @@ class Snapshot:
             None if engine is None else {"url": settings.engine_url, "up": engine.up, "detail": engine.detail}
         )
         body["ray"] = None if ray is None else {"expected_nodes": settings.expected_ray_nodes, "alive_nodes": ray.alive}
+        if self.cache is not None:
+            body["cache"] = cache_status(self.cache, self.cache_budget)
         if model is None:
             return body
+        body["lease_held"] = self.lease
         child = self.child
         body["download_process"] = (
             None
@@ -238,6 +252,13 @@ class Snapshot:
             }
             body.setdefault("source", manifest.source)
         return body
+
+
+def cache_status(inventory: CacheInventory, budget: int | None) -> dict[str, Any]:
+    """/status `cache`: the node's inventory (a model's per-file versions left out; `cache ls --json` has them)."""
+    body = inventory.as_json(versions=False)
+    body["budget_bytes"] = budget
+    return body
 
 
 def readiness_follows(settings: SidecarSettings) -> str:
