@@ -26,7 +26,7 @@ class SidecarSettings:
     port: int = 8080
     model_dir: str | None = None
     download_args: tuple[str, ...] = ()  # when set, the sidecar runs `aibrix-download` with these itself
-    cache_root: str | None = None  # the node cache whose inventory /status and /metrics show; None: none shown
+    cache_root: str | None = None  # the node cache whose inventory /status and /metrics show (None: see monitor)
     cache_budget: int | None = None  # the download's --cache-max-size, when the sidecar runs it
     engine_url: str | None = None
     engine_metrics_path: str = "/metrics"
@@ -66,7 +66,8 @@ def build_arg_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--cache-root",
         help="the node cache (aibrix-download's --local-dir) whose inventory /status and /metrics show "
-        "[SIDECAR_CACHE_ROOT; default: the download's --local-dir, else the model directory's parent]",
+        "[SIDECAR_CACHE_ROOT; default: the download's --local-dir, else the model directory's parent once it holds "
+        "a node cache (.aibrix-cache)]",
     )
     p.add_argument("--engine-url", help="engine base URL, e.g. http://localhost:8000 [INFERENCE_ENGINE_ENDPOINT]")
     p.add_argument("--engine-metrics-path", help="engine metrics path passed through [METRIC_SCRAPE_PATH, /metrics]")
@@ -143,10 +144,8 @@ def load_settings(argv: Sequence[str], env: Mapping[str, str]) -> SidecarSetting
     raw, _ = _pick(args.cache_root, env, "SIDECAR_CACHE_ROOT")
     if raw is not None:
         cache_root: str | None = os.path.abspath(raw)
-    elif download is not None:
-        cache_root = os.path.abspath(download.local_dir)
-    else:
-        cache_root = os.path.dirname(os.path.abspath(model_dir)) if model_dir is not None else None
+    else:  # without one, the monitor looks at the model directory's parent once it holds a node cache
+        cache_root = os.path.abspath(download.local_dir) if download is not None else None
 
     raw, name = _pick(args.host, env, "SIDECAR_HOST")
     host = raw or "0.0.0.0"

@@ -9,7 +9,7 @@ from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector
 
-from downloader.inventory import ModelState
+from downloader.inventory import CacheInventory, ModelState
 
 from .monitor import Monitor
 from .snapshot import Phase, Snapshot
@@ -28,8 +28,8 @@ class DownloadCollector(Collector):
         if snap.model is not None:
             yield from _download(snap)
         settings = snap.settings
-        if settings.cache_root is not None:
-            yield from _cache(snap)
+        if snap.cache is not None:
+            yield from _cache(snap, snap.cache)
         yield _gauge("aibrix_ready", "1 when /readyz answers 200", 1.0 if snap.readiness.ok else 0.0)
         if snap.engine is not None:
             yield _gauge("aibrix_engine_up", "1 when the engine's /health answers 200", 1.0 if snap.engine.up else 0.0)
@@ -91,11 +91,10 @@ def _download(snap: Snapshot):  # type: ignore[no-untyped-def]
     )
 
 
-def _cache(snap: Snapshot):  # type: ignore[no-untyped-def]
-    """The node cache under the model's root: bytes, budget, models by state, evictions (zero until first read)."""
-    inventory = snap.cache
-    models = inventory.models if inventory is not None else ()
-    yield _gauge("aibrix_cache_bytes_used", "Bytes of every model in the node cache", sum(m.bytes for m in models))
+def _cache(snap: Snapshot, inventory: CacheInventory):  # type: ignore[no-untyped-def]
+    """The node cache: bytes, budget, models by state and in use, evictions so far."""
+    models = inventory.models
+    yield _gauge("aibrix_cache_bytes_used", "Bytes of every model in the node cache", inventory.bytes_used)
     budget = GaugeMetricFamily("aibrix_cache_budget_bytes", "The node cache's budget (absent when none is set)")
     if snap.cache_budget is not None:
         budget.add_metric([], snap.cache_budget)
@@ -106,13 +105,9 @@ def _cache(snap: Snapshot):  # type: ignore[no-untyped-def]
     yield by_state
     yield _gauge("aibrix_cache_models_in_use", "Models with a lease held (or being downloaded or evicted)",
                  sum(1 for m in models if m.leases.in_use))  # fmt: skip
+    yield CounterMetricFamily("aibrix_cache_evictions", "Models evicted from the node cache", value=inventory.evictions)
     yield CounterMetricFamily(
-        "aibrix_cache_evictions", "Models evicted from the node cache", value=inventory.evictions if inventory else 0
-    )
-    yield CounterMetricFamily(
-        "aibrix_cache_evicted_bytes",
-        "Bytes of the models evicted from the node cache",
-        value=inventory.evicted_bytes if inventory else 0,
+        "aibrix_cache_evicted_bytes", "Bytes of the models evicted from the node cache", value=inventory.evicted_bytes
     )
 
 

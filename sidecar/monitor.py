@@ -23,7 +23,7 @@ from typing import Any
 import httpx
 
 from downloader import damaged_files, read_manifest, read_progress
-from downloader.inventory import read_inventory
+from downloader.inventory import cache_dir, read_inventory
 from downloader.layout import MANIFEST_NAME, PROGRESS_NAME, state_dir
 from downloader.lease import Lease
 from runtime.cluster import Dashboard
@@ -150,6 +150,15 @@ class Monitor:
             log.info("holding a lease on %s: it is in use, and not evicted, while the sidecar runs", lease.model_dir)
         return held
 
+    def _cache_root(self) -> str | None:
+        """The node cache to show: the one configured (or the native download's root), else the model directory's
+        parent once a budgeted download or `cache` command has made it one (a parent that is not a cache, such as
+        /, is never walked)."""
+        if self.settings.cache_root is not None or self.settings.model_dir is None:
+            return self.settings.cache_root
+        parent = os.path.dirname(os.path.abspath(self.settings.model_dir))
+        return parent if os.path.isdir(cache_dir(parent)) else None
+
     def redact(self, text: str) -> str:
         """`text` without any credential the sidecar knows of (the downloader prints none; this makes sure)."""
         return self.settings.redact(text)
@@ -163,7 +172,7 @@ class Monitor:
         changes: dict[str, Any] = self._files.read_progress() if self._files is not None else {}
         if self._lease is not None:
             changes["lease"] = self._hold_lease()
-        root = self.settings.cache_root
+        root = self._cache_root()
         if root is not None and self._clock() - self._inventory_read_at >= INVENTORY_SECONDS:
             self._inventory_read_at = self._clock()
             changes["cache"] = read_inventory(root)

@@ -345,3 +345,72 @@ def test_cache_ls_rm_and_usage_errors(tmp_path: Path) -> None:
         ["--model-uri", f"file://{tmp_path / 'src' / 'a'}", "--local-dir", str(root)], "", DOWNLOADER_CACHE_MAX_SIZE="1"
     )
     assert env_budget.returncode == 8 and "of a budget of 1 bytes" in env_budget.stderr
+
+
+def test_the_sidecar_holds_its_model_and_shows_the_nodes_inventory(
+    s3_server: S3Server, s3: object, bucket: str, tmp_path: Path
+) -> None:
+    from prometheus_client.parser import text_string_to_metric_families
+
+    from tests.test_sidecar import Sidecar
+
+    root = tmp_path / "nvme"
+    for seed, name in enumerate(["old", "m"]):
+        upload(s3, bucket, name, small_model(seed))
+    args = ["--model-uri", f"s3://{bucket}/old/", "--local-dir", str(root), "--cache-max-size", str(WEIGHTS * 3 // 2)]
+    assert run_cli(args, s3_server.url).returncode == 0
+    sidecar = Sidecar(
+        ["--", "--model-uri", f"s3://{bucket}/m/", "--local-dir", str(root), "--cache-max-size", str(WEIGHTS * 3 // 2)],
+        s3_server.url,
+    )
+    try:
+
+        def inventory_with_m() -> dict[str, object] | None:
+            cache = sidecar.get("/status").json().get("cache")
+            names = [(m["name"], m["state"]) for m in cache["models"]] if cache else []
+            return cache if names == [("m", "complete")] and sidecar.get("/readyz").status_code == 200 else None
+
+        wait_until("the inventory to show m complete and old evicted", inventory_with_m)
+        status = sidecar.get("/status").json()
+        assert status["lease_held"] is True
+        cache = status["cache"]
+        (m,) = cache["models"]
+        assert m["leases"] == 1 and m["in_use"] is True and "versions" not in m
+        assert cache["evictions"] == 1 and cache["budget_bytes"] == WEIGHTS * 3 // 2
+        assert cache["bytes_used"] == m["bytes"] == read_inventory(str(root)).bytes_used
+        families = {f.name: f for f in text_string_to_metric_families(sidecar.get("/metrics").text)}
+        assert families["aibrix_cache_bytes_used"].samples[0].value == m["bytes"]
+        assert families["aibrix_cache_budget_bytes"].samples[0].value == WEIGHTS * 3 // 2
+        by_state = {s.labels["state"]: s.value for s in families["aibrix_cache_models"].samples}
+        assert by_state == {"complete": 1.0, "incomplete": 0.0, "partial": 0.0}
+        assert families["aibrix_cache_models_in_use"].samples[0].value == 1.0
+        assert families["aibrix_cache_evictions"].samples[0].value == 1.0
+        assert families["aibrix_model_lease_held"].samples[0].value == 1.0
+        rm = run_cli(["cache", "rm", "m", "--local-dir", str(root)], "")
+        assert rm.returncode == 9, rm.stderr
+    finally:
+        assert sidecar.close() == 143
+    assert read_leases(str(root / "m")).holders == 0
+
+
+def test_the_runtime_holds_a_lease_on_its_model_while_it_runs(tmp_path: Path) -> None:
+    from runtime.config import load_settings as load_runtime_settings
+    from runtime.run import Runner
+    from runtime.supervise import Signals
+
+    src = tmp_path / "src" / "llama"
+    write_tree(str(src), small_model(5))
+    root = tmp_path / "nvme"
+    assert _download_local(src, root).returncode == 0
+    model_dir = root / "llama"
+    settings = load_runtime_settings(["head", "--model-dir", str(model_dir)], {"PATH": "/usr/bin:/bin"})
+    runner = Runner(settings, {}, Signals())
+    runner.prepare_model()  # the model is there: the runtime takes its lease and finds it ready
+    try:
+        assert read_leases(str(model_dir)).holders == 1
+        rm = run_cli(["cache", "rm", "llama", "--local-dir", str(root)], "")
+        assert rm.returncode == 9, rm.stderr
+    finally:
+        runner.lease.release()
+    assert read_leases(str(model_dir)).holders == 0
+    assert run_cli(["cache", "rm", "llama", "--local-dir", str(root)], "").returncode == 0

@@ -47,6 +47,7 @@ def _combinations() -> list[str]:
         out += [f"base/{base}+{source}" for source in SOURCES]
         out.append(f"base/{base}+monitoring")
     out += [f"base/{base}+rdma" for base in RAY_BASES]
+    out.append("base/single-node+node-cache")  # the pre-pull's node affinity is the single-node pods'
     return out
 
 
@@ -550,6 +551,9 @@ def cli_findings(objs: list[kv.Obj]) -> list[kv.Finding]:
                 fail(f"{pod.where}.spec.{cpath} ({container.get('name')})", str(exc))
     for pod in pods:
         parsed = by_pod[id(pod)]
+        if pod.owner["kind"] == "DaemonSet":
+            _check_prepull(pod, parsed, pods, by_pod, fail)
+            continue
         sidecars = [p for p in parsed if p.program == "sidecar"]
         engines = [p for p in parsed if p.program in ("vllm", "runtime")]
         if len(sidecars) != 1 or len(engines) != 1:
@@ -562,6 +566,48 @@ def cli_findings(objs: list[kv.Obj]) -> list[kv.Finding]:
     _check_clusters(objs, pods, by_pod, fail)
     _check_autoscalers(objs, pods, by_pod, fail)
     return out
+
+
+def _model_volume(pod: kv.PodTemplate, side: Parsed) -> kv.Obj | None:
+    """The volume the sidecar downloads the model into."""
+    mount = _mount_for(side.container, side.settings.model_dir)
+    return next((v for v in pod.spec.get("volumes", []) if mount and v["name"] == mount["name"]), None)
+
+
+def _check_prepull(
+    pod: kv.PodTemplate, parsed: list[Parsed], pods: list[kv.PodTemplate], by_pod: dict[int, list[Parsed]], fail: Any
+) -> None:
+    """The node-cache pre-pull (components/node-cache): one sidecar running the serving pods' download, into the
+    same hostPath, under the same budget, on the same nodes."""
+    if [p.program for p in parsed] != ["sidecar"]:
+        fail(pod.where, f"a pre-pull runs one aibrix-sidecar and no engine, found {[p.program for p in parsed]}")
+        return
+    (side,) = parsed
+    if not side.settings.download_args:
+        fail(side.where, "the pre-pull must run the download (aibrix-download arguments after `--`)")
+        return
+    action = (side.container.get("readinessProbe") or {}).get("httpGet") or {}
+    if action.get("path") != "/readyz":
+        fail(side.where, "its readiness must be the model's (/readyz): rollout status then says the nodes are warm")
+    mine = download_config.load_settings(list(side.settings.download_args), side.env)
+    if mine.cache_max_size is None:
+        fail(side.where, "a pre-pull without --cache-max-size (DOWNLOADER_CACHE_MAX_SIZE) fills the node's disk")
+    serving = [p for other in pods if other is not pod for p in by_pod[id(other)] if p.program == "sidecar"]
+    if not serving:
+        fail(pod.where, "a pre-pull without serving pods to warm nodes for")
+    for other in serving:
+        theirs = download_config.load_settings(list(other.settings.download_args), other.env)
+        for field in ("uri", "model_dir", "local_dir", "cache_max_size", "allow_suffixes", "include", "exclude"):
+            if getattr(mine, field) != getattr(theirs, field):
+                fail(
+                    side.where, f"{field} {getattr(mine, field)!r} is not the serving pods' {getattr(theirs, field)!r}"
+                )
+        ours, their_volume = _model_volume(pod, side), _model_volume(other.pod, other)
+        if ours is None or their_volume is None or ours.get("hostPath") != their_volume.get("hostPath"):
+            fail(pod.where, "the pre-pull must write into the serving pods' hostPath")
+        for key in ("affinity", "tolerations", "nodeSelector"):
+            if pod.spec.get(key) != other.pod.spec.get(key):
+                fail(pod.where, f"its {key} is not the serving pods': it would warm other nodes than theirs")
 
 
 def _check_sidecar(side: Parsed, engine: Parsed, fail: Any) -> None:
@@ -727,6 +773,27 @@ def _check_autoscalers(
 def test_every_command_line_parses_and_the_containers_agree(rendered: dict[str, list[kv.Obj]], name: str) -> None:
     findings = cli_findings(rendered[name])
     assert not findings, "\n".join(map(str, findings))
+
+
+def test_the_prepull_warms_the_serving_pods_nodes_with_their_command(rendered: dict[str, list[kv.Obj]]) -> None:
+    objs = rendered["base/single-node+node-cache"]
+    (prepull,) = [p for p in kv.pod_templates(objs) if p.owner["kind"] == "DaemonSet"]
+    (_, container), *_ = prepull.containers()
+    side = parse_container(prepull, "containers[0]", container, objs)
+    download = download_config.load_settings(list(side.settings.download_args), side.env)
+    assert download.model_dir == "/models/deepseek-r1" and download.cache_max_size == 3 * 2**40
+    assert not cli_findings(objs)
+
+    def findings(edit: Any) -> str:
+        changed = copy.deepcopy(objs)
+        ds = next(o for o in changed if o["kind"] == "DaemonSet")
+        edit(ds["spec"]["template"]["spec"])
+        return "\n".join(map(str, cli_findings(changed)))
+
+    assert "model_dir" in findings(lambda spec: spec["containers"][0]["args"].extend(["--model-name", "other"]))
+    assert "hostPath" in findings(lambda spec: spec["volumes"][0]["hostPath"].update(path="/mnt/other"))
+    assert "its affinity is not the serving pods'" in findings(lambda spec: spec.pop("affinity"))
+    assert "/readyz" in findings(lambda spec: spec["containers"][0].pop("readinessProbe"))
 
 
 def test_the_command_lines_were_really_parsed(rendered: dict[str, list[kv.Obj]]) -> None:
