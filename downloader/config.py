@@ -129,9 +129,8 @@ class S3Settings:
 @dataclass(frozen=True)
 class GcsSettings:
     emulator_host: str | None = None  # STORAGE_EMULATOR_HOST, e.g. http://127.0.0.1:4443 (anonymous access)
-    project: str | None = None  # GOOGLE_CLOUD_PROJECT
     # Credentials: Application Default Credentials (workload identity, GOOGLE_APPLICATION_CREDENTIALS),
-    # resolved by google-auth itself.
+    # resolved by google-auth itself. No request names a project, so none is configured.
 
 
 @dataclass(frozen=True)
@@ -527,10 +526,7 @@ def settings_from(args: argparse.Namespace, env: Mapping[str, str]) -> Settings:
     )
 
     s3 = _s3_settings(args, extra, env, uri)
-    gcs = GcsSettings(
-        emulator_host=_first(env.get("STORAGE_EMULATOR_HOST")),
-        project=_first(env.get("GOOGLE_CLOUD_PROJECT"), env.get("GCLOUD_PROJECT")),
-    )
+    gcs = GcsSettings(emulator_host=_first(env.get("STORAGE_EMULATOR_HOST")))
     hf = _hf_settings(extra, env, uri)
     raw = _first(args.local_mode, env.get("DOWNLOADER_LOCAL_MODE"), "copy")
     local_mode = parse_choice("--local-mode" if args.local_mode else "DOWNLOADER_LOCAL_MODE", raw, ("copy", "link"))
