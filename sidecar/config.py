@@ -8,7 +8,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 from downloader import __version__
-from downloader.config import Secret, parse_choice, parse_int, parse_seconds
+from downloader.config import Secret, parse_bool, parse_choice, parse_int, parse_seconds
 from downloader.config import Settings as DownloadSettings
 from downloader.config import load_settings as load_download_settings
 from downloader.errors import ConfigError
@@ -32,6 +32,7 @@ class SidecarSettings:
     ray_dashboard_url: str = "http://127.0.0.1:8265"
     stall_timeout: float = 300.0
     poll_interval: float = 1.0
+    fast_paths: bool = True  # probes answered on the socket (sidecar/fastpath.py); off: through the ASGI app
     exit_on_failure_after: float = 10.0  # native mode: seconds after a failed download before exiting (-1: never)
     log_level: str = "INFO"
     # Credentials in the environment and the download's settings: cut out of anything the sidecar repeats from
@@ -72,6 +73,12 @@ def build_arg_parser() -> argparse.ArgumentParser:
         help="liveness fails after a download makes no progress this long [SIDECAR_STALL_TIMEOUT, 300]",
     )
     p.add_argument("--poll-interval", help="seconds between engine/Ray/progress polls [SIDECAR_POLL_INTERVAL, 1]")
+    p.add_argument(
+        "--fast-paths",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="answer probes on the socket, past the ASGI app; off: every request through it [SIDECAR_FAST_PATHS, on]",
+    )
     p.add_argument(
         "--exit-on-failure-after",
         help="native mode: exit 1 this many seconds after the download failed, so Kubernetes restarts the "
@@ -151,6 +158,7 @@ def load_settings(argv: Sequence[str], env: Mapping[str, str]) -> SidecarSetting
     stall = parse_seconds(name or "--stall-timeout", raw, minimum=0.5) if raw else 300.0
     raw, name = _pick(args.poll_interval, env, "SIDECAR_POLL_INTERVAL")
     poll = parse_seconds(name or "--poll-interval", raw, minimum=0.05, maximum=60) if raw else 1.0
+    fast_paths = args.fast_paths if args.fast_paths is not None else _env_flag(env, "SIDECAR_FAST_PATHS")
     raw, name = _pick(args.exit_on_failure_after, env, "SIDECAR_EXIT_ON_FAILURE_AFTER")
     exit_after = parse_seconds(name or "--exit-on-failure-after", raw, minimum=-1) if raw else 10.0
     raw, name = _pick(args.log_level, env, "SIDECAR_LOG_LEVEL")
@@ -174,11 +182,17 @@ def load_settings(argv: Sequence[str], env: Mapping[str, str]) -> SidecarSetting
         ray_dashboard_url=ray_url,
         stall_timeout=stall,
         poll_interval=poll,
+        fast_paths=fast_paths,
         exit_on_failure_after=exit_after,
         log_level=level,
         secrets=_secrets(env, download),
         warnings=_aibrix_warnings(args, env, engine_url),
     )
+
+
+def _env_flag(env: Mapping[str, str], name: str, default: bool = True) -> bool:
+    raw = env.get(name, "").strip()
+    return parse_bool(name, raw) if raw else default
 
 
 def _aibrix_warnings(args: argparse.Namespace, env: Mapping[str, str], engine_url: str | None) -> tuple[str, ...]:
