@@ -87,9 +87,8 @@ class S3Settings:
 @dataclass(frozen=True)
 class GcsSettings:
     emulator_host: str | None = None  # STORAGE_EMULATOR_HOST, e.g. http://127.0.0.1:4443 (anonymous access)
-    project: str | None = None  # GOOGLE_CLOUD_PROJECT
     # Credentials: Application Default Credentials (workload identity, GOOGLE_APPLICATION_CREDENTIALS),
-    # resolved by google-auth itself.
+    # resolved by google-auth itself. No request names a project, so none is configured.
 
 
 @dataclass(frozen=True)
