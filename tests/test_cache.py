@@ -4,6 +4,8 @@ and `aibrix-download cache ls|rm|gc`."""
 
 from __future__ import annotations
 
+import contextlib
+import io
 import json
 import random
 import shutil
@@ -12,11 +14,15 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 from downloader import is_ready, read_manifest
 from downloader.cache import CacheRoot
+from downloader.config import CACHE_OPTIONS, CacheAction, build_cache_parser, load_cache_settings
 from downloader.inventory import ModelState, read_evictions, read_inventory, read_leases, read_model
 from tests.conftest import REPO, S3Server, StderrLines, cli_env, popen_cli, read_tree, run_cli, wait_until
 from tests.synthetic import MiB, model_files, random_bytes, upload, write_tree
+from tests.test_docs_settings import FLAG, OPTION_LINE
 
 KiB = 1024
 WEIGHTS = 256 * KiB
@@ -414,3 +420,18 @@ def test_the_runtime_holds_a_lease_on_its_model_while_it_runs(tmp_path: Path) ->
         runner.lease.release()
     assert read_leases(str(model_dir)).holders == 0
     assert run_cli(["cache", "rm", "llama", "--local-dir", str(root)], "").returncode == 0
+
+
+@pytest.mark.parametrize("action", [a.value for a in CacheAction])
+def test_every_flag_of_the_cache_commands_is_declared_in_their_table(action: str) -> None:
+    parser = build_cache_parser()
+    out = io.StringIO()
+    with contextlib.redirect_stdout(out), pytest.raises(SystemExit):
+        parser.parse_args([action, *(["NAME"] if action == "rm" else []), "--help"])
+    lines = [m.group(1) for m in map(OPTION_LINE.match, out.getvalue().splitlines()) if m]
+    shown = {flag for line in lines for flag in FLAG.findall(line)} - {"--help", "-h"}
+    declared = {f for o in CACHE_OPTIONS.options if o.scope in ("", action) for f in o.flag_names}
+    assert shown == declared
+    settings = load_cache_settings([action, *(["m"] if action == "rm" else [])], {"DOWNLOADER_CACHE_MAX_SIZE": "1G"})
+    assert settings.root == CACHE_OPTIONS["local_dir"].default
+    assert settings.max_size == (2**30 if action == "gc" else None)
