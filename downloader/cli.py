@@ -39,13 +39,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ConfigError as exc:
         log.error("%s", exc)
         return exc.exit_code
-    logging.getLogger().setLevel(settings.log_level)
+    _apply_logging(settings.log_level, settings.warnings)
     noisy_libraries = ("botocore", "boto3", "urllib3", "s3transfer", "httpx", "httpcore", "httpx2", "httpcore2",
                        "google", "google.auth", "google.cloud")  # fmt: skip
     for noisy in noisy_libraries:
         logging.getLogger(noisy).setLevel(logging.WARNING if settings.log_level != "DEBUG" else logging.INFO)
-    for warning in settings.warnings:
-        log.warning("%s", warning)
 
     cancel = threading.Event()
     received: list[int] = []
@@ -107,6 +105,12 @@ def _download(settings: Settings, cancel: threading.Event, received: list[int]) 
     return 0
 
 
+def _apply_logging(level: str, warnings: Sequence[str]) -> None:
+    logging.getLogger().setLevel(level)
+    for warning in warnings:
+        log.warning("%s", warning)
+
+
 def cache_main(argv: Sequence[str]) -> int:
     """`aibrix-download cache ls|rm|gc`."""
     try:
@@ -114,9 +118,7 @@ def cache_main(argv: Sequence[str]) -> int:
     except ConfigError as exc:
         log.error("%s", exc)
         return exc.exit_code
-    logging.getLogger().setLevel(settings.log_level)
-    for warning in settings.warnings:
-        log.warning("%s", warning)
+    _apply_logging(settings.log_level, settings.warnings)
     try:
         return cache_cli.run(settings, sys.stdout)
     except DownloaderError as exc:

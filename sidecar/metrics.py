@@ -28,8 +28,11 @@ class DownloadCollector(Collector):
         if snap.model is not None:
             yield from _download(snap)
         settings = snap.settings
-        if snap.cache is not None:
-            yield from _cache(snap, snap.cache)
+        cache = snap.cache
+        if cache is None and settings.cache_root is not None:  # not read yet: the families, at zero
+            cache = CacheInventory(settings.cache_root, (), None, 0, 0, 0)
+        if cache is not None:
+            yield from _cache(snap, cache)
         yield _gauge("aibrix_ready", "1 when /readyz answers 200", 1.0 if snap.readiness.ok else 0.0)
         if snap.engine is not None:
             yield _gauge("aibrix_engine_up", "1 when the engine's /health answers 200", 1.0 if snap.engine.up else 0.0)

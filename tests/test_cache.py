@@ -173,12 +173,17 @@ def _download_local(src: Path, root: Path, *extra: str) -> subprocess.CompletedP
     return run_cli(["--model-uri", f"file://{src}", "--local-dir", str(root), *extra], "")
 
 
-def test_leases_are_counted_and_kill_9_of_a_holder_frees_its_lease(tmp_path: Path) -> None:
+def _local_model(tmp_path: Path, seed: int) -> tuple[Path, Path]:
+    """A small model downloaded from a local source into the root tmp_path/nvme: (root, model directory)."""
     src = tmp_path / "src" / "llama"
-    write_tree(str(src), small_model(7))
+    write_tree(str(src), small_model(seed))
     root = tmp_path / "nvme"
     assert _download_local(src, root).returncode == 0
-    model_dir = root / "llama"
+    return root, root / "llama"
+
+
+def test_leases_are_counted_and_kill_9_of_a_holder_frees_its_lease(tmp_path: Path) -> None:
+    root, model_dir = _local_model(tmp_path, 7)
     assert read_leases(str(model_dir)).holders == 0
     holders = [_lease_holder(model_dir) for _ in range(3)]
     try:
@@ -404,11 +409,7 @@ def test_the_runtime_holds_a_lease_on_its_model_while_it_runs(tmp_path: Path) ->
     from runtime.run import Runner
     from runtime.supervise import Signals
 
-    src = tmp_path / "src" / "llama"
-    write_tree(str(src), small_model(5))
-    root = tmp_path / "nvme"
-    assert _download_local(src, root).returncode == 0
-    model_dir = root / "llama"
+    root, model_dir = _local_model(tmp_path, 5)
     settings = load_runtime_settings(["head", "--model-dir", str(model_dir)], {"PATH": "/usr/bin:/bin"})
     runner = Runner(settings, {}, Signals())
     runner.prepare_model()  # the model is there: the runtime takes its lease and finds it ready

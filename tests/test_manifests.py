@@ -882,7 +882,10 @@ def _sidecar_metric_names() -> set[str]:
     from sidecar.monitor import Monitor
 
     settings = sidecar_config.SidecarSettings(
-        model_dir="/nonexistent/model", engine_url="http://127.0.0.1:9", expected_ray_nodes=2
+        model_dir="/nonexistent/model",
+        cache_root="/nonexistent",
+        engine_url="http://127.0.0.1:9",
+        expected_ray_nodes=2,
     )
     text = generate_latest(make_registry(Monitor(settings))).decode()
     names = set()
