@@ -550,6 +550,8 @@ def build_arg_parser() -> argparse.ArgumentParser:
         description="Download model weights from object storage into a node-local directory: parallel, "
         "ranged, filtered, resumable, verified, one download per node. Settings: flag > "
         "--download-extra-config > environment > default (see docs/downloader.md).",
+        epilog="The node cache (many models under one --local-dir, a budget, leases, eviction): "
+        "aibrix-download cache {ls,rm,gc} --help.",
     )
     OPTIONS.add_arguments(p)
     p.add_argument("--version", action="version", version=f"%(prog)s {__version__}")

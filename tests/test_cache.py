@@ -257,7 +257,9 @@ def test_kill_9_at_any_step_of_an_eviction_never_leaves_a_complete_looking_model
         assert read_inventory(str(root)).trash_bytes == 0
         shutil.rmtree(root)
     assert sum(outcomes.values()) == KILL_TRIALS
-    assert outcomes.get("complete", 0) < KILL_TRIALS  # the trials did stop evictions past their first step
+    # The kills landed before the manifest went (complete), between it and the rename (partial), and after
+    # (absent, some of them while the trash was being deleted): every kind of moment, with this seed.
+    assert set(outcomes) == {"complete", "partial", "absent"}, outcomes
 
 
 def _evict(root: Path, name: str, kill_after: int) -> subprocess.CompletedProcess[str]:
