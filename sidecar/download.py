@@ -14,7 +14,7 @@ from collections import deque
 from collections.abc import Callable, Sequence
 
 from downloader import read_progress
-from downloader.errors import PERMANENT_EXIT_CODES
+from downloader.errors import PERMANENT_EXIT_CODES, CacheFullError
 from runtime.supervise import Child
 
 from .snapshot import ChildState
@@ -92,17 +92,12 @@ class DownloadChild:
         failed = f"aibrix-download exited with code {code}" + (f": {cause}" if cause else "")
         self.on_change(ChildState(pid, code, failed, cause))
         if code in PERMANENT_EXIT_CODES:
-            log.error(
-                "download failed (exit code %d): %s; a restart fails the same way until that is fixed",
-                code,
-                cause or "see the lines above",
-            )
+            outlook = "a restart fails the same way until that is fixed"
+        elif code == CacheFullError.exit_code:
+            outlook = "the next start of this container tries again (room is made once a model in use is released)"
         else:
-            log.error(
-                "download failed (exit code %d): %s; the next start of this container resumes it",
-                code,
-                cause or "see the lines above",
-            )
+            outlook = "the next start of this container resumes it"
+        log.error("download failed (exit code %d): %s; %s", code, cause or "see the lines above", outlook)
         self.failed.set()
 
     def _failure_cause(self) -> str | None:

@@ -438,3 +438,17 @@ def test_every_flag_of_the_cache_commands_is_declared_in_their_table(action: str
     settings = load_cache_settings([action, *(["m"] if action == "rm" else [])], {"DOWNLOADER_CACHE_MAX_SIZE": "1G"})
     assert settings.root == CACHE_OPTIONS["local_dir"].default
     assert settings.max_size == (2**30 if action == "gc" else None)
+
+
+def test_a_native_sidecar_whose_download_finds_no_room_exits_to_try_again(tmp_path: Path) -> None:
+    from tests.test_sidecar import Sidecar
+
+    src = tmp_path / "src" / "llama"
+    write_tree(str(src), small_model(9))
+    args = ["--", "--model-uri", f"file://{src}", "--local-dir", str(tmp_path / "nvme"), "--cache-max-size", "1KiB"]
+    sidecar = Sidecar(["--exit-on-failure-after", "0", *args], "")
+    assert sidecar.proc.wait(timeout=60) == 1  # so that Kubernetes restarts the container
+    sidecar.http.close()
+    log = "".join(sidecar.log)
+    assert "download failed (exit code 8)" in log and "cannot make room for llama, nothing was fetched" in log, log
+    assert "the next start of this container tries again" in log
