@@ -452,3 +452,42 @@ def test_a_native_sidecar_whose_download_finds_no_room_exits_to_try_again(tmp_pa
     log = "".join(sidecar.log)
     assert "download failed (exit code 8)" in log and "cannot make room for llama, nothing was fetched" in log, log
     assert "the next start of this container tries again" in log
+
+
+RACE_ROUNDS = 20
+
+
+def test_a_lease_taken_while_an_eviction_runs_is_either_refused_or_keeps_the_model(tmp_path: Path) -> None:
+    """A lease holder and `cache rm` started together, round after round: either the lease came first (rm is
+    refused with 9 and the model stays complete while held) or the eviction did (no lease is held: the model is
+    gone), never a lease on a model being evicted."""
+    template, _ = _local_model(tmp_path, 11)
+    kept = read_tree(str(template / "llama"))
+    code = (
+        "import sys\nfrom downloader import is_ready\nfrom downloader.lease import Lease\n"
+        "lease = Lease(sys.argv[1])\nheld = lease.acquire(create=False)\n"
+        "print('held' if held else 'none', is_ready(sys.argv[1]), flush=True)\nsys.stdin.read()\n"
+    )
+    for n in range(RACE_ROUNDS):
+        root = tmp_path / f"round{n}"
+        shutil.copytree(template, root, copy_function=shutil.copy2)
+        holder = subprocess.Popen(
+            [sys.executable, "-c", code, str(root / "llama")],
+            env=cli_env(""),
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            text=True,
+            cwd=REPO,
+        )
+        rm = run_cli(["cache", "rm", "llama", "--local-dir", str(root)], "")
+        assert holder.stdout is not None
+        held, ready = holder.stdout.readline().split()
+        try:
+            if held == "held":
+                assert ready == "True" and rm.returncode == 9, rm.stderr
+                assert is_ready(str(root / "llama")) and read_tree(str(root / "llama")) == kept
+            else:
+                assert rm.returncode == 0, rm.stderr
+                assert not (root / "llama").exists()
+        finally:
+            holder.communicate("", timeout=60)  # which side wins a round is the machine's business
