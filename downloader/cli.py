@@ -66,7 +66,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         code = _download(settings, cancel, received)
         if hold is None or code != 0:
             return code
-        log.info("holding a lease on %s until SIGTERM or SIGINT: it is not evicted meanwhile", settings.model_dir)
+        if hold.held or hold.acquire(create=False):
+            log.info("holding a lease on %s until SIGTERM or SIGINT: it is not evicted meanwhile", settings.model_dir)
+        else:  # the filesystem refuses the locks (Lease warned why): then nothing here is ever evicted either
+            log.warning("no lease held on %s; waiting for SIGTERM or SIGINT all the same", settings.model_dir)
         cancel.wait()
         log.info("received %s: releasing the lease", signal.Signals(received[0]).name if received else "a signal")
         return 0
