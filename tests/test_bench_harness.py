@@ -4,6 +4,7 @@ medians' intervals, the sidecar benchmark's per-pair CPU figures and verdicts, a
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -53,6 +54,14 @@ def test_peer_defaults_in_flight() -> None:
     assert made["boto3"].setup(ctx(SMALL, defaults)).max_in_flight == 10
     assert made["aibrix-0.8.0"].setup(ctx(LARGE, defaults)).max_in_flight == 17  # 17 parts of 64 MiB < 32 threads
     assert made["aibrix-0.8.0"].setup(ctx(SMALL, defaults)).max_in_flight == 1
+
+
+def test_aibrix_download_defaults_read_from_this_checkouts_help() -> None:
+    # the defaults column of the tables comes from --help; its wording changed once and the column said "None"
+    binary = Path(sys.executable).parent / "aibrix-download"
+    if not binary.exists():
+        pytest.skip(f"{binary} is not installed (make setup installs it)")
+    assert tools.aibrix_download_defaults(binary) == (32, 64)
 
 
 def test_invocations_follow_the_setting() -> None:
