@@ -6,6 +6,7 @@ This is the only module of the downloader that reads the environment. Everything
 from __future__ import annotations
 
 import argparse
+import ipaddress
 import json
 import math
 import re
@@ -54,6 +55,11 @@ KNOWN_ENV = {
     "DOWNLOADER_LOG_LEVEL",
     "DOWNLOADER_LOCAL_MODE",
     "DOWNLOADER_VERIFY",
+    "DOWNLOADER_PEERS",
+    "DOWNLOADER_PEER_SELF",
+    "DOWNLOADER_PEER_TOKEN",
+    "DOWNLOADER_PEER_TOKEN_FILE",
+    "DOWNLOADER_PEER_STALL_TIMEOUT",
     # Accepted for AIBrix compatibility; they tune boto3 internals we do not use (docs/downloader.md).
     "DOWNLOADER_S3_MAX_IO_QUEUE",
     "DOWNLOADER_S3_IO_CHUNKSIZE",
@@ -142,6 +148,17 @@ class HfSettings:
 
 
 @dataclass(frozen=True)
+class PeerSettings:
+    """Cooperative download (docs/design.md, "Cooperative download"): the members of the group, this member's own
+    URL among them, the group's shared token and how long a peer may keep us waiting for a byte."""
+
+    members: tuple[str, ...]  # member URLs (http://host:port), and dns+http://name:port for every address of a name
+    self_url: str  # http://host:port, as the other members reach this member's sidecar
+    token: Secret
+    stall_timeout: float = 30.0
+
+
+@dataclass(frozen=True)
 class Settings:
     uri: ModelUri
     local_dir: str
@@ -169,6 +186,7 @@ class Settings:
     hf: HfSettings = field(default_factory=HfSettings)
     local_mode: str = "copy"  # file:// sources: "copy" the files, or "link" (use them in place)
     verify: VerifyMode = VerifyMode.STRICT
+    peers: PeerSettings | None = None  # None: no cooperation, every byte from the source
     warnings: tuple[str, ...] = ()
 
     @property
@@ -378,6 +396,23 @@ def build_arg_parser() -> argparse.ArgumentParser:
         help="strict (size and the best published checksum), etag (S3: size and ETag only) or size "
         "[DOWNLOADER_VERIFY, strict]",
     )
+    p.add_argument(
+        "--peers",
+        help="cooperative download: the group's members, comma-separated, each http://host:port (a member's sidecar) "
+        "or dns+http://name:port (every address of the name, e.g. a headless Service) [DOWNLOADER_PEERS; none]",
+    )
+    p.add_argument("--peer-self", help="this member's URL as the others reach it, e.g. http://10.0.0.5:8080 "
+                   "[DOWNLOADER_PEER_SELF]")  # fmt: skip
+    p.add_argument(
+        "--peer-token-file",
+        help="file holding the group's shared token (from a Secret) [DOWNLOADER_PEER_TOKEN_FILE; or the token itself "
+        "in DOWNLOADER_PEER_TOKEN]",
+    )
+    p.add_argument(
+        "--peer-stall-timeout",
+        help="seconds a peer may keep us waiting for a byte before that range comes from the source "
+        "[DOWNLOADER_PEER_STALL_TIMEOUT, 30]",
+    )
     p.add_argument("--log-level", help="debug, info, warning, error [DOWNLOADER_LOG_LEVEL, info]")
     p.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     return p
@@ -566,6 +601,7 @@ def settings_from(args: argparse.Namespace, env: Mapping[str, str]) -> Settings:
         hf=hf,
         local_mode=local_mode,
         verify=verify,
+        peers=_peer_settings(args, env) if not dry_run else None,
         warnings=tuple(warnings),
     )
 
@@ -661,3 +697,84 @@ def _s3_settings(
         ca_bundle=ca_bundle,
         proxied=proxied,
     )
+
+
+# A member's URL: http, a host (a name, an IPv4 address or a bracketed IPv6 one) and a port; nothing after it.
+_MEMBER_URL = re.compile(r"^(dns\+)?http://(\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9.-]+)(?::(\d{1,5}))?/?$")
+MIN_PEER_TOKEN = 16
+
+
+def member_url(host: str, port: int) -> str:
+    """A member's URL in the one spelling every member uses for it (ownership is hashed over these strings): a
+    lowercased name or the canonical form of an address, and the port always written."""
+    try:
+        address = ipaddress.ip_address(host.strip("[]"))
+    except ValueError:
+        return f"http://{host.lower().rstrip('.')}:{port}"
+    return f"http://[{address.compressed}]:{port}" if address.version == 6 else f"http://{address.compressed}:{port}"
+
+
+def parse_member(setting: str, raw: str) -> str:
+    """One entry of --peers or --peer-self in its one spelling: http://host:port, or dns+http://name:port."""
+    m = _MEMBER_URL.match(raw.strip())
+    port = int(m.group(3) or 80) if m else 0
+    if m is None or not 0 < port < 65536:
+        raise ConfigError(setting, raw, "expected http://host:port (or dns+http://name:port in --peers)")
+    url = member_url(m.group(2), port)
+    if m.group(1):
+        if url.startswith("http://["):
+            raise ConfigError(setting, raw, "dns+http:// takes a DNS name, not an address")
+        return "dns+" + url
+    return url
+
+
+def _peer_settings(args: argparse.Namespace, env: Mapping[str, str]) -> PeerSettings | None:
+    raw, name = _pick(args.peers, {}, "peers", env, "DOWNLOADER_PEERS")
+    if raw is None:
+        for other in ("--peer-self", "--peer-token-file"):
+            if getattr(args, other[2:].replace("-", "_")) is not None:
+                raise ConfigError(other, None, "is for a cooperative download: set --peers too")
+        return None
+    members = tuple(dict.fromkeys(parse_member(name, item) for item in str(raw).split(",") if item.strip()))
+    if not members:
+        raise ConfigError(name, raw, "names no member")
+    raw_self, self_name = _pick(args.peer_self, {}, "peer_self", env, "DOWNLOADER_PEER_SELF")
+    if raw_self is None:
+        raise ConfigError("--peer-self", None, "a cooperative download needs this member's own URL among --peers")
+    self_url = parse_member(self_name, str(raw_self))
+    if self_url.startswith("dns+"):
+        raise ConfigError(self_name, raw_self, "is this member's own URL: http://host:port")
+    raw_stall, stall_name = _pick(
+        args.peer_stall_timeout, {}, "peer_stall_timeout", env, "DOWNLOADER_PEER_STALL_TIMEOUT"
+    )
+    stall = parse_seconds(stall_name, raw_stall, minimum=0.5, maximum=3600) if raw_stall is not None else 30.0
+    return PeerSettings(members, self_url, _peer_token(args, env), stall)
+
+
+def _peer_token(args: argparse.Namespace, env: Mapping[str, str]) -> Secret:
+    """The group's token, from a file (a mounted Secret) or DOWNLOADER_PEER_TOKEN. Never from a flag's value: a
+    command line is seen by every process of the node."""
+    path, name = _pick(args.peer_token_file, {}, "peer_token_file", env, "DOWNLOADER_PEER_TOKEN_FILE")
+    if path is not None:
+        try:
+            with open(str(path), "rb") as fh:
+                data = fh.read(8192)
+        except OSError as exc:
+            raise ConfigError(name, path, f"cannot read the token file: {exc.strerror or exc}") from exc
+        try:
+            token, where = data.decode("ascii").strip(), name
+        except UnicodeDecodeError as exc:
+            raise ConfigError(name, path, "the token must be printable ASCII") from exc
+    elif env.get("DOWNLOADER_PEER_TOKEN", "").strip():
+        token, where = env["DOWNLOADER_PEER_TOKEN"].strip(), "DOWNLOADER_PEER_TOKEN"
+    else:
+        raise ConfigError(
+            "--peer-token-file", None, "a cooperative download needs the group's token (DOWNLOADER_PEER_TOKEN_FILE or "
+            "DOWNLOADER_PEER_TOKEN, from a Secret)"
+        )  # fmt: skip
+    # The value is never shown: an error names only where it came from.
+    if len(token) < MIN_PEER_TOKEN or len(token) > 4096 or not all(33 <= ord(c) < 127 for c in token):
+        raise ConfigError(
+            where, None, f"the token must be {MIN_PEER_TOKEN} to 4096 printable ASCII characters without spaces"
+        )
+    return Secret(token)

@@ -1,0 +1,241 @@
+"""Cooperative download (downloader/coop, sidecar/peers.py): real sidecars in native mode, each running a real
+aibrix-download, on 127.0.0.1, against one S3 server behind a FaultProxy that counts what the origin sends."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+from prometheus_client.parser import text_string_to_metric_families
+
+from downloader.coop.protocol import REFUSAL_HEADER, VERSION_HEADER, file_target
+from tests.conftest import REPO, S3Server, cli_env, journal_ranges, read_tree, wait_until
+from tests.faultproxy import Delay, FaultProxy, FlipBit, Rule
+from tests.synthetic import MiB, random_bytes, upload
+
+pytestmark = pytest.mark.slow
+
+TOKEN = "group-token-0123456789abcdef"
+SHARD = 6 * MiB
+# Ranges of 1 MiB from 2 MiB on: each shard is 6 ranges, spread over the members by rendezvous hashing.
+RANGED = ["--part-threshold", "2MiB", "--part-chunksize", "1MiB", "--num-threads", "4", "--progress-interval", "0.2"]
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+class Member:
+    """One member of the group: `aibrix-sidecar --port <port> -- <aibrix-download args>`, reached by the others at
+    `url` (its own port, or a proxy in front of it)."""
+
+    def __init__(
+        self, port: int, urls: list[str], uri: str, local_dir: Path, endpoint: str, url: str = "", **env: str
+    ) -> None:
+        self.port = port
+        self.url = url or f"http://127.0.0.1:{port}"
+        self.model_dir = local_dir / "m"
+        args = [sys.executable, "-m", "sidecar", "--host", "127.0.0.1", "--port", str(port), "--poll-interval", "0.2"]
+        args += ["--", "--model-uri", uri, "--local-dir", str(local_dir), *RANGED]
+        args += ["--peers", ",".join(urls), "--peer-self", self.url, "--peer-stall-timeout", "5"]
+        self.proc = subprocess.Popen(
+            args,
+            env=cli_env(endpoint, DOWNLOADER_PEER_TOKEN=TOKEN, **env),
+            stderr=subprocess.PIPE,
+            stdout=subprocess.DEVNULL,
+            text=True,
+            cwd=REPO,
+            start_new_session=True,
+        )
+        self.log: list[str] = []
+        threading.Thread(target=self._drain, daemon=True).start()
+        self.http = httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=10)
+
+    def _drain(self) -> None:
+        assert self.proc.stderr is not None
+        for line in self.proc.stderr:
+            self.log.append(line)
+
+    def get(self, path: str, **kw: object) -> httpx.Response:
+        return self.http.get(path, **kw)  # type: ignore[arg-type]
+
+    def ready(self) -> bool:
+        try:
+            return self.get("/readyz").status_code == 200
+        except httpx.HTTPError:
+            return False
+
+    def status(self) -> dict[str, object]:
+        return dict(self.get("/status").json())
+
+    def metrics(self) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
+        out = {}
+        for family in text_string_to_metric_families(self.get("/metrics").text):
+            for s in family.samples:
+                out[(s.name, tuple(sorted(s.labels.items())))] = s.value
+        return out
+
+    def text(self) -> str:
+        return "".join(self.log)
+
+    def kill(self) -> None:
+        """SIGKILL the sidecar and its download child (its own session)."""
+        os.killpg(self.proc.pid, signal.SIGKILL)
+        self.proc.wait(timeout=30)
+
+    def close(self) -> None:
+        self.http.close()
+        if self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                self.kill()
+
+
+def group(n: int, uri: str, tmp_path: Path, endpoint: str, urls: list[str] | None = None) -> list[Member]:
+    """`n` members; `urls`, when given, are where the others reach each (a proxy in front of one, say)."""
+    ports = [free_port() for _ in range(n)]
+    urls = urls or [f"http://127.0.0.1:{p}" for p in ports]
+    return [Member(p, urls, uri, tmp_path / f"member{i}", endpoint, urls[i]) for i, p in enumerate(ports)]
+
+
+@pytest.fixture
+def proxy(s3_server: S3Server) -> Iterator[FaultProxy]:
+    with FaultProxy(s3_server.host, s3_server.port) as p:
+        yield p
+
+
+@pytest.fixture
+def model(s3: object, bucket: str) -> tuple[str, dict[str, bytes]]:
+    files = {f"model-0000{i}-of-00003.safetensors": random_bytes(SHARD, 10 + i) for i in range(1, 4)}
+    files["config.json"] = b'{"model_type": "demo"}'
+    upload(s3, bucket, "m", files)
+    return bucket, files
+
+
+def model_bytes(files: dict[str, bytes]) -> int:
+    return sum(len(b) for b in files.values())
+
+
+def origin_body_bytes(proxy: FaultProxy) -> int:
+    """Bytes of object bodies the origin sent (GETs)."""
+    return sum(r.body_bytes for r in list(proxy.log) if r.method == "GET")
+
+
+def test_members_share_the_download_and_end_with_identical_bytes(proxy: FaultProxy, model, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    bucket, files = model
+    members = group(3, f"s3://{bucket}/m/", tmp_path, proxy.url)
+    try:
+        for m in members:
+            wait_until(f"{m.url} ready\n{m.text()}", m.ready)
+        for m in members:
+            assert read_tree(str(m.model_dir)) == files
+        total = model_bytes(files)
+        origin = origin_body_bytes(proxy)
+        # Every byte from the origin once, plus at most a few ranges fetched again where a peer was not ready in
+        # time (the small files always come from the origin: each member fetches config.json itself).
+        assert origin <= total + 3 * len(files["config.json"]) + 3 * MiB, (origin, total)
+        from_peers = 0
+        for m in members:
+            status = m.status()
+            coop = status["cooperation"]
+            assert isinstance(coop, dict)
+            assert coop["self_url"] == m.url and sorted(coop["members"]) == sorted(x.url for x in members)
+            assert 0 < coop["share_bytes"] < coop["planned_bytes"]
+            from_peers += int(coop["bytes_from_peers"])
+            metrics = m.metrics()
+            assert (
+                metrics[("aibrix_download_bytes_by_source_total", (("source", "origin"),))] == coop["bytes_from_origin"]
+            )
+            assert metrics[("aibrix_download_bytes_by_source_total", (("source", "peer"),))] == coop["bytes_from_peers"]
+            assert TOKEN not in m.text() and TOKEN not in json.dumps(status)
+        assert from_peers >= 3 * SHARD  # each member got most of what it does not own from its peers
+    finally:
+        for m in members:
+            m.close()
+
+
+def test_the_peer_route_refuses_callers_without_the_group_token(proxy: FaultProxy, s3, model, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    bucket, files = model
+    (member,) = group(1, f"s3://{bucket}/m/", tmp_path, proxy.url)
+    try:
+        wait_until(f"ready\n{member.text()}", member.ready)
+        name = "model-00001-of-00003.safetensors"
+        version = s3.head_object(Bucket=bucket, Key=f"m/{name}")["ETag"]
+        headers = {"Range": "bytes=0-99", VERSION_HEADER: version}
+        for auth in ({}, {"Authorization": "Bearer wrong-token-0123456789"}, {"Authorization": TOKEN}):
+            r = member.get(file_target(name), headers={**headers, **auth})
+            assert r.status_code == 401 and r.headers[REFUSAL_HEADER] == "token", auth
+            assert files[name][:100] not in r.content
+        ok = member.get(file_target(name), headers={**headers, "Authorization": f"Bearer {TOKEN}"})
+        assert ok.status_code == 206 and ok.content == files[name][:100]
+        assert ok.headers["content-range"] == f"bytes 0-99/{SHARD}"
+        for bad in ("..%2Fm%2Fconfig.json", ".aibrix/manifest.json", "%2Fetc%2Fpasswd"):
+            r = member.get("/peer/v1/file/" + bad, headers={**headers, "Authorization": f"Bearer {TOKEN}"})
+            assert r.status_code == 400 and r.headers[REFUSAL_HEADER] == "path", bad
+        other = member.get(
+            file_target(name), headers={**headers, "Authorization": f"Bearer {TOKEN}", VERSION_HEADER: '"x"'}
+        )
+        assert other.status_code == 412 and other.headers[REFUSAL_HEADER] == "version"
+    finally:
+        member.close()
+
+
+def test_a_member_killed_mid_download_leaves_the_others_to_finish(proxy: FaultProxy, model, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    bucket, files = model
+    # Slow origin GETs, so that the download is surely under way when the member is killed.
+    proxy.add_rule(Rule(Delay(0.2), match_method="GET", only_ranged=True, times=-1))
+    members = group(3, f"s3://{bucket}/m/", tmp_path, proxy.url)
+    victim, survivors = members[0], members[1:]
+    try:
+        wait_until("the victim has finished a range", lambda: journal_ranges(victim.model_dir) >= 1)
+        victim.kill()
+        for m in survivors:
+            wait_until(f"{m.url} ready\n{m.text()}", m.ready)
+            assert read_tree(str(m.model_dir)) == files
+            coop = m.status()["cooperation"]
+            assert isinstance(coop, dict)
+            assert coop["peers"][victim.url]["state"] == "down"
+    finally:
+        for m in members:
+            m.close()
+
+
+def test_corrupt_bytes_from_a_peer_are_caught_and_fetched_again_from_the_origin(
+    proxy: FaultProxy, model, tmp_path: Path
+) -> None:  # type: ignore[no-untyped-def]
+    bucket, files = model
+    liar_port, honest_port = free_port(), free_port()
+    # The others reach the liar through a proxy that flips a bit in every range it serves.
+    with FaultProxy("127.0.0.1", liar_port) as liar_path:
+        liar_path.add_rule(Rule(FlipBit(offset=1000), match_method="GET", match_path="^/peer/", times=-1))
+        urls = [liar_path.url, f"http://127.0.0.1:{honest_port}"]
+        liar = Member(liar_port, urls, f"s3://{bucket}/m/", tmp_path / "liar", proxy.url, urls[0])
+        honest = Member(honest_port, urls, f"s3://{bucket}/m/", tmp_path / "honest", proxy.url, urls[1])
+        try:
+            for m in (honest, liar):
+                wait_until(f"{m.url} ready\n{m.text()}", m.ready)
+                assert read_tree(str(m.model_dir)) == files
+            assert liar_path.log, "the honest member never asked the liar for anything"
+            coop = honest.status()["cooperation"]
+            assert isinstance(coop, dict)
+            assert coop["files_refetched"] >= 1
+            assert coop["peers"][liar.url]["state"] == "dropped"
+            metrics = honest.metrics()
+            assert metrics[("aibrix_download_peer_refetched_files_total", ())] == coop["files_refetched"]
+            assert metrics[("aibrix_download_peer_state", (("peer", liar.url), ("state", "dropped")))] == 1.0
+        finally:
+            liar.close()
+            honest.close()
