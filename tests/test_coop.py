@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -17,12 +18,13 @@ import httpx
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
+from downloader.config import build_arg_parser, load_settings
+from downloader.coop.members import Members, owner, range_key
 from downloader.coop.protocol import REFUSAL_HEADER, VERSION_HEADER, file_target
+from downloader.errors import ConfigError
 from tests.conftest import REPO, S3Server, cli_env, journal_ranges, read_tree, wait_until
 from tests.faultproxy import Delay, FaultProxy, FlipBit, Rule
 from tests.synthetic import MiB, random_bytes, upload
-
-pytestmark = pytest.mark.slow
 
 TOKEN = "group-token-0123456789abcdef"
 SHARD = 6 * MiB
@@ -134,6 +136,7 @@ def origin_body_bytes(proxy: FaultProxy) -> int:
     return sum(r.body_bytes for r in list(proxy.log) if r.method == "GET")
 
 
+@pytest.mark.slow
 def test_members_share_the_download_and_end_with_identical_bytes(proxy: FaultProxy, model, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
     bucket, files = model
     members = group(3, f"s3://{bucket}/m/", tmp_path, proxy.url)
@@ -167,6 +170,7 @@ def test_members_share_the_download_and_end_with_identical_bytes(proxy: FaultPro
             m.close()
 
 
+@pytest.mark.slow
 def test_the_peer_route_refuses_callers_without_the_group_token(proxy: FaultProxy, s3, model, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
     bucket, files = model
     (member,) = group(1, f"s3://{bucket}/m/", tmp_path, proxy.url)
@@ -193,6 +197,7 @@ def test_the_peer_route_refuses_callers_without_the_group_token(proxy: FaultProx
         member.close()
 
 
+@pytest.mark.slow
 def test_a_member_killed_mid_download_leaves_the_others_to_finish(proxy: FaultProxy, model, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
     bucket, files = model
     # Slow origin GETs, so that the download is surely under way when the member is killed.
@@ -213,6 +218,7 @@ def test_a_member_killed_mid_download_leaves_the_others_to_finish(proxy: FaultPr
             m.close()
 
 
+@pytest.mark.slow
 def test_corrupt_bytes_from_a_peer_are_caught_and_fetched_again_from_the_origin(
     proxy: FaultProxy, model, tmp_path: Path
 ) -> None:  # type: ignore[no-untyped-def]
@@ -239,3 +245,59 @@ def test_corrupt_bytes_from_a_peer_are_caught_and_fetched_again_from_the_origin(
         finally:
             liar.close()
             honest.close()
+
+
+URI = ["--model-uri", "s3://bucket/m/"]
+COOP = [*URI, "--peers", "http://10.0.0.1:8080, http://Node-B.example:8080,dns+http://group.ns.svc:8080"]
+
+
+def test_peer_settings_are_parsed_into_one_spelling_and_the_token_comes_only_from_a_secret(tmp_path: Path) -> None:
+    s = load_settings([*COOP, "--peer-self", "http://10.0.0.1:8080/"], {"DOWNLOADER_PEER_TOKEN": TOKEN})
+    assert s.peers is not None
+    assert s.peers.members == ("http://10.0.0.1:8080", "http://node-b.example:8080", "dns+http://group.ns.svc:8080")
+    assert s.peers.self_url == "http://10.0.0.1:8080" and s.peers.token.reveal() == TOKEN
+    assert s.peers.stall_timeout == 30.0
+    token_file = tmp_path / "token"
+    token_file.write_text(TOKEN + "\n")
+    env = {"DOWNLOADER_PEER_TOKEN_FILE": str(token_file), "DOWNLOADER_PEER_STALL_TIMEOUT": "5"}
+    s = load_settings([*COOP, "--peer-self", "http://10.0.0.1:8080"], env)
+    assert s.peers is not None and s.peers.token.reveal() == TOKEN and s.peers.stall_timeout == 5.0
+    assert load_settings(URI, {}).peers is None
+    with pytest.raises(ConfigError, match="peer-self"):
+        load_settings(COOP, {"DOWNLOADER_PEER_TOKEN": TOKEN})
+    with pytest.raises(ConfigError, match="set --peers too"):
+        load_settings([*URI, "--peer-self", "http://10.0.0.1:8080"], {})
+    with pytest.raises(ConfigError, match="token"):
+        load_settings([*COOP, "--peer-self", "http://10.0.0.1:8080"], {})
+    with pytest.raises(ConfigError) as short:
+        load_settings([*COOP, "--peer-self", "http://10.0.0.1:8080"], {"DOWNLOADER_PEER_TOKEN": "short-secret"})
+    assert "short-secret" not in str(short.value)
+    for bad in ("https://10.0.0.1:8080", "http://10.0.0.1:8080/path", "dns+http://[::1]:80", "http://a:99999"):
+        with pytest.raises(ConfigError):
+            load_settings(
+                [*URI, "--peers", bad, "--peer-self", "http://10.0.0.1:8080"], {"DOWNLOADER_PEER_TOKEN": TOKEN}
+            )
+    # The token has no flag: a command line is seen by every process of the node.
+    assert not re.search(r"--peer-token(?!-file)", build_arg_parser().format_help())
+
+
+def test_ownership_is_spread_over_the_members_and_a_member_leaving_moves_only_its_own_ranges() -> None:
+    members = [f"http://10.0.0.{i}:8080" for i in range(1, 5)]
+    keys = [range_key(f"model-{f:05d}.safetensors", (r + 1) * 64 * MiB - 1) for f in range(40) for r in range(25)]
+    before = {k: owner(members, k) for k in keys}
+    counts = {m: sum(1 for o in before.values() if o == m) for m in members}
+    assert all(abs(c - len(keys) / 4) < len(keys) / 4 * 0.1 for c in counts.values()), counts
+    after = {k: owner(members[1:], k) for k in keys}
+    moved = [k for k in keys if before[k] != after[k]]
+    assert moved and all(before[k] == members[0] for k in moved)  # only the leaver's ranges found a new owner
+    group = Members(members, members[2])
+    assert all(group.owner(k, leaving_out=members) == members[2] for k in keys[:50])  # never left out: itself
+
+
+def test_dns_members_are_every_address_of_the_name() -> None:
+    answers = {("group.ns.svc", 8080): ["http://10.0.0.2:8080", "http://10.0.0.3:8080"]}
+    group = Members(["dns+http://group.ns.svc:8080"], "http://10.0.0.2:8080", lambda n, p: answers[(n, p)])
+    try:
+        assert group.current() == ("http://10.0.0.2:8080", "http://10.0.0.3:8080")
+    finally:
+        group.close()
