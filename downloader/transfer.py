@@ -114,14 +114,15 @@ class Steering(Protocol):
     """What a source made of more than one store tells the engine (downloader/coop: members of a group that share a
     download). A `later` range is fetched after the others: it may wait on another process that is fetching its own
     share, so at most `wait_slots` workers take later ranges while other work remains, and the rest keep this
-    process's own share going (that share is what the other processes wait on: no wait ever closes a cycle). A file
+    process's own share going (that share is what the other processes wait on: no wait ever closes a cycle).
+    `later` is given every range of a file, in order, and names the positions of the later ones. A file
     that fails verification is reported (`verification_failed`); True means the source put bytes of its own choosing
     in it, and that it serves the file from its origin alone from now on: the failure does not count against the
     file's one integrity retry."""
 
     wait_slots: int
 
-    def later(self, f: RemoteFile, detail: ObjectDetail | None, span: Span) -> bool: ...
+    def later(self, f: RemoteFile, detail: ObjectDetail | None, ranges: Sequence[Span]) -> set[int]: ...
 
     def verification_failed(self, f: RemoteFile) -> bool: ...
 
@@ -307,7 +308,7 @@ class Engine:
             elif len(ranges) == 1:
                 started.append((job, attempt, ranges[0], view))
             else:
-                later = self._later_ranges(job, pending)
+                later = self._later_ranges(job, ranges)
                 self._push_front([(job, attempt, r) for r in pending if r.index not in later])
                 if later:
                     with self._cv:
@@ -324,11 +325,10 @@ class Engine:
                     body.close()
 
     def _later_ranges(self, job: Job, ranges: list[ByteRange]) -> set[int]:
-        """The indexes of the ranges to fetch after the others (see Steering)."""
-        steering = self.steering
-        if steering is None:
+        """The indexes of the ranges (every range of the file) to fetch after the others (see Steering)."""
+        if self.steering is None:
             return set()
-        return {r.index for r in ranges if steering.later(job.f, job.detail, Span(r.start, r.end))}
+        return self.steering.later(job.f, job.detail, [Span(r.start, r.end) for r in ranges])
 
     def _open_ahead(self, job: Job, view: memoryview) -> Body | None:
         """A whole file's body, opened before it is read; None when the source did not take it now (the file is

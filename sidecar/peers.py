@@ -25,7 +25,7 @@ from starlette.responses import Response, StreamingResponse
 
 from downloader import read_progress
 from downloader.coop.holdings import Holdings, Piece, check_path, open_piece
-from downloader.coop.members import owner, range_key
+from downloader.coop.members import file_ends, file_owners
 from downloader.coop.protocol import (
     FROM_HEADER,
     HOLD_MARGIN,
@@ -91,7 +91,7 @@ class PeerRoute:
             found = self.holdings.lookup(rel_path, version, start, end)
             if found.other_version is not None:
                 return self._refuse(Refusal.VERSION)
-            mine = self._own(rel_path, end)
+            mine = self._own(rel_path, end, found.grid)
             piece = found.piece
             if piece is not None and (piece.mtime_ns is not None or mine):
                 try:
@@ -100,25 +100,20 @@ class PeerRoute:
                     self._refreshed = -1.0
                     continue
                 return self._send(fd, piece, start, end, asker)
-            if not self._running() or (self._report is not None and not mine):
+            if not self._running() or (found.grid is not None and self._report is not None and not mine):
                 return self._refuse(Refusal.NOT_MINE if found.known or mine else Refusal.UNKNOWN)
-            # Its share, or the download has not said yet what its share is: worth waiting for.
+            # Its share, or the download has not started the file or said what its share is: worth waiting for.
             if time.monotonic() >= deadline or await request.is_disconnected():
                 return self._refuse(Refusal.NOT_YET)
             await asyncio.sleep(REFRESH_EVERY)
 
-    def report(self) -> CoopReport | None:
-        """The download's cooperation report, as last read."""
-        return self._report
-
-    def _own(self, rel_path: str, end: int) -> bool:
-        """Whether the range is this member's share among all the members (so its bytes here came from the origin)."""
+    def _own(self, rel_path: str, end: int, grid: tuple[int, int] | None) -> bool:
+        """Whether the range is this member's share among all the members (so its bytes here came from the
+        origin); `grid`: the file's size and range step, from its journal."""
         report = self._report
-        return (
-            report is not None
-            and bool(report.members)
-            and owner(report.members, range_key(rel_path, end)) == (report.self_url)
-        )
+        if report is None or not report.members or grid is None:
+            return False
+        return file_owners(report.members, rel_path, file_ends(*grid)).get(end) == report.self_url
 
     async def _refresh(self) -> None:
         async with self._refreshing:

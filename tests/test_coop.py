@@ -19,11 +19,11 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from downloader.config import build_arg_parser, load_settings
-from downloader.coop.members import Members, owner, range_key
+from downloader.coop.members import Members, file_ends, file_owners, owner, range_key
 from downloader.coop.protocol import REFUSAL_HEADER, VERSION_HEADER, file_target
 from downloader.errors import ConfigError
 from tests.conftest import REPO, S3Server, cli_env, journal_ranges, read_tree, wait_until
-from tests.faultproxy import Delay, FaultProxy, FlipBit, Rule
+from tests.faultproxy import Delay, FaultProxy, FlipBit, Rule, Stall
 from tests.synthetic import MiB, random_bytes, upload
 
 TOKEN = "group-token-0123456789abcdef"
@@ -290,8 +290,25 @@ def test_ownership_is_spread_over_the_members_and_a_member_leaving_moves_only_it
     after = {k: owner(members[1:], k) for k in keys}
     moved = [k for k in keys if before[k] != after[k]]
     assert moved and all(before[k] == members[0] for k in moved)  # only the leaver's ranges found a new owner
+
+
+def test_no_member_owns_more_than_its_part_of_a_file_and_never_loses_its_own_share() -> None:
+    members = [f"http://10.0.0.{i}:8080" for i in range(1, 5)]
+    for n in (2, 3, 4):
+        for ranges in (1, 5, 24, 97):
+            ends = file_ends(ranges * MiB - 3, MiB)
+            owners = file_owners(members[:n], "model.safetensors", ends)
+            assert sorted(owners) == ends
+            counts = [sum(1 for o in owners.values() if o == m) for m in members[:n]]
+            assert max(counts) == -(-ranges // n), (n, ranges, counts)  # the largest share: ceil(ranges / n)
+    ends = file_ends(96 * MiB, MiB)
     group = Members(members, members[2])
-    assert all(group.owner(k, leaving_out=members) == members[2] for k in keys[:50])  # never left out: itself
+    every = file_owners(members, "f", ends)
+    for end in ends:
+        chosen = group.file_owner("f", ends, end, leaving_out=[members[0], members[2]])
+        if every[end] == members[2]:
+            assert chosen == members[2]  # its own share among all stays its own: it fetched it from the origin
+        assert chosen != members[0]
 
 
 def test_dns_members_are_every_address_of_the_name() -> None:
@@ -301,3 +318,28 @@ def test_dns_members_are_every_address_of_the_name() -> None:
         assert group.current() == ("http://10.0.0.2:8080", "http://10.0.0.3:8080")
     finally:
         group.close()
+
+
+@pytest.mark.slow
+def test_a_peer_that_goes_silent_is_skipped_after_the_stall_timeout(proxy: FaultProxy, model, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    bucket, files = model
+    silent_port, other_port = free_port(), free_port()
+    # The others reach one member through a proxy that sends a little of every range and then nothing.
+    with FaultProxy("127.0.0.1", silent_port) as silent_path:
+        silent_path.add_rule(
+            Rule(Stall(seconds=600, after_bytes=4096), match_method="GET", match_path="^/peer/", times=-1)
+        )
+        urls = [silent_path.url, f"http://127.0.0.1:{other_port}"]
+        silent = Member(silent_port, urls, f"s3://{bucket}/m/", tmp_path / "silent", proxy.url, urls[0])
+        other = Member(other_port, urls, f"s3://{bucket}/m/", tmp_path / "other", proxy.url, urls[1])
+        try:
+            for m in (other, silent):
+                wait_until(f"{m.url} ready\n{m.text()}", m.ready)
+                assert read_tree(str(m.model_dir)) == files
+            assert silent_path.log, "the other member never asked the silent one for anything"
+            peer = other.status()["cooperation"]["peers"][silent.url]  # type: ignore[index]
+            assert peer["failures"] >= 1, peer
+            assert "no byte for 5s" in other.text()
+        finally:
+            silent.close()
+            other.close()

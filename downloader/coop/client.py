@@ -29,6 +29,7 @@ from .protocol import (
 
 CONNECT_TIMEOUT = 5.0  # seconds to reach a peer (a member on the same network answers in well under one)
 ANSWER_GRACE = 5.0  # past the wait we gave it, the seconds a peer has for its answer's first line
+_CLOSED_WHILE_IDLE = (http.client.RemoteDisconnected, ConnectionResetError, BrokenPipeError)
 
 
 @dataclass
@@ -65,7 +66,6 @@ class PeerClient:
 
     def ask(self, peer: str, f: RemoteFile, span: Span) -> Answer:
         """Ask `peer` for bytes `span` of the listed version of `f`."""
-        conn = self._take(peer)
         headers = {
             "Authorization": bearer(self._token.reveal()),
             "Range": f"bytes={span.start}-{span.end}",
@@ -73,18 +73,26 @@ class PeerClient:
             WAIT_HEADER: f"{self.stall_timeout:g}",
             FROM_HEADER: self._self_url,
         }
-        try:
-            conn.request("GET", file_target(f.rel_path), headers=headers)
-            assert conn.sock is not None
-            conn.sock.settimeout(self.stall_timeout + ANSWER_GRACE)  # it may hold the request up to the wait
-            resp = conn.getresponse()
-        except TimeoutError:
-            conn.close()
-            return Failed(f"no answer within {self.stall_timeout + ANSWER_GRACE:g}s")
-        except (OSError, http.client.HTTPException) as exc:
-            conn.close()
-            reason = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
-            return Failed(reason, unreachable=isinstance(exc, ConnectionRefusedError))
+        conn, reused = self._take(peer)
+        while True:
+            try:
+                conn.request("GET", file_target(f.rel_path), headers=headers)
+                assert conn.sock is not None
+                conn.sock.settimeout(self.stall_timeout + ANSWER_GRACE)  # it may hold the request up to the wait
+                resp = conn.getresponse()
+                break
+            except TimeoutError:
+                conn.close()
+                return Failed(f"no answer within {self.stall_timeout + ANSWER_GRACE:g}s")
+            except (OSError, http.client.HTTPException) as exc:
+                conn.close()
+                if reused and isinstance(exc, _CLOSED_WHILE_IDLE):
+                    # The peer closed a kept-alive connection while it was idle (its keep-alive timeout), as
+                    # our request went out: no answer was lost; ask again on a new connection.
+                    conn, reused = self._connect(peer), False
+                    continue
+                reason = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
+                return Failed(reason, unreachable=isinstance(exc, ConnectionRefusedError))
         if resp.status == 206:
             wrong = _wrong_range(resp, f, span)
             if wrong:
@@ -117,11 +125,15 @@ class PeerClient:
             for conn in conns:
                 conn.close()
 
-    def _take(self, peer: str) -> http.client.HTTPConnection:
+    def _take(self, peer: str) -> tuple[http.client.HTTPConnection, bool]:
+        """A connection to `peer`, and whether it is a kept-alive one."""
         with self._lock:
             idle = self._idle.get(peer)
             if idle:
-                return idle.pop()
+                return idle.pop(), True
+        return self._connect(peer), False
+
+    def _connect(self, peer: str) -> http.client.HTTPConnection:
         parts = urlsplit(peer)
         assert parts.hostname is not None and parts.port is not None
         return http.client.HTTPConnection(parts.hostname, parts.port, timeout=CONNECT_TIMEOUT)

@@ -47,6 +47,7 @@ class Lookup:
     piece: Piece | None = None
     known: bool = False
     other_version: str | None = None
+    grid: tuple[int, int] | None = None  # (size, range step) of the file, from a journal of the version asked for
 
 
 class Holdings:
@@ -95,16 +96,19 @@ class Holdings:
                     return Lookup(Piece(parts, parts[-1], record.size, record.version, record.mtime_ns), True)
             else:
                 other = record.version
+        grid = None
         for j in journals:
             h = j.header
             if not same_version(h.version, version):
                 other = other or h.version
                 continue
             step = _step(h.layout)
+            grid = (h.size, step) if step else grid
             if step and end < h.size and _temp_name_ok(h.temp) and all(i in j.done for i in _indexes(start, end, step)):
-                return Lookup(Piece(parts, h.temp, h.size, h.version), True)
+                return Lookup(Piece(parts, h.temp, h.size, h.version), True, grid=grid)
         known = record is not None or bool(journals)
-        return Lookup(None, known, other if other is not None and not _has_version(record, journals, version) else None)
+        other = other if other is not None and not _has_version(record, journals, version) else None
+        return Lookup(None, known, other, grid)
 
 
 def check_path(rel_path: str) -> tuple[str, ...]:

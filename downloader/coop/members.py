@@ -1,17 +1,24 @@
-"""The group as this member sees it, and who owns which range: rendezvous (highest random weight) hashing.
+"""The group as this member sees it, and who owns which range: rendezvous (highest random weight) hashing with
+bounded loads.
 
-A range's owner is the member with the highest weight for it, the weight being a hash of the member's URL and the
-range's key. Every member computes the same owner from the same member list, without talking to anyone, and a
-member that joins or leaves moves only the ranges it owns (about 1/N of them): the others keep their owners.
+A range's weight for a member is a hash of the member's URL and the range's key. Plain rendezvous hashing gives
+each range to the member with the highest weight: every member computes the same owner from the same member list
+without talking to anyone, and a member that joins or leaves moves only the ranges it owns. With few ranges per
+member, though, shares differ by about sqrt(ranges / N), and the group waits for the largest. So the ranges of
+a file are given out in order, each to the member of highest weight that owns fewer than ceil(ranges / N) of the
+file's ranges so far (`file_owners`): no share is larger than ceil(ranges / N), each is still computed alone by
+every member, and a member leaving still moves few ranges besides its own.
 """
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import logging
 import socket
 import threading
-from collections.abc import Callable, Collection, Iterable, Sequence
+import types
+from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
 
 from ..config import member_url
 
@@ -36,6 +43,31 @@ def weight(member: str, key: str) -> int:
 def owner(members: Iterable[str], key: str) -> str:
     """The member with the highest weight for `key` (ties, never seen with 64-bit weights, go to the larger URL)."""
     return max(members, key=lambda m: (weight(m, key), m))
+
+
+def file_ends(size: int, step: int) -> list[int]:
+    """The last byte of each range of a file of `size` bytes cut every `step` bytes (as downloader.plan cuts it)."""
+    return [min(start + step, size) - 1 for start in range(0, size, step)]
+
+
+def file_owners(members: Sequence[str], rel_path: str, ends: Sequence[int]) -> Mapping[int, str]:
+    """The owner of each range of a file (by its last byte): rendezvous hashing with bounded loads (see above)."""
+    return _file_owners(tuple(members), rel_path, tuple(ends))
+
+
+@functools.lru_cache(maxsize=1024)  # asked for every range and every held request: computed once per file
+def _file_owners(members: tuple[str, ...], rel_path: str, ends: tuple[int, ...]) -> Mapping[int, str]:
+    cap = -(-len(ends) // len(members))
+    load = dict.fromkeys(members, 0)
+    out: dict[int, str] = {}
+    for end in ends:
+        key = range_key(rel_path, end)
+        for m in sorted(members, key=lambda m: (weight(m, key), m), reverse=True):
+            if load[m] < cap:
+                load[m] += 1
+                out[end] = m
+                break
+    return types.MappingProxyType(out)
 
 
 def resolve(name: str, port: int) -> list[str]:
@@ -72,6 +104,17 @@ class Members:
         """The owner of `key` among the members, less those left out (peers down or dropped: their ranges go to
         the members that would own them without them). This member is never left out."""
         return owner((m for m in self._current if m not in leaving_out or m == self.self_url), key)
+
+    def file_owner(self, rel_path: str, ends: Sequence[int], end: int, leaving_out: Collection[str] = ()) -> str:
+        """The owner of the range of a file (its ranges' last bytes `ends`) that ends at `end`, among the members
+        less those left out. A range this member owns among all the members stays its own whoever is left out:
+        what it serves from a file not finished yet is exactly those ranges, all fetched from the origin."""
+        every = self._current
+        first = file_owners(every, rel_path, ends).get(end, self.self_url)
+        if first == self.self_url or first not in leaving_out:
+            return first
+        rest = [m for m in every if m not in leaving_out or m == self.self_url]
+        return file_owners(rest, rel_path, ends).get(end, self.self_url)
 
     def close(self) -> None:
         self._stop.set()

@@ -14,13 +14,13 @@ import http.client
 import logging
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 
 from ..config import PeerSettings, VerifyMode
 from ..jobs import usable_checksums
 from ..sources.base import Body, ObjectDetail, RemoteFile, Source, Span
 from .client import Bytes, Failed, PeerClient, Refused
-from .members import Members, range_key
+from .members import Members
 from .protocol import Refusal
 from .report import CoopReport, PeerReport, PeerState
 
@@ -55,6 +55,7 @@ class CoopSource:
         self._origin_only: set[str] = set()  # files fetched again after their verification failed
         self._served_by: dict[tuple[str, str], set[str]] = {}  # (file, version) -> peers whose bytes are in it
         self._planned: dict[tuple[str, int], tuple[int, bool]] = {}  # (file, range end) -> (length, own)
+        self._ends: dict[str, list[int]] = {}  # file -> the last byte of each of its ranges (see `later`)
         self._from_origin_bytes = 0
         self._refetched = 0
 
@@ -80,14 +81,19 @@ class CoopSource:
         self.origin.close()
 
     # --------------------------------------------------------------------------------- the Steering
-    def later(self, f: RemoteFile, detail: ObjectDetail | None, span: Span) -> bool:
-        """Whether a peer owns this range (the engine fetches it after this member's own share)."""
+    def later(self, f: RemoteFile, detail: ObjectDetail | None, ranges: Sequence[Span]) -> set[int]:
+        """The positions in `ranges` (every range of `f`, in order) of those a peer owns: the engine fetches them
+        after this member's own share."""
         if not self._shared(f, detail):
-            return False
-        own = self._owner(f, span) == self.self_url
+            return set()
+        ends = [r.end for r in ranges]
         with self._lock:
-            self._planned[(f.rel_path, span.end)] = (span.end - span.start + 1, own)
-        return not own
+            self._ends[f.rel_path] = ends
+        owners = [self._owner(f, r) for r in ranges]
+        with self._lock:
+            for r, who in zip(ranges, owners, strict=True):
+                self._planned[(f.rel_path, r.end)] = (r.end - r.start + 1, who == self.self_url)
+        return {i for i, who in enumerate(owners) if who != self.self_url}
 
     def verification_failed(self, f: RemoteFile) -> bool:
         """`f` failed verification: from now on it comes from the origin alone, and every peer that served bytes of
@@ -131,14 +137,19 @@ class CoopSource:
         )
 
     def _owner(self, f: RemoteFile, span: Span) -> str:
+        """Who to ask for `span` of `f`: its owner among the members not down or dropped; this member for a file
+        the engine did not cut into ranges (see `later`)."""
         now = time.monotonic()
         with self._lock:
+            ends = self._ends.get(f.rel_path)
             left_out = {
                 url
                 for url, p in self._peers.items()
                 if p.state is PeerState.DROPPED or (p.state is PeerState.DOWN and now < self._down_until.get(url, 0))
             }
-        return self.members.owner(range_key(f.rel_path, span.end), left_out)
+        if ends is None:
+            return self.self_url
+        return self.members.file_owner(f.rel_path, ends, span.end, left_out)
 
     def _from_origin(
         self, f: RemoteFile, detail: ObjectDetail | None, span: Span | None, buffer: memoryview | None = None
