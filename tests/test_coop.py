@@ -3,11 +3,11 @@ aibrix-download, on 127.0.0.1, against one S3 server behind a FaultProxy that co
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
 import signal
-import socket
 import subprocess
 import sys
 import threading
@@ -22,20 +22,15 @@ from downloader.config import build_arg_parser, load_settings
 from downloader.coop.members import Members, file_ends, file_owners, owner, range_key
 from downloader.coop.protocol import REFUSAL_HEADER, VERSION_HEADER, file_target
 from downloader.errors import ConfigError
-from tests.conftest import REPO, S3Server, cli_env, journal_ranges, read_tree, wait_until
-from tests.faultproxy import Delay, FaultProxy, FlipBit, Rule, Stall
+from tests.conftest import REPO, WAIT_LIMIT, cli_env, journal_ranges, read_tree, wait_until
+from tests.faultproxy import Action, Callback, FaultProxy, FlipBit, Rule, Stall
+from tests.gcs_server import free_port
 from tests.synthetic import MiB, random_bytes, upload
 
 TOKEN = "group-token-0123456789abcdef"
 SHARD = 6 * MiB
 # Ranges of 1 MiB from 2 MiB on: each shard is 6 ranges, spread over the members by rendezvous hashing.
 RANGED = ["--part-threshold", "2MiB", "--part-chunksize", "1MiB", "--num-threads", "4", "--progress-interval", "0.2"]
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 class Member:
@@ -53,7 +48,7 @@ class Member:
         args += ["--peers", ",".join(urls), "--peer-self", self.url, "--peer-stall-timeout", "5"]
         self.proc = subprocess.Popen(
             args,
-            env=cli_env(endpoint, DOWNLOADER_PEER_TOKEN=TOKEN, **env),
+            env=cli_env(endpoint, **{"DOWNLOADER_PEER_TOKEN": TOKEN, **env}),
             stderr=subprocess.PIPE,
             stdout=subprocess.DEVNULL,
             text=True,
@@ -106,17 +101,11 @@ class Member:
                 self.kill()
 
 
-def group(n: int, uri: str, tmp_path: Path, endpoint: str, urls: list[str] | None = None) -> list[Member]:
-    """`n` members; `urls`, when given, are where the others reach each (a proxy in front of one, say)."""
-    ports = [free_port() for _ in range(n)]
-    urls = urls or [f"http://127.0.0.1:{p}" for p in ports]
-    return [Member(p, urls, uri, tmp_path / f"member{i}", endpoint, urls[i]) for i, p in enumerate(ports)]
-
-
-@pytest.fixture
-def proxy(s3_server: S3Server) -> Iterator[FaultProxy]:
-    with FaultProxy(s3_server.host, s3_server.port) as p:
-        yield p
+def group(uri: str, tmp_path: Path, endpoints: list[str]) -> list[Member]:
+    """One member per entry of `endpoints` (where that member reaches the origin), each knowing every other."""
+    ports = [free_port() for _ in endpoints]
+    urls = [f"http://127.0.0.1:{p}" for p in ports]
+    return [Member(p, urls, uri, tmp_path / f"member{i}", endpoints[i]) for i, p in enumerate(ports)]
 
 
 @pytest.fixture
@@ -139,7 +128,7 @@ def origin_body_bytes(proxy: FaultProxy) -> int:
 @pytest.mark.slow
 def test_members_share_the_download_and_end_with_identical_bytes(proxy: FaultProxy, model, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
     bucket, files = model
-    members = group(3, f"s3://{bucket}/m/", tmp_path, proxy.url)
+    members = group(f"s3://{bucket}/m/", tmp_path, [proxy.url] * 3)
     try:
         for m in members:
             wait_until(f"{m.url} ready\n{m.text()}", m.ready)
@@ -173,7 +162,9 @@ def test_members_share_the_download_and_end_with_identical_bytes(proxy: FaultPro
 @pytest.mark.slow
 def test_the_peer_route_refuses_callers_without_the_group_token(proxy: FaultProxy, s3, model, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
     bucket, files = model
-    (member,) = group(1, f"s3://{bucket}/m/", tmp_path, proxy.url)
+    uri = f"s3://{bucket}/m/"
+    (member,) = group(uri, tmp_path, [proxy.url])
+    intruder: Member | None = None
     try:
         wait_until(f"ready\n{member.text()}", member.ready)
         name = "model-00001-of-00003.safetensors"
@@ -193,29 +184,92 @@ def test_the_peer_route_refuses_callers_without_the_group_token(proxy: FaultProx
             file_target(name), headers={**headers, "Authorization": f"Bearer {TOKEN}", VERSION_HEADER: '"x"'}
         )
         assert other.status_code == 412 and other.headers[REFUSAL_HEADER] == "version"
+
+        # A verified file replaced by a symlink (to the same bytes, outside the model directory) is not served.
+        linked = "model-00002-of-00003.safetensors"
+        outside = tmp_path / "outside.safetensors"
+        outside.write_bytes(files[linked])
+        (member.model_dir / linked).unlink()
+        (member.model_dir / linked).symlink_to(outside)
+        linked_version = s3.head_object(Bucket=bucket, Key=f"m/{linked}")["ETag"]
+        r = member.get(
+            file_target(linked),
+            headers={"Range": "bytes=0-99", VERSION_HEADER: linked_version, "Authorization": f"Bearer {TOKEN}"},
+        )
+        assert r.status_code == 503 and r.headers[REFUSAL_HEADER] == "not-mine"
+
+        # A member of another group (another token) is refused every range; it fetches them from the origin.
+        wrong_token = "another-group-token-0123456789"
+        port = free_port()
+        urls = [member.url, f"http://127.0.0.1:{port}"]
+        intruder = Member(port, urls, uri, tmp_path / "intruder", proxy.url, DOWNLOADER_PEER_TOKEN=wrong_token)
+        wait_until(f"intruder ready\n{intruder.text()}", intruder.ready)
+        assert read_tree(str(intruder.model_dir)) == files
+        seen = intruder.status()["cooperation"]["peers"][member.url]  # type: ignore[index]
+        assert seen["state"] == "down" and seen["refusals"]["token"] >= 1 and seen["bytes"] == 0, seen
+        assert wrong_token not in intruder.text()
+        metrics = member.metrics()
+        assert metrics[("aibrix_peer_refusals_total", (("reason", "token"),))] >= 4  # the three above, the intruder
+        # The one 100-byte answer above is all it ever served.
+        assert {k: v for k, v in metrics.items() if k[0] == "aibrix_peer_served_bytes_total"} == {
+            ("aibrix_peer_served_bytes_total", (("peer", "other"),)): 100.0
+        }
     finally:
-        member.close()
+        for m in (member, intruder):
+            if m is not None:
+                m.close()
 
 
 @pytest.mark.slow
-def test_a_member_killed_mid_download_leaves_the_others_to_finish(proxy: FaultProxy, model, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+def test_a_member_killed_mid_download_leaves_the_others_to_finish(  # type: ignore[no-untyped-def]
+    s3_server, proxy: FaultProxy, model, tmp_path: Path
+) -> None:
     bucket, files = model
-    # Slow origin GETs, so that the download is surely under way when the member is killed.
-    proxy.add_rule(Rule(Delay(0.2), match_method="GET", only_ranged=True, times=-1))
-    members = group(3, f"s3://{bucket}/m/", tmp_path, proxy.url)
-    victim, survivors = members[0], members[1:]
-    try:
-        wait_until("the victim has finished a range", lambda: journal_ranges(victim.model_dir) >= 1)
-        victim.kill()
-        for m in survivors:
-            wait_until(f"{m.url} ready\n{m.text()}", m.ready)
-            assert read_tree(str(m.model_dir)) == files
-            coop = m.status()["cooperation"]
-            assert isinstance(coop, dict)
-            assert coop["peers"][victim.url]["state"] == "down"
-    finally:
-        for m in members:
-            m.close()
+    # The survivors' origin holds every ranged GET until the victim is dead, so neither can finish before that.
+    killed = threading.Event()
+    proxy.add_rule(Rule(Callback(lambda _: killed.wait(WAIT_LIMIT)), match_method="GET", only_ranged=True, times=-1))
+    # The victim's own origin answers its first ranged GET, then nothing: it is surely mid-download when killed.
+    with FaultProxy(s3_server.host, s3_server.port) as victim_origin:
+        victim_origin.add_rule(Rule(Stall(seconds=600), match_method="GET", only_ranged=True, skip=1, times=-1))
+        members = group(f"s3://{bucket}/m/", tmp_path, [victim_origin.url, proxy.url, proxy.url])
+        victim, survivors = members[0], members[1:]
+        try:
+            wait_until("the victim has finished a range", lambda: journal_ranges(victim.model_dir) >= 1)
+            victim.kill()
+            killed.set()
+            for m in survivors:
+                wait_until(f"{m.url} ready\n{m.text()}", m.ready)
+                assert read_tree(str(m.model_dir)) == files
+                coop = m.status()["cooperation"]
+                assert isinstance(coop, dict)
+                assert coop["peers"][victim.url]["state"] == "down"
+            assert not (victim.model_dir / ".aibrix" / "manifest.json").exists()
+        finally:
+            killed.set()
+            for m in members:
+                m.close()
+
+
+@contextlib.contextmanager
+def pair_with_a_bad_path(origin: str, uri: str, tmp_path: Path, action: Action) -> Iterator[tuple[Member, Member]]:
+    """Two members, yielded (good, bad) once both have the model. `bad` has all of it before `good` starts, so it
+    has every range `good` asks it for; `good` reaches it only through a proxy applying `action` to every peer
+    request."""
+    bad_port, good_port = free_port(), free_port()
+    with FaultProxy("127.0.0.1", bad_port) as bad_path:
+        bad_path.add_rule(Rule(action, match_method="GET", match_path="^/peer/", times=-1))
+        urls = [bad_path.url, f"http://127.0.0.1:{good_port}"]
+        members: list[Member] = []
+        try:
+            for port, name, url in ((bad_port, "bad", urls[0]), (good_port, "good", urls[1])):
+                m = Member(port, urls, uri, tmp_path / name, origin, url)
+                members.append(m)
+                wait_until(f"{name} ready\n{m.text()}", m.ready)
+            assert bad_path.log, "the good member never asked the bad one for anything"
+            yield members[1], members[0]
+        finally:
+            for m in members:
+                m.close()
 
 
 @pytest.mark.slow
@@ -223,28 +277,30 @@ def test_corrupt_bytes_from_a_peer_are_caught_and_fetched_again_from_the_origin(
     proxy: FaultProxy, model, tmp_path: Path
 ) -> None:  # type: ignore[no-untyped-def]
     bucket, files = model
-    liar_port, honest_port = free_port(), free_port()
-    # The others reach the liar through a proxy that flips a bit in every range it serves.
-    with FaultProxy("127.0.0.1", liar_port) as liar_path:
-        liar_path.add_rule(Rule(FlipBit(offset=1000), match_method="GET", match_path="^/peer/", times=-1))
-        urls = [liar_path.url, f"http://127.0.0.1:{honest_port}"]
-        liar = Member(liar_port, urls, f"s3://{bucket}/m/", tmp_path / "liar", proxy.url, urls[0])
-        honest = Member(honest_port, urls, f"s3://{bucket}/m/", tmp_path / "honest", proxy.url, urls[1])
-        try:
-            for m in (honest, liar):
-                wait_until(f"{m.url} ready\n{m.text()}", m.ready)
-                assert read_tree(str(m.model_dir)) == files
-            assert liar_path.log, "the honest member never asked the liar for anything"
-            coop = honest.status()["cooperation"]
-            assert isinstance(coop, dict)
-            assert coop["files_refetched"] >= 1
-            assert coop["peers"][liar.url]["state"] == "dropped"
-            metrics = honest.metrics()
-            assert metrics[("aibrix_download_peer_refetched_files_total", ())] == coop["files_refetched"]
-            assert metrics[("aibrix_download_peer_state", (("peer", liar.url), ("state", "dropped")))] == 1.0
-        finally:
-            liar.close()
-            honest.close()
+    # A bit flipped in every range the liar serves.
+    with pair_with_a_bad_path(proxy.url, f"s3://{bucket}/m/", tmp_path, FlipBit(offset=1000)) as (honest, liar):
+        for m in (honest, liar):
+            assert read_tree(str(m.model_dir)) == files
+        coop = honest.status()["cooperation"]
+        assert isinstance(coop, dict)
+        assert coop["files_refetched"] >= 1
+        assert coop["peers"][liar.url]["state"] == "dropped"
+        metrics = honest.metrics()
+        assert metrics[("aibrix_download_peer_refetched_files_total", ())] == coop["files_refetched"]
+        assert metrics[("aibrix_download_peer_state", (("peer", liar.url), ("state", "dropped")))] == 1.0
+
+
+@pytest.mark.slow
+def test_a_peer_that_goes_silent_is_skipped_after_the_stall_timeout(proxy: FaultProxy, model, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    bucket, files = model
+    # A little of every range the silent member serves, then nothing.
+    stall = Stall(seconds=600, after_bytes=4096)
+    with pair_with_a_bad_path(proxy.url, f"s3://{bucket}/m/", tmp_path, stall) as (other, silent):
+        for m in (other, silent):
+            assert read_tree(str(m.model_dir)) == files
+        peer = other.status()["cooperation"]["peers"][silent.url]  # type: ignore[index]
+        assert peer["failures"] >= 1, peer
+        assert "no byte for 5s" in other.text()
 
 
 URI = ["--model-uri", "s3://bucket/m/"]
@@ -318,28 +374,3 @@ def test_dns_members_are_every_address_of_the_name() -> None:
         assert group.current() == ("http://10.0.0.2:8080", "http://10.0.0.3:8080")
     finally:
         group.close()
-
-
-@pytest.mark.slow
-def test_a_peer_that_goes_silent_is_skipped_after_the_stall_timeout(proxy: FaultProxy, model, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
-    bucket, files = model
-    silent_port, other_port = free_port(), free_port()
-    # The others reach one member through a proxy that sends a little of every range and then nothing.
-    with FaultProxy("127.0.0.1", silent_port) as silent_path:
-        silent_path.add_rule(
-            Rule(Stall(seconds=600, after_bytes=4096), match_method="GET", match_path="^/peer/", times=-1)
-        )
-        urls = [silent_path.url, f"http://127.0.0.1:{other_port}"]
-        silent = Member(silent_port, urls, f"s3://{bucket}/m/", tmp_path / "silent", proxy.url, urls[0])
-        other = Member(other_port, urls, f"s3://{bucket}/m/", tmp_path / "other", proxy.url, urls[1])
-        try:
-            for m in (other, silent):
-                wait_until(f"{m.url} ready\n{m.text()}", m.ready)
-                assert read_tree(str(m.model_dir)) == files
-            assert silent_path.log, "the other member never asked the silent one for anything"
-            peer = other.status()["cooperation"]["peers"][silent.url]  # type: ignore[index]
-            assert peer["failures"] >= 1, peer
-            assert "no byte for 5s" in other.text()
-        finally:
-            silent.close()
-            other.close()
