@@ -6,6 +6,7 @@ This is the only module of the downloader that reads the environment. Everything
 from __future__ import annotations
 
 import argparse
+import ipaddress
 import json
 import re
 from collections.abc import Mapping, Sequence
@@ -100,6 +101,17 @@ class HfSettings:
 
 
 @dataclass(frozen=True)
+class PeerSettings:
+    """Cooperative download (docs/design.md, "Cooperative download"): the members of the group, this member's own
+    URL among them, the group's shared token and how long a peer may keep us waiting for a byte."""
+
+    members: tuple[str, ...]  # member URLs (http://host:port), and dns+http://name:port for every address of a name
+    self_url: str  # http://host:port, as the other members reach this member's sidecar
+    token: Secret
+    stall_timeout: float = 30.0
+
+
+@dataclass(frozen=True)
 class Settings:
     uri: ModelUri
     local_dir: str
@@ -129,6 +141,7 @@ class Settings:
     verify: VerifyMode = VerifyMode.STRICT
     cache_max_size: int | None = None  # the node cache's budget for every model under local_dir; None: no budget
     hold: bool = False  # after the download, hold a lease on the model until SIGTERM/SIGINT
+    peers: PeerSettings | None = None  # None: no cooperation, every byte from the source
     warnings: tuple[str, ...] = ()
 
     @property
@@ -516,6 +529,45 @@ OPTIONS = Options(
         parse=LOG_LEVEL,
     ),
     Option(
+        "peers",
+        "cooperative download: the group's members, comma-separated, each http://host:port (a member's sidecar) or "
+        "dns+http://name:port (every address of the name, e.g. a headless Service)",
+        env=("DOWNLOADER_PEERS",),
+        parse=lambda setting, raw: _members(setting, raw),
+        default_doc="none: every byte from the source",
+        group="cooperative download",
+    ),
+    Option(
+        "peer_self",
+        "this member's URL as the others reach it, e.g. http://10.0.0.5:8080 (its sidecar's port)",
+        env=("DOWNLOADER_PEER_SELF",),
+        parse=lambda setting, raw: _member_self(setting, raw),
+        default_doc="required with --peers",
+        group="cooperative download",
+    ),
+    Option(
+        "peer_token_file",
+        "file holding the group's shared token (a mounted Secret)",
+        env=("DOWNLOADER_PEER_TOKEN_FILE",),
+        default_doc="required with --peers, or DOWNLOADER_PEER_TOKEN",
+        group="cooperative download",
+    ),
+    Option(
+        "peer_token",
+        "the group's shared token itself (from a Secret; never a flag: a command line is seen by every process)",
+        env=("DOWNLOADER_PEER_TOKEN",),
+        kind=Kind.ENV,
+        parse=_secret,
+    ),
+    Option(
+        "peer_stall_timeout",
+        "seconds a peer may keep us waiting for a byte before that range comes from the source",
+        env=("DOWNLOADER_PEER_STALL_TIMEOUT",),
+        default="30",
+        parse=seconds(0.5, 3600),
+        group="cooperative download",
+    ),
+    Option(
         "download_extra_config",
         "JSON object with AIBrix's extra keys (ak, sk, endpoint, ...)",
         parse=parse_extra_config,
@@ -624,6 +676,7 @@ def settings_from(args: argparse.Namespace, env: Mapping[str, str]) -> Settings:
         verify=get.value("verify"),
         cache_max_size=get.value("cache_max_size"),
         hold=hold,
+        peers=None if get.value("dry_run") else _peer_settings(get),
         warnings=tuple(warnings),
     )
 
@@ -771,3 +824,91 @@ def load_cache_settings(argv: Sequence[str], env: Mapping[str, str]) -> CacheSet
         # the download's table knows every DOWNLOADER_* name a pod's environment may carry
         warnings=tuple(f"ignoring unknown environment variable {n}" for n in OPTIONS.unknown_env(env)),
     )
+
+
+# ------------------------------------------------------------------------------------- cooperative download
+
+# A member's URL: http, a host (a name, an IPv4 address or a bracketed IPv6 one) and a port; nothing after it.
+_MEMBER_URL = re.compile(r"^(dns\+)?http://(\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9.-]+)(?::(\d{1,5}))?/?$")
+MIN_PEER_TOKEN = 16
+
+
+def member_url(host: str, port: int) -> str:
+    """A member's URL in the one spelling every member uses for it (ownership is hashed over these strings): a
+    lowercased name or the canonical form of an address, and the port always written."""
+    try:
+        address = ipaddress.ip_address(host.strip("[]"))
+    except ValueError:
+        return f"http://{host.lower().rstrip('.')}:{port}"
+    return f"http://[{address.compressed}]:{port}" if address.version == 6 else f"http://{address.compressed}:{port}"
+
+
+def parse_member(setting: str, raw: str) -> str:
+    """One entry of --peers or --peer-self in its one spelling: http://host:port, or dns+http://name:port."""
+    m = _MEMBER_URL.match(raw.strip())
+    port = int(m.group(3) or 80) if m else 0
+    if m is None or not 0 < port < 65536:
+        raise ConfigError(setting, raw, "expected http://host:port (or dns+http://name:port in --peers)")
+    url = member_url(m.group(2), port)
+    if m.group(1):
+        if url.startswith("http://["):
+            raise ConfigError(setting, raw, "dns+http:// takes a DNS name, not an address")
+        return "dns+" + url
+    return url
+
+
+def _members(setting: str, raw: object) -> tuple[str, ...]:
+    members = tuple(dict.fromkeys(parse_member(setting, item) for item in str(raw).split(",") if item.strip()))
+    if not members:
+        raise ConfigError(setting, raw, "names no member")
+    return members
+
+
+def _member_self(setting: str, raw: object) -> str:
+    url = parse_member(setting, str(raw))
+    if url.startswith("dns+"):
+        raise ConfigError(setting, raw, "is this member's own URL: http://host:port")
+    return url
+
+
+def _peer_settings(get: Lookup) -> PeerSettings | None:
+    members: tuple[str, ...] | None = get.value("peers")
+    if members is None:
+        for other in ("peer_self", "peer_token_file"):
+            if get.given(other).where is not Where.DEFAULT:
+                raise ConfigError(get.given(other).source, None, "is for a cooperative download: set --peers too")
+        return None
+    self_url: str | None = get.value("peer_self")
+    if self_url is None:
+        raise ConfigError("--peer-self", None, "a cooperative download needs this member's own URL among --peers")
+    return PeerSettings(members, self_url, _peer_token(get), get.value("peer_stall_timeout"))
+
+
+def _peer_token(get: Lookup) -> Secret:
+    """The group's token, from a file (a mounted Secret) or DOWNLOADER_PEER_TOKEN. Never from a flag's value: a
+    command line is seen by every process of the node."""
+    path, name, _ = get.given("peer_token_file")
+    if path is not None:
+        try:
+            with open(str(path), "rb") as fh:
+                data = fh.read(8192)
+        except OSError as exc:
+            raise ConfigError(name, path, f"cannot read the token file: {exc.strerror or exc}") from exc
+        try:
+            token, where = data.decode("ascii").strip(), name
+        except UnicodeDecodeError as exc:
+            raise ConfigError(name, path, "the token must be printable ASCII") from exc
+    else:
+        secret: Secret | None = get.value("peer_token")
+        if secret is None or not secret.reveal().strip():
+            raise ConfigError(
+                "--peer-token-file", None, "a cooperative download needs the group's token (DOWNLOADER_PEER_TOKEN_FILE "
+                "or DOWNLOADER_PEER_TOKEN, from a Secret)"
+            )  # fmt: skip
+        token, where = secret.reveal().strip(), "DOWNLOADER_PEER_TOKEN"
+    # The value is never shown: an error names only where it came from.
+    if len(token) < MIN_PEER_TOKEN or len(token) > 4096 or not all(33 <= ord(c) < 127 for c in token):
+        raise ConfigError(
+            where, None, f"the token must be {MIN_PEER_TOKEN} to 4096 printable ASCII characters without spaces"
+        )
+    return Secret(token)

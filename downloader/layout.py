@@ -96,6 +96,9 @@ class Progress:
     last_error: str | None = None
     active_files: dict[str, dict[str, int]] = field(default_factory=dict)
     phase_started: dict[str, float] = field(default_factory=dict)  # Phase value -> when it was first entered
+    # A cooperative download's share, bytes by where they came from and its peers' states: a
+    # downloader.coop.report.CoopReport as a dict (CoopReport.from_dict reads it); None when not cooperating.
+    cooperation: dict[str, Any] | None = None
 
 
 # ------------------------------------------------------------------------------------- public reading

@@ -11,7 +11,7 @@ import threading
 import time
 from collections import deque
 from collections.abc import Callable
-from typing import TextIO
+from typing import Any, TextIO
 
 from .layout import Phase, Progress
 from .state import StateDir
@@ -47,6 +47,7 @@ class Stats:
         self.last_error: str | None = None
         self.active: dict[str, list[int]] = {}
         self._samples: deque[tuple[float, int]] = deque(maxlen=64)
+        self.cooperation: Callable[[], dict[str, Any]] | None = None  # a cooperative download's report
 
     def set_phase(self, phase: Phase) -> None:
         with self._lock:
@@ -143,6 +144,7 @@ class Stats:
                 last_error=self.last_error,
                 active_files={k: {"size": v[0], "done": v[1]} for k, v in self.active.items()},
                 phase_started=dict(self.phase_started),
+                cooperation=self.cooperation() if self.cooperation is not None else None,
             )
 
 

@@ -18,6 +18,7 @@ from typing import TextIO
 from . import __version__
 from .cache import CacheRoot, drop_reservation
 from .config import Settings
+from .coop.source import CoopSource
 from .errors import Interrupted, NotFoundError, UnsafePathError
 from .layout import Manifest, ManifestFile, Phase, read_manifest
 from .lease import Lease
@@ -46,7 +47,9 @@ class Result:
 
 def download(settings: Settings, cancel: threading.Event, out: TextIO, err: TextIO) -> Result:
     started = time.monotonic()
-    source = open_source(settings, cancel)
+    source: Source = open_source(settings, cancel)
+    if settings.peers is not None:  # a cooperative download: the origin, wrapped (downloader/coop)
+        source = CoopSource(source, settings.peers, verify=settings.verify, num_threads=settings.num_threads)
     # The SDKs' clients and models are hundreds of thousands of long-lived objects: keep the cyclic collector from
     # walking them again and again while thousands of small files are fetched. Each file leaves a few dozen
     # short-lived containers, almost none in cycles (those of a GET are broken by hand): collect the young
@@ -81,6 +84,8 @@ def _download(
 ) -> Result:
     model_dir = settings.model_dir
     stats = Stats(source.display_uri, model_dir)
+    if isinstance(source, CoopSource):
+        stats.cooperation = lambda: source.report().to_dict()
     reporter = Reporter(stats, "none" if settings.dry_run else settings.progress, settings.progress_interval, err)
 
     stats.set_phase(Phase.LISTING)
@@ -186,7 +191,8 @@ def _fetch(run: _Run, selected: list[RemoteFile]) -> Result:
     pages = decide(settings.page_cache, plan.fetch_bytes, read_memory_room())
     log.info("page cache: %s (%s)", "keep" if pages.keep else "bypass", pages.reason)
     run.reporter.start()
-    engine = Engine(run.source, run.tree, state, settings, stats, run.cancel, keep_pages=pages.keep)
+    steering = run.source if isinstance(run.source, CoopSource) else None
+    engine = Engine(run.source, run.tree, state, settings, stats, run.cancel, keep_pages=pages.keep, steering=steering)
     try:
         new_records = engine.run(plan.fetch, journals)
     except Halted as exc:

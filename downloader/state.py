@@ -580,12 +580,13 @@ class StateDir:
             if not name.endswith(".jsonl"):
                 continue
             token = name[: -len(".jsonl")]
-            journal = self._load_journal(token)
+            journal = self.load_journal(token)
             if journal is not None:
                 out.append(journal)
         return out
 
-    def _load_journal(self, token: str) -> Journal | None:
+    def load_journal(self, token: str) -> Journal | None:
+        """One journal by its token; None when it is gone or its header is unreadable."""
         try:
             with open(os.path.join(self.journal_path, token + ".jsonl"), "rb") as fh:
                 lines = fh.read().splitlines()

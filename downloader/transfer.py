@@ -25,7 +25,7 @@ import time
 from collections import deque
 from collections.abc import Callable, Sequence
 from dataclasses import replace
-from typing import TypeVar
+from typing import Protocol, TypeVar
 
 from . import verify
 from .config import Settings, VerifyMode
@@ -110,6 +110,23 @@ class _Abandoned(Exception):
     """This attempt of the file was abandoned (object changed, checksum failed); drop the range."""
 
 
+class Steering(Protocol):
+    """What a source made of more than one store tells the engine (downloader/coop: members of a group that share a
+    download). A `later` range is fetched after the others: it may wait on another process that is fetching its own
+    share, so at most `wait_slots` workers take later ranges while other work remains, and the rest keep this
+    process's own share going (that share is what the other processes wait on: no wait ever closes a cycle).
+    `later` is given every range of a file, in order, and names the positions of the later ones. A file
+    that fails verification is reported (`verification_failed`); True means the source put bytes of its own choosing
+    in it, and that it serves the file from its origin alone from now on: the failure does not count against the
+    file's one integrity retry."""
+
+    wait_slots: int
+
+    def later(self, f: RemoteFile, detail: ObjectDetail | None, ranges: Sequence[Span]) -> set[int]: ...
+
+    def verification_failed(self, f: RemoteFile) -> bool: ...
+
+
 class Engine:
     def __init__(
         self,
@@ -121,8 +138,10 @@ class Engine:
         cancel: threading.Event,
         *,
         keep_pages: bool,
+        steering: Steering | None = None,
     ) -> None:
         self.source = source
+        self.steering = steering
         self.tree = tree
         self.state = state
         self.settings = settings
@@ -131,6 +150,8 @@ class Engine:
         self._halt = threading.Event()
         self._cv = threading.Condition()
         self._queue: deque[tuple[Job, Attempt | None, ByteRange | None]] = deque()
+        self._later: deque[tuple[Job, Attempt | None, ByteRange | None]] = deque()  # see Steering
+        self._waiting = 0  # later ranges in flight
         self._outstanding = 0
         self._error: BaseException | None = None
         self._records: list[DoneRecord] = []
@@ -206,13 +227,18 @@ class Engine:
         view = views[0]
         while True:
             with self._cv:
-                while not self._queue and self._outstanding > 0 and not self._halt.is_set():
+                while not self._queue and not self._later and self._outstanding > 0 and not self._halt.is_set():
                     if self._unplaced and not self._placing:
                         break  # nothing left to fetch: place the finished small files now
                     self._cv.wait(0.5)
                 if self._halt.is_set() or self._outstanding == 0:
                     return
-                item = self._queue.popleft() if self._queue else None
+                waits = bool(self._later) and (not self._queue or self._waiting < self.steering_slots)
+                if waits:
+                    self._waiting += 1
+                    item: tuple[Job, Attempt | None, ByteRange | None] | None = self._later.popleft()
+                else:
+                    item = self._queue.popleft() if self._queue else None
                 more = self._take_fresh(self._depth - 1) if item is not None and item[2] is None else []
             if item is None:
                 try:
@@ -233,6 +259,14 @@ class Engine:
             except BaseException as exc:
                 self._fail(exc)
                 return
+            finally:
+                if waits:
+                    with self._cv:
+                        self._waiting -= 1
+
+    @property
+    def steering_slots(self) -> int:
+        return self.steering.wait_slots if self.steering is not None else 0
 
     def _take_fresh(self, count: int) -> list[Job]:
         """Up to `count` more files not started yet from the front of the queue (the caller holds the lock)."""
@@ -274,7 +308,12 @@ class Engine:
             elif len(ranges) == 1:
                 started.append((job, attempt, ranges[0], view))
             else:
-                self._push_front([(job, attempt, r) for r in pending])
+                later = self._later_ranges(job, ranges)
+                self._push_front([(job, attempt, r) for r in pending if r.index not in later])
+                if later:
+                    with self._cv:
+                        self._later.extend((job, attempt, r) for r in pending if r.index in later)
+                        self._cv.notify_all()
         bodies = [self._open_ahead(job, view) for job, _, _, view in started] if len(started) > 1 else []
         try:
             for i, (job, attempt, r, view) in enumerate(started):
@@ -284,6 +323,12 @@ class Engine:
             for body in bodies:  # not read (a failure, a halt): nothing may land in a buffer after this
                 if body is not None:
                     body.close()
+
+    def _later_ranges(self, job: Job, ranges: list[ByteRange]) -> set[int]:
+        """The indexes of the ranges (every range of the file) to fetch after the others (see Steering)."""
+        if self.steering is None:
+            return set()
+        return self.steering.later(job.f, job.detail, [Span(r.start, r.end) for r in ranges])
 
     def _open_ahead(self, job: Job, view: memoryview) -> Body | None:
         """A whole file's body, opened before it is read; None when the source did not take it now (the file is
@@ -552,6 +597,11 @@ class Engine:
         try:
             verified, checksum_text = self._verify(job, attempt)
         except IntegrityError as exc:
+            if self.steering is not None and self.steering.verification_failed(job.f):
+                log.warning("%s; bytes from peers were in it: fetching it again from the source alone", exc)
+                self.stats.retry("peer-checksum", str(exc))
+                self._restart(job, attempt, None)
+                return
             job.integrity_failures += 1
             if job.integrity_failures > 1:
                 hint = verify.STORE_HINT if exc.check != "size" else ""

@@ -10,6 +10,9 @@ from fastapi import FastAPI
 from fastapi.responses import Response
 from starlette.requests import Request
 
+from downloader.coop.protocol import PATH_PREFIX
+
+from .peers import PeerRoute
 from .routes import Answer, Route
 
 
@@ -31,8 +34,10 @@ def _endpoint(route: Route) -> Callable[[Request], Response | Awaitable[Response
     return on_loop
 
 
-def create_app(routes: Mapping[str, Route]) -> FastAPI:
+def create_app(routes: Mapping[str, Route], peers: PeerRoute | None = None) -> FastAPI:
     app = FastAPI(title="aibrix-sidecar", openapi_url=None, docs_url=None, redoc_url=None)
     for path, route in routes.items():
         app.router.add_route(path, _endpoint(route), methods=["GET"])
+    if peers is not None:  # a cooperative download's members ask for ranges here (sidecar/peers.py)
+        app.router.add_route(PATH_PREFIX + "{path:path}", peers.handle, methods=["GET"])
     return app

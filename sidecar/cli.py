@@ -23,6 +23,7 @@ from .app import create_app
 from .config import load_settings
 from .fastpath import http_protocol
 from .monitor import Monitor
+from .peers import PeerRoute
 from .routes import route_table
 from .snapshot import readiness_follows
 
@@ -62,11 +63,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         )
     monitor = Monitor(settings)
     monitor.start()
-    routes = route_table(monitor)
+    peers = None
+    if settings.peer_token is not None and settings.model_dir is not None:
+        peers = PeerRoute(settings.model_dir, settings.peer_token.reveal(), monitor.download_running)
+    routes = route_table(monitor, peers)
     # Probes are answered on the socket (sidecar/fastpath.py); anything else goes through uvicorn to the app. Both
     # serve the one route table. No access log: a line per probe would cost more than the probe.
     config = uvicorn.Config(
-        create_app(routes),
+        create_app(routes, peers),
         http=http_protocol(routes) if settings.fast_paths else "auto",
         log_level="warning",
         access_log=False,

@@ -40,6 +40,9 @@ class SidecarSettings:
     fast_paths: bool = True  # probes answered on the socket (sidecar/fastpath.py); off: through the ASGI app
     exit_on_failure_after: float = 10.0  # native mode: seconds after a failed download before exiting (-1: never)
     log_level: str = "INFO"
+    # Native mode, a cooperative download (--peers in the download's arguments): the group's token, which callers
+    # of the peer route (sidecar/peers.py) must present. None: no peer route.
+    peer_token: Secret | None = None
     # Credentials in the environment and the download's settings: cut out of anything the sidecar repeats from
     # the download child (its error lines), whatever the child printed.
     secrets: tuple[Secret, ...] = ()
@@ -231,6 +234,7 @@ def load_settings(argv: Sequence[str], env: Mapping[str, str]) -> SidecarSetting
         fast_paths=get.value("fast_paths"),
         exit_on_failure_after=get.value("exit_on_failure_after"),
         log_level=get.value("log_level").upper(),
+        peer_token=download.peers.token if download is not None and download.peers is not None else None,
         secrets=_secrets(env, download),
         warnings=(*warnings, *_aibrix_warnings(get, env, engine_url)),
     )
@@ -256,6 +260,13 @@ def _aibrix_warnings(get: Lookup, env: Mapping[str, str], engine_url: str | None
 def _secrets(env: Mapping[str, str], download: DownloadSettings | None) -> tuple[Secret, ...]:
     values = {v for k, v in env.items() if _SECRET_NAME.search(k) and not _PATH_NAME.search(k) and len(v) >= 4}
     if download is not None:
-        given = (download.s3.access_key, download.s3.secret_key, download.s3.session_token, download.hf.token)
+        peer_token = download.peers.token if download.peers is not None else None
+        given = (
+            download.s3.access_key,
+            download.s3.secret_key,
+            download.s3.session_token,
+            download.hf.token,
+            peer_token,
+        )
         values |= {s.reveal() for s in given if s is not None and len(s.reveal()) >= 4}
     return tuple(Secret(v) for v in sorted(values, key=len, reverse=True))  # longest first: no partial leftovers

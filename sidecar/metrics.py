@@ -9,9 +9,11 @@ from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector
 
+from downloader.coop.report import CoopReport, PeerState
 from downloader.inventory import CacheInventory, ModelState
 
 from .monitor import Monitor
+from .peers import PeerRoute
 from .snapshot import Phase, Snapshot
 
 
@@ -20,13 +22,19 @@ def _gauge(name: str, doc: str, value: float) -> GaugeMetricFamily:
 
 
 class DownloadCollector(Collector):
-    def __init__(self, monitor: Monitor) -> None:
+    def __init__(self, monitor: Monitor, peers: PeerRoute | None = None) -> None:
         self.monitor = monitor
+        self.peers = peers
 
     def collect(self):  # type: ignore[no-untyped-def]
         snap = self.monitor.snapshot(fresh_progress=True)
         if snap.model is not None:
             yield from _download(snap)
+            report = CoopReport.from_dict(snap.progress.cooperation) if snap.progress is not None else None
+            if report is not None:
+                yield from _cooperation(report)
+        if self.peers is not None:
+            yield from _served(self.peers)
         settings = snap.settings
         cache = snap.cache
         if cache is None and settings.cache_root is not None:  # not read yet: the families, at zero
@@ -114,6 +122,59 @@ def _cache(snap: Snapshot, inventory: CacheInventory):  # type: ignore[no-untype
     )
 
 
+def _cooperation(report: CoopReport):  # type: ignore[no-untyped-def]
+    """A cooperative download's series: bytes by where they came from, its share, each peer's state."""
+    by_source = CounterMetricFamily(
+        "aibrix_download_bytes_by_source",
+        "Bytes received by the download, from the origin or from peers",
+        labels=["source"],
+    )
+    by_source.add_metric(["origin"], report.bytes_from_origin)
+    by_source.add_metric(["peer"], report.bytes_from_peers)
+    yield by_source
+    yield _gauge(
+        "aibrix_download_share_bytes",
+        "Bytes of the ranges planned so far that are this member's share",
+        report.share_bytes,
+    )
+    yield _gauge(
+        "aibrix_download_shared_bytes", "Bytes of every range planned so far that peers may fill", report.planned_bytes
+    )
+    yield CounterMetricFamily(
+        "aibrix_download_peer_refetched_files",
+        "Files whose bytes from peers failed verification, fetched again from the origin",
+        value=report.files_refetched,
+    )
+    received = CounterMetricFamily("aibrix_download_peer_bytes", "Bytes received from each peer", labels=["peer"])
+    failures = CounterMetricFamily(
+        "aibrix_download_peer_failures", "A peer unreachable, stalled or answering wrongly", labels=["peer"]
+    )
+    states = GaugeMetricFamily(
+        "aibrix_download_peer_state", "1 for each peer's current state", labels=["peer", "state"]
+    )
+    for url, peer in sorted(report.peers.items()):
+        received.add_metric([url], peer.bytes)
+        failures.add_metric([url], peer.failures)
+        for state in PeerState:
+            states.add_metric([url, state.value], 1.0 if peer.state is state else 0.0)
+    yield received
+    yield failures
+    yield states
+
+
+def _served(peers: PeerRoute):  # type: ignore[no-untyped-def]
+    """What this member's peer route served and refused."""
+    counts = peers.counts
+    served = CounterMetricFamily("aibrix_peer_served_bytes", "Bytes served to each peer", labels=["peer"])
+    for url, n in sorted(dict(counts.bytes_by_peer).items()):
+        served.add_metric([url], n)
+    yield served
+    refused = CounterMetricFamily("aibrix_peer_refusals", "Peer requests refused, by reason", labels=["reason"])
+    for reason, n in sorted(dict(counts.refusals).items()):
+        refused.add_metric([reason], n)
+    yield refused
+
+
 def render(monitor: Monitor, registry: CollectorRegistry) -> bytes:
     ours = generate_latest(registry)
     engine = monitor.engine.metrics() if monitor.engine is not None else None
@@ -123,7 +184,7 @@ def render(monitor: Monitor, registry: CollectorRegistry) -> bytes:
     return ours
 
 
-def make_registry(monitor: Monitor) -> CollectorRegistry:
+def make_registry(monitor: Monitor, peers: PeerRoute | None = None) -> CollectorRegistry:
     registry = CollectorRegistry(auto_describe=False)
-    registry.register(DownloadCollector(monitor))
+    registry.register(DownloadCollector(monitor, peers))
     return registry

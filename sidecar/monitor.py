@@ -191,6 +191,11 @@ class Monitor:
             return RayState(None, f"Ray dashboard not answering ({type(exc).__name__})")
         return RayState(alive, f"{alive} of {expected} nodes alive")
 
+    def download_running(self) -> bool:
+        """Native mode: whether the download child is running now."""
+        child = self._snapshot.child
+        return child is not None and child.exit_code is None
+
     def _child_changed(self, state: ChildState) -> None:
         with self._lock:
             self._publish(self._snapshot.model, child=state)

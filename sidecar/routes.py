@@ -20,6 +20,7 @@ from prometheus_client import CONTENT_TYPE_LATEST
 
 from .metrics import make_registry, render
 from .monitor import Monitor
+from .peers import PeerRoute
 from .snapshot import Snapshot, Verdict
 
 JSON = "application/json"
@@ -96,9 +97,9 @@ class ProbeAnswers:
         return answer
 
 
-def route_table(monitor: Monitor) -> dict[str, Route]:
+def route_table(monitor: Monitor, peers: PeerRoute | None = None) -> dict[str, Route]:
     answers = ProbeAnswers(monitor)
-    registry = make_registry(monitor)
+    registry = make_registry(monitor, peers)
     engine = monitor.engine
 
     def metrics() -> Answer:  # asks the engine for its metrics

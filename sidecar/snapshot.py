@@ -240,6 +240,8 @@ class Snapshot:
                 updated_at=p.updated_at,
                 files=p.active_files,
             )
+            if p.cooperation is not None:  # a cooperative download: its share, bytes by source, peers' states
+                body["cooperation"] = p.cooperation
         if body.get("last_error") is None and child is not None and child.cause:
             body["last_error"] = child.cause  # it failed before it wrote any progress (a missing bucket)
         manifest = model.manifest
