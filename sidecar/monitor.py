@@ -23,14 +23,14 @@ from typing import Any
 import httpx
 
 from downloader import damaged_files, read_manifest, read_progress
-from downloader.layout import MANIFEST_NAME, PROGRESS_NAME, state_dir
+from downloader.layout import MANIFEST_NAME, PROGRESS_NAME, file_key, state_dir
 from runtime.cluster import Dashboard
 
 from .coldstart import ColdStart
 from .config import SidecarSettings
 from .download import DownloadChild
 from .engine import Engine
-from .snapshot import NO_MANIFEST, ChildState, EngineState, FileKey, ModelCheck, RayState, Snapshot
+from .snapshot import NO_MANIFEST, ChildState, EngineState, ModelCheck, RayState, Snapshot
 
 log = logging.getLogger(__name__)
 
@@ -38,14 +38,6 @@ _NOT_ASKED_ENGINE = EngineState(None, "not asked yet")
 _NOT_ASKED_RAY = RayState(None, "not asked yet")
 
 MANIFEST_RECHECK_SECONDS = 5.0  # how often files listed in an unchanged manifest are stat'ed again
-
-
-def file_key(path: str) -> FileKey | None:
-    try:
-        st = os.stat(path)
-    except OSError:
-        return None
-    return st.st_mtime_ns, st.st_size, st.st_ino
 
 
 class ModelFiles:
