@@ -103,6 +103,18 @@ class Progress:
 
 # ------------------------------------------------------------------------------------- public reading
 
+FileKey = tuple[int, int, int]  # (mtime_ns, size, inode): a file's identity; the downloader replaces by rename
+
+
+def file_key(path: str) -> FileKey | None:
+    """The identity of the file at `path` (it changes whenever the file is replaced or rewritten); None when there
+    is none."""
+    try:
+        st = os.stat(path)
+    except OSError:
+        return None
+    return st.st_mtime_ns, st.st_size, st.st_ino
+
 
 def state_dir(model_dir: str) -> str:
     return os.path.join(model_dir, STATE_DIR_NAME)

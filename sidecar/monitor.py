@@ -24,7 +24,7 @@ import httpx
 
 from downloader import damaged_files, read_manifest, read_progress
 from downloader.inventory import cache_dir, read_inventory
-from downloader.layout import MANIFEST_NAME, PROGRESS_NAME, state_dir
+from downloader.layout import MANIFEST_NAME, PROGRESS_NAME, file_key, state_dir
 from downloader.lease import Lease
 from runtime.cluster import Dashboard
 
@@ -32,7 +32,7 @@ from .coldstart import ColdStart
 from .config import SidecarSettings
 from .download import DownloadChild
 from .engine import Engine
-from .snapshot import NO_MANIFEST, ChildState, EngineState, FileKey, ModelCheck, RayState, Snapshot
+from .snapshot import NO_MANIFEST, ChildState, EngineState, ModelCheck, RayState, Snapshot
 
 log = logging.getLogger(__name__)
 
@@ -41,14 +41,6 @@ _NOT_ASKED_RAY = RayState(None, "not asked yet")
 
 MANIFEST_RECHECK_SECONDS = 5.0  # how often files listed in an unchanged manifest are stat'ed again
 INVENTORY_SECONDS = 5.0  # how often the node cache's inventory is read again (a stat of every file of every model)
-
-
-def file_key(path: str) -> FileKey | None:
-    try:
-        st = os.stat(path)
-    except OSError:
-        return None
-    return st.st_mtime_ns, st.st_size, st.st_ino
 
 
 class ModelFiles:

@@ -17,11 +17,10 @@ from typing import Any
 from downloader import Manifest, Progress
 from downloader import Phase as DownloadPhase
 from downloader.inventory import CacheInventory
+from downloader.layout import FileKey
 
 from .coldstart import Step, as_status
 from .config import SidecarSettings
-
-FileKey = tuple[int, int, int]  # (mtime_ns, size, inode): a file's identity; the downloader replaces by rename
 
 
 class Phase(str, Enum):

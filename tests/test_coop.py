@@ -185,10 +185,13 @@ def test_the_peer_route_refuses_callers_without_the_group_token(proxy: FaultProx
         )
         assert other.status_code == 412 and other.headers[REFUSAL_HEADER] == "version"
 
-        # A verified file replaced by a symlink (to the same bytes, outside the model directory) is not served.
+        # A verified file replaced by a symlink to a file outside the model directory that has the same bytes,
+        # size and modification time is not served: nothing below the model directory is reached through a link.
         linked = "model-00002-of-00003.safetensors"
         outside = tmp_path / "outside.safetensors"
         outside.write_bytes(files[linked])
+        recorded = (member.model_dir / linked).stat()
+        os.utime(outside, ns=(recorded.st_atime_ns, recorded.st_mtime_ns))
         (member.model_dir / linked).unlink()
         (member.model_dir / linked).symlink_to(outside)
         linked_version = s3.head_object(Bucket=bucket, Key=f"m/{linked}")["ETag"]

@@ -17,14 +17,12 @@ from dataclasses import dataclass
 
 from ..errors import UnsafePathError
 from ..jobs import same_version
-from ..layout import DONE_NAME, MANIFEST_NAME, TEMP_SUFFIX, state_dir
+from ..layout import DONE_NAME, MANIFEST_NAME, TEMP_SUFFIX, FileKey, file_key, state_dir
 from ..plan import safe_parts
 from ..state import DoneRecord, Journal, StateDir
 
 _DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 _FILE_FLAGS = os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK
-
-FileKey = tuple[int, int, int]  # (mtime_ns, size, inode)
 
 
 @dataclass(frozen=True)
@@ -65,13 +63,14 @@ class Holdings:
     def refresh(self) -> None:
         """Read again the records and the journals that changed since the last refresh."""
         sdir = state_dir(self.model_dir)
-        key = (_key(os.path.join(sdir, MANIFEST_NAME)), _key(os.path.join(sdir, DONE_NAME)))
+        key = (file_key(os.path.join(sdir, MANIFEST_NAME)), file_key(os.path.join(sdir, DONE_NAME)))
         records = self._state.read_done() if key != self._records_key else None
         try:
             names = [n[: -len(".jsonl")] for n in os.listdir(self._state.journal_path) if n.endswith(".jsonl")]
         except OSError:
             names = []
-        keys = {token: k for token in names if (k := _key(os.path.join(self._state.journal_path, token + ".jsonl")))}
+        journal = self._state.journal_path
+        keys = {token: k for token in names if (k := file_key(os.path.join(journal, token + ".jsonl")))}
         with self._lock:
             stale = [t for t, k in keys.items() if self._journal_keys.get(t) != k]
         loaded = {t: j for t in stale if (j := self._state.load_journal(t)) is not None}
@@ -146,14 +145,6 @@ def _directory(model_dir: str, parts: tuple[str, ...]) -> int:
             os.close(parent)
         parent = fd
     return parent
-
-
-def _key(path: str) -> FileKey | None:
-    try:
-        st = os.stat(path)
-    except OSError:
-        return None
-    return st.st_mtime_ns, st.st_size, st.st_ino
 
 
 def _lstat(model_dir: str, parts: tuple[str, ...]) -> tuple[int, int] | None:
