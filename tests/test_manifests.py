@@ -874,12 +874,16 @@ def test_cross_checks_catch_inconsistent_manifests(fleet: list[kv.Obj]) -> None:
 
 
 def _sidecar_metric_names() -> set[str]:
-    """Every series name the sidecar exposes with an engine and Ray configured, from its own collector."""
-    from prometheus_client import generate_latest
+    """Every series name the sidecar exposes with an engine, Ray and a node cache configured, and in a cooperative
+    download (a member's report and its peer route), from its own collectors."""
+    from prometheus_client import CollectorRegistry, generate_latest
     from prometheus_client.parser import text_string_to_metric_families
+    from prometheus_client.registry import Collector
 
-    from sidecar.metrics import make_registry
+    from downloader.coop.report import CoopReport, PeerReport
+    from sidecar import metrics
     from sidecar.monitor import Monitor
+    from sidecar.peers import PeerRoute
 
     settings = sidecar_config.SidecarSettings(
         model_dir="/nonexistent/model",
@@ -887,14 +891,24 @@ def _sidecar_metric_names() -> set[str]:
         engine_url="http://127.0.0.1:9",
         expected_ray_nodes=2,
     )
-    text = generate_latest(make_registry(Monitor(settings))).decode()
+    member = "http://10.0.0.1:8080"
+    report = CoopReport(member, [member, "http://10.0.0.2:8080"], peers={"http://10.0.0.2:8080": PeerReport()})
+
+    class Cooperation(Collector):
+        def collect(self):  # type: ignore[no-untyped-def]
+            yield from metrics._cooperation(report)
+
+    coop_registry = CollectorRegistry(auto_describe=False)
+    coop_registry.register(Cooperation())
+    route = PeerRoute("/nonexistent/model", "t" * 32, lambda: True)
     names = set()
-    for family in text_string_to_metric_families(text):
-        names |= {s.name for s in family.samples}
-        if family.type == "counter":  # a labelled counter with no series yet still has its name
-            names.add(family.name + "_total")
-        elif not family.samples:  # so does a labelled gauge (the cold-start steps before the first is reached)
-            names.add(family.name)
+    for registry in (metrics.make_registry(Monitor(settings), route), coop_registry):
+        for family in text_string_to_metric_families(generate_latest(registry).decode()):
+            names |= {s.name for s in family.samples}
+            if family.type == "counter":  # a labelled counter with no series yet still has its name
+                names.add(family.name + "_total")
+            elif not family.samples:  # so does a labelled gauge (the cold-start steps before the first is reached)
+                names.add(family.name)
     return names
 
 
