@@ -11,14 +11,18 @@ probed and scraped are the ports opened. Each layer is also shown to catch a bro
 from __future__ import annotations
 
 import argparse
+import atexit
 import copy
+import dataclasses
+import functools
 import json
 import os
 import re
 import shutil
 import subprocess
 import sys
-from collections.abc import Callable, Iterator
+import tempfile
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -38,6 +42,7 @@ BASES = ("single-node", "ray-cluster", "ray-fleet")
 RAY_BASES = ("ray-cluster", "ray-fleet")
 SOURCES = tuple(sorted(p.name for p in (MANIFESTS / "components").glob("source-*")))
 OVERLAYS = tuple(sorted(p.name for p in (MANIFESTS / "overlays").iterdir() if (p / "kustomization.yaml").exists()))
+COOP = "cooperative-download"  # the component that makes the Ray pods of a group share one download
 
 
 def _combinations() -> list[str]:
@@ -47,6 +52,8 @@ def _combinations() -> list[str]:
         out += [f"base/{base}+{source}" for source in SOURCES]
         out.append(f"base/{base}+monitoring")
     out += [f"base/{base}+rdma" for base in RAY_BASES]
+    out += [f"base/{base}+{COOP}" for base in RAY_BASES]
+    out.append(f"overlays/deepseek-r1-fleet+{COOP}")  # beside rdma and monitoring
     out.append("base/single-node+node-cache")  # the pre-pull's node affinity is the single-node pods'
     return out
 
@@ -464,6 +471,8 @@ class Parsed:
     env: dict[str, str]
     program: str  # download | sidecar | runtime | vllm
     settings: Any
+    # Files of Secret volumes the command line or environment names: the stand-in read in its place -> the file.
+    secret_files: dict[str, SecretFile] = dataclasses.field(default_factory=dict)
 
     @property
     def where(self) -> str:
@@ -474,35 +483,108 @@ class CliError(Exception):
     pass
 
 
+@dataclass(frozen=True)
+class SecretFile:
+    """A file the kubelet shows in a container from a Secret volume: which Secret, which key, under which mount."""
+
+    secret: str
+    key: str
+    mount: kv.Obj
+
+    @property
+    def source(self) -> str:
+        return f"Secret {self.secret}, key {self.key}"
+
+
+# What the tests read in place of a Secret's value: the user creates the Secrets, none is rendered. A value every
+# secret our programs read accepts (the peer token: 16 to 4096 printable ASCII characters, no spaces).
+SECRET_STAND_IN = "stand-in-for-the-value-of-a-secret"
+
+
+@functools.cache
+def _secret_volumes_root() -> Path:
+    root = Path(tempfile.mkdtemp(prefix="secret-volumes-"))
+    atexit.register(shutil.rmtree, root, True)
+    return root
+
+
+def secret_file(pod: kv.PodTemplate, container: kv.Obj, path: str) -> SecretFile | None:
+    """The Secret file at `path` in the container, as the kubelet projects it: a Secret volume shows the keys its
+    `items` name at their paths (a key it names that the Secret lacks keeps the pod from starting), or without
+    `items` every key of the Secret as a file of that name. None: `path` is not on a Secret volume."""
+    mount = _mount_for(container, path)
+    volume = next((v for v in pod.spec.get("volumes") or [] if mount and v["name"] == mount["name"]), None)
+    if mount is None or volume is None or "secret" not in volume:
+        return None
+    relative = os.path.relpath(path, mount["mountPath"])
+    items = volume["secret"].get("items")
+    if items is None:
+        key = relative if "/" not in relative else None
+    else:
+        key = next((i["key"] for i in items if os.path.normpath(i["path"]) == relative), None)
+    return None if key is None else SecretFile(volume["secret"]["secretName"], key, mount)
+
+
+def _on_secret_volumes(
+    pod: kv.PodTemplate, container: kv.Obj, argv: list[str], env: dict[str, str]
+) -> tuple[list[str], dict[str, str], dict[str, SecretFile]]:
+    """The command line and environment with every path of a Secret file (a word, a `--flag=` value or a variable's
+    value) replaced by a file that holds SECRET_STAND_IN: what the container reads there, offline."""
+    staged: dict[str, SecretFile] = {}
+
+    def place(value: str) -> str:
+        flag, eq, path = value.rpartition("=") if value.startswith("--") else ("", "", value)
+        found = secret_file(pod, container, path) if path.startswith("/") else None
+        if found is None:
+            return value
+        stand_in = _secret_volumes_root() / found.secret / found.key
+        stand_in.parent.mkdir(exist_ok=True)
+        stand_in.write_text(SECRET_STAND_IN + "\n")
+        staged[str(stand_in)] = found
+        return f"{flag}{eq}{stand_in}"
+
+    return [place(w) for w in argv], {k: place(v) for k, v in env.items()}, staged
+
+
+def _pod_fields(pod: kv.PodTemplate, container: kv.Obj, env: dict[str, str]) -> dict[str, str]:
+    """kv.container_env's stand-ins for the downward API, with the pod's namespace: the one it is rendered into."""
+    namespace = (pod.owner.get("metadata") or {}).get("namespace") or kv.FIELD_VALUES["metadata.namespace"]
+    for var in container.get("env") or []:
+        ref = (var.get("valueFrom") or {}).get("fieldRef") or {}
+        if ref.get("fieldPath") == "metadata.namespace":
+            env[var["name"]] = namespace
+    return env
+
+
 def parse_container(pod: kv.PodTemplate, cpath: str, container: kv.Obj, objs: list[kv.Obj]) -> Parsed:
     """Parse one container's command line with the program's own parser; CliError says why it would not run."""
     injected = kuberay_env(pod) if cpath == "containers[0]" else {}
-    env = kv.container_env(container, objs, injected)
+    env = _pod_fields(pod, container, kv.container_env(container, objs, injected))
     if not container.get("command"):
         raise CliError("no command: the image's ENTRYPOINT is empty, every container must say what it runs")
-    argv = kv.command_line(container, env)
+    argv, env, secrets = _on_secret_volumes(pod, container, kv.command_line(container, env), env)
     program = os.path.basename(argv[0])
     try:
         if program in ("aibrix-download", "aibrix_download"):
             settings = download_config.load_settings(argv[1:], env)
-            return Parsed(pod, cpath, container, argv, env, "download", settings)
+            return Parsed(pod, cpath, container, argv, env, "download", settings, secrets)
         if program == "aibrix-sidecar":
             settings = sidecar_config.load_settings(argv[1:], env)
             if settings.download_args:
                 download = download_config.load_settings(list(settings.download_args), env)
                 if download.warnings:
                     raise CliError(f"aibrix-download warns: {'; '.join(download.warnings)}")
-            return Parsed(pod, cpath, container, argv, env, "sidecar", settings)
+            return Parsed(pod, cpath, container, argv, env, "sidecar", settings, secrets)
         if program == "aibrix-runtime":
             settings = runtime_config.load_settings(argv[1:], env)
             if settings.warnings:
                 raise CliError(f"aibrix-runtime warns: {'; '.join(settings.warnings)}")
-            return Parsed(pod, cpath, container, argv, env, "runtime", settings)
+            return Parsed(pod, cpath, container, argv, env, "runtime", settings, secrets)
         if program == "vllm":
             if argv[1:2] != ["serve"]:
                 raise CliError(f"expected `vllm serve`, got {argv[:2]}")
             settings, _ = _vllm_serve_parser().parse_known_args(argv[2:])
-            return Parsed(pod, cpath, container, argv, env, "vllm", settings)
+            return Parsed(pod, cpath, container, argv, env, "vllm", settings, secrets)
     except SystemExit as exc:  # argparse: unknown flag, missing value
         raise CliError(f"{program} refuses its arguments (exit {exc.code}): {argv}") from None
     except download_config.ConfigError as exc:
@@ -565,7 +647,8 @@ def cli_findings(objs: list[kv.Obj]) -> list[kv.Finding]:
         _check_engine(pod, side, engine, fail)
     _check_clusters(objs, pods, by_pod, fail)
     _check_autoscalers(objs, pods, by_pod, fail)
-    return out
+    _check_cooperation(objs, pods, by_pod, fail)
+    return list(dict.fromkeys(out))  # once, though every member of a group finds what they share
 
 
 def _model_volume(pod: kv.PodTemplate, side: Parsed) -> kv.Obj | None:
@@ -769,6 +852,111 @@ def _check_autoscalers(
                 fail(kv.ident(pa), "kv_cache_usage_perc is a fraction (0-1)")
 
 
+@dataclass
+class Member:
+    """A pod whose sidecar runs a cooperative download (--peers)."""
+
+    pod: kv.PodTemplate
+    side: Parsed
+    download: download_config.Settings
+    token: SecretFile | None  # the Secret file its token is read from
+
+
+def _flag_value(args: Sequence[str], flag: str) -> str | None:
+    for i, word in enumerate(args):
+        if word == flag and i + 1 < len(args):
+            return args[i + 1]
+        if word.startswith(flag + "="):
+            return word.split("=", 1)[1]
+    return None
+
+
+def _members(pods: list[kv.PodTemplate], by_pod: dict[int, list[Parsed]]) -> dict[int, Member]:
+    out = {}
+    for pod in pods:
+        for side in by_pod[id(pod)]:
+            if side.program != "sidecar" or not side.settings.download_args:
+                continue
+            download = download_config.load_settings(list(side.settings.download_args), side.env)
+            if download.peers is not None:
+                path = _flag_value(side.settings.download_args, "--peer-token-file")
+                path = path or side.env.get("DOWNLOADER_PEER_TOKEN_FILE", "")
+                out[id(pod)] = Member(pod, side, download, side.secret_files.get(path))
+    return out
+
+
+def _dns_service(member: str, pod: kv.PodTemplate, services: list[kv.Obj]) -> tuple[kv.Obj | None, int]:
+    """The rendered Service a `dns+http://name:port` member names (as a pod of `pod`'s namespace resolves it)."""
+    m = re.match(r"^dns\+http://([^:/]+):(\d+)$", member)
+    assert m is not None, member  # the downloader's parser accepted it
+    host, port = m.group(1), int(m.group(2))
+    home = (pod.owner.get("metadata") or {}).get("namespace") or kv.FIELD_VALUES["metadata.namespace"]
+    for svc in services:
+        name = svc["metadata"]["name"]
+        namespace = svc["metadata"].get("namespace") or kv.FIELD_VALUES["metadata.namespace"]
+        spellings = {f"{name}.{namespace}", f"{name}.{namespace}.svc", f"{name}.{namespace}.svc.cluster.local"}
+        if host in spellings or (host == name and namespace == home):
+            return svc, port
+    return None, port
+
+
+def _check_cooperation(
+    objs: list[kv.Obj], pods: list[kv.PodTemplate], by_pod: dict[int, list[Parsed]], fail: Any
+) -> None:
+    """components/cooperative-download: each member is found by the others at its own address and the port its
+    sidecar serves the peer route on, lists the same members, splits files into the same ranges and presents the
+    same token, read from a file of a mounted Secret (docs/downloader.md, "Cooperative download")."""
+    services = [o for o in objs if o["kind"] == "Service"]
+    members = _members(pods, by_pod)
+    for member in members.values():
+        side, peers, port = member.side, member.download.peers, member.side.settings.port
+        assert peers is not None
+        if side.settings.peer_token is None:
+            fail(side.where, "cooperates, but its sidecar serves no peer route (run the download in the sidecar)")
+        if peers.self_url != f"http://{kv.FIELD_VALUES['status.podIP']}:{port}":
+            fail(side.where, f"--peer-self {peers.self_url} is not the pod's IP (status.podIP) and sidecar port {port}")
+        if member.token is None:
+            fail(side.where, "the peer token must come from a file of a mounted Secret (--peer-token-file)")
+        elif not member.token.mount.get("readOnly"):
+            fail(side.where, f"mount the Secret {member.token.secret} read-only")
+        for url in peers.members:
+            if not url.startswith("dns+"):
+                continue
+            svc, url_port = _dns_service(url, member.pod, services)
+            if svc is None:
+                fail(side.where, f"--peers {url}: no Service of that name is rendered")
+                continue
+            where, spec = kv.ident(svc), svc["spec"]
+            if url_port != port:
+                fail(side.where, f"--peers {url}: port {url_port} is not the sidecar's {port} (a headless Service "
+                     "does not remap ports)")  # fmt: skip
+            if spec.get("clusterIP") != "None":
+                fail(where, "must be headless (clusterIP: None): its name must resolve to every member's address")
+            if spec.get("publishNotReadyAddresses") is not True:
+                fail(where, "needs publishNotReadyAddresses: true: a member is ready only once it has the model")
+            if not any(
+                p.get("port") == url_port and p.get("targetPort") in ("sidecar", port) for p in spec.get("ports") or []
+            ):
+                fail(where, f"has no port {url_port} to the sidecar's port")
+            for other in pods:
+                if not kv.selector_matches(spec.get("selector"), other.labels):
+                    continue
+                theirs = members.get(id(other))
+                if theirs is None:
+                    fail(where, f"selects {other.where}, which does not cooperate (its download has no --peers)")
+                    continue
+                ours, them = member.download, theirs.download
+                assert them.peers is not None
+                if them.peers.members != peers.members:
+                    fail(other.where, f"lists --peers {them.peers.members}, not {peers.members} as {member.pod.where}")
+                if them.part_chunksize != ours.part_chunksize:
+                    fail(other.where, f"--part-chunksize {them.part_chunksize} != {ours.part_chunksize}: other ranges")
+                if theirs.token and member.token and theirs.token.source != member.token.source:
+                    fail(other.where, f"token from {theirs.token.source}, not the group's {member.token.source}")
+            if not kv.selector_matches(spec.get("selector"), member.pod.labels):
+                fail(where, f"does not select {member.pod.where}, a member that lists it")
+
+
 @pytest.mark.parametrize("name", RENDERS)
 def test_every_command_line_parses_and_the_containers_agree(rendered: dict[str, list[kv.Obj]], name: str) -> None:
     findings = cli_findings(rendered[name])
@@ -794,6 +982,147 @@ def test_the_prepull_warms_the_serving_pods_nodes_with_their_command(rendered: d
     assert "hostPath" in findings(lambda spec: spec["volumes"][0]["hostPath"].update(path="/mnt/other"))
     assert "its affinity is not the serving pods'" in findings(lambda spec: spec.pop("affinity"))
     assert "/readyz" in findings(lambda spec: spec["containers"][0].pop("readinessProbe"))
+
+
+COOP_RENDERS = [name for name in RENDERS if name.endswith(f"+{COOP}")]
+PEERS_SERVICE = "deepseek-r1-671b-peers"
+
+
+def _model_sidecar(pod: kv.PodTemplate, objs: list[kv.Obj]) -> Parsed:
+    (cpath, container), *_ = pod.containers()
+    assert container["name"] == "model", pod.where
+    return parse_container(pod, cpath, container, objs)
+
+
+@pytest.mark.parametrize("name", COOP_RENDERS)
+def test_cooperative_download_wires_every_member_of_the_group(rendered: dict[str, list[kv.Obj]], name: str) -> None:
+    objs = rendered[name]
+    (service,) = [o for o in objs if o["kind"] == "Service" and o["metadata"]["name"] == PEERS_SERVICE]
+    spec = service["spec"]
+    assert spec["clusterIP"] == "None" and spec["publishNotReadyAddresses"] is True
+    pods = _ray_pods(objs)
+    assert [p.role for p in pods] == ["head", "worker"]
+    for pod in pods:
+        assert kv.selector_matches(spec["selector"], pod.labels), pod.where
+        side = _model_sidecar(pod, objs)
+        port = side.settings.port
+        assert port == _declared_port(side.container, "sidecar") == 8080
+        assert [(p["port"], p["targetPort"]) for p in spec["ports"]] == [(port, "sidecar")]
+        download = download_config.load_settings(list(side.settings.download_args), side.env)
+        assert download.peers is not None, pod.where
+        assert download.peers.members == (f"dns+http://{PEERS_SERVICE}.default.svc.cluster.local:{port}",)
+        assert download.peers.self_url == f"http://{kv.FIELD_VALUES['status.podIP']}:{port}"
+        fields = {v["name"]: v["valueFrom"]["fieldRef"]["fieldPath"] for v in side.container["env"]}
+        assert fields == {"POD_IP": "status.podIP", "POD_NAMESPACE": "metadata.namespace"}
+        raw = side.container["args"]
+        assert f"http://$(POD_IP):{port}" in raw
+        assert f"dns+http://{PEERS_SERVICE}.$(POD_NAMESPACE).svc.cluster.local:{port}" in raw
+        # The token: read from the file of a Secret volume, mounted read-only; its value on no command line and
+        # in no variable; the sidecar that runs the download serves the peer route with it.
+        path = _flag_value(side.settings.download_args, "--peer-token-file")
+        assert path is not None and side.secret_files[path].secret == "model-peer-token"
+        assert side.secret_files[path].key == "token" and side.secret_files[path].mount["readOnly"] is True
+        assert download.peers.token.reveal() == SECRET_STAND_IN
+        assert side.settings.peer_token is not None and side.settings.peer_token.reveal() == SECRET_STAND_IN
+        assert not any(SECRET_STAND_IN in word for word in side.argv)
+        assert "DOWNLOADER_PEER_TOKEN" not in side.env
+        assert "DOWNLOADER_PEER_TOKEN" not in {v["name"] for v in side.container.get("env") or []}
+    assert not cli_findings(objs)
+    assert not kv.validate(objs)
+
+
+def test_cooperative_download_names_the_namespace_it_is_deployed_in(tmp_path: Path) -> None:
+    rel = os.path.relpath
+    (tmp_path / "kustomization.yaml").write_text(
+        "apiVersion: kustomize.config.k8s.io/v1beta1\nkind: Kustomization\nnamespace: llm\n"
+        f"resources: [{rel(MANIFESTS / 'overlays/deepseek-r1-fleet', tmp_path)}]\n"
+        f"components: [{rel(MANIFESTS / 'components' / COOP, tmp_path)}]\n"
+    )
+    objs = kv.render(tmp_path)
+    assert not cli_findings(objs), "\n".join(map(str, cli_findings(objs)))
+    for pod in _ray_pods(objs):  # $(POD_NAMESPACE): the downward API's metadata.namespace
+        assert f"dns+http://{PEERS_SERVICE}.llm.svc.cluster.local:8080" in _model_sidecar(pod, objs).argv
+
+
+def test_cooperation_checks_catch_a_group_that_would_not_find_itself(rendered: dict[str, list[kv.Obj]]) -> None:
+    objs = rendered[f"base/ray-cluster+{COOP}"]
+    assert not cli_findings(objs)
+
+    def findings(edit: Callable[[kv.Obj, kv.Obj, kv.Obj], None]) -> str:
+        changed = copy.deepcopy(objs)
+        cluster = next(o for o in changed if o["kind"] == "RayCluster")["spec"]
+        service = next(o for o in changed if o["metadata"]["name"] == PEERS_SERVICE)
+        edit(cluster["headGroupSpec"]["template"]["spec"], cluster["workerGroupSpecs"][0]["template"]["spec"], service)
+        return "\n".join(map(str, cli_findings(changed)))
+
+    def arg(spec: kv.Obj, flag: str) -> int:
+        return int(spec["initContainers"][0]["args"].index(flag)) + 1
+
+    def not_headless(head: kv.Obj, worker: kv.Obj, svc: kv.Obj) -> None:
+        del svc["spec"]["clusterIP"]
+
+    def ready_only(head: kv.Obj, worker: kv.Obj, svc: kv.Obj) -> None:
+        svc["spec"]["publishNotReadyAddresses"] = False
+
+    def service_port(head: kv.Obj, worker: kv.Obj, svc: kv.Obj) -> None:
+        svc["spec"]["ports"][0]["port"] = 8081
+
+    def self_port(head: kv.Obj, worker: kv.Obj, svc: kv.Obj) -> None:
+        worker["initContainers"][0]["args"][arg(worker, "--peer-self")] = "http://$(POD_IP):8081"
+
+    def other_members(head: kv.Obj, worker: kv.Obj, svc: kv.Obj) -> None:
+        worker["initContainers"][0]["args"][arg(worker, "--peers")] = "http://10.0.0.9:8080"
+
+    def not_cooperating(head: kv.Obj, worker: kv.Obj, svc: kv.Obj) -> None:
+        del worker["initContainers"][0]["args"][arg(worker, "--peers") - 1 :]
+
+    def chunksize(head: kv.Obj, worker: kv.Obj, svc: kv.Obj) -> None:
+        worker["initContainers"][0]["args"] += ["--part-chunksize", "32M"]
+
+    def selector(head: kv.Obj, worker: kv.Obj, svc: kv.Obj) -> None:
+        svc["spec"]["selector"]["ray.io/node-type"] = "worker"
+
+    def writable_token(head: kv.Obj, worker: kv.Obj, svc: kv.Obj) -> None:
+        head["initContainers"][0]["volumeMounts"][-1]["readOnly"] = False
+
+    def token_in_env(head: kv.Obj, worker: kv.Obj, svc: kv.Obj) -> None:
+        value = arg(head, "--peer-token-file")
+        del head["initContainers"][0]["args"][value - 1 : value + 1]
+        head["initContainers"][0]["env"].append({"name": "DOWNLOADER_PEER_TOKEN", "value": "t" * 32})
+
+    def secret_key(head: kv.Obj, worker: kv.Obj, svc: kv.Obj) -> None:
+        head["volumes"][-1]["secret"]["items"][0]["path"] = "peer-token"  # the flag names .../token
+
+    for edit, expected in (
+        (not_headless, f"Service/{PEERS_SERVICE}: must be headless (clusterIP: None)"),
+        (ready_only, "needs publishNotReadyAddresses: true"),
+        (service_port, f"Service/{PEERS_SERVICE}: has no port 8080 to the sidecar's port"),
+        (self_port, "--peer-self http://10.0.0.2:8081 is not the pod's IP (status.podIP) and sidecar port 8080"),
+        (other_members, "lists --peers ('http://10.0.0.9:8080',), not"),
+        (not_cooperating, "which does not cooperate (its download has no --peers)"),
+        (chunksize, "--part-chunksize 33554432 != 67108864"),
+        (selector, "does not select RayCluster/deepseek-r1-671b spec.headGroupSpec.template"),
+        (writable_token, "mount the Secret model-peer-token read-only"),
+        (token_in_env, "the peer token must come from a file of a mounted Secret"),
+        (secret_key, "cannot read the token file"),
+    ):
+        text = findings(edit)
+        assert expected in text, f"{edit.__name__}: {expected!r} not in:\n{text}"
+
+
+def test_readme_creates_the_secret_the_component_mounts() -> None:
+    readme = (MANIFESTS / "README.md").read_text()
+    command = re.search(r"kubectl -n llm create secret generic (\S+) --from-file=(\w+)=(\S+)", readme)
+    assert command is not None, "manifests/README.md lost the command that creates the peer token's Secret"
+    secret, key = command.group(1), command.group(2)
+    for kind in ("raycluster", "rayclusterfleet"):
+        patch: Any = kv.load_documents((MANIFESTS / "components" / COOP / f"{kind}.yaml").read_text())[0]  # JSON patch
+        volumes = [op["value"] for op in patch if op["op"] == "add" and op["path"].endswith("/volumes/-")]
+        assert len(volumes) == 2  # head and worker
+        for volume in volumes:
+            assert volume["secret"]["secretName"] == secret and [i["key"] for i in volume["secret"]["items"]] == [key]
+    rule = f"{download_config.MIN_PEER_TOKEN} to 4096 printable ASCII characters"
+    assert rule in readme and rule in (MANIFESTS / "components" / COOP / "kustomization.yaml").read_text()
 
 
 def test_the_command_lines_were_really_parsed(rendered: dict[str, list[kv.Obj]]) -> None:
