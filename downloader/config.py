@@ -15,6 +15,7 @@ from enum import Enum
 from typing import Any
 
 from . import __version__
+from .concurrency import ConnectionsMode
 from .errors import ConfigError
 from .pagecache import PageCache
 from .uri import ModelUri, parse_model_uri
@@ -153,6 +154,7 @@ class Settings:
     part_threshold: int = 64 * MiB
     part_chunksize: int = 64 * MiB
     buffer_size: int = 1 * MiB
+    connections: ConnectionsMode = ConnectionsMode.AUTO  # GETs in flight: up to num_threads (downloader/concurrency.py)
     page_cache: PageCache = PageCache.AUTO  # whether written files stay in the page cache (downloader/pagecache.py)
     fast_paths: bool = True  # off: every backend through its SDK's public path only (docs/design.md)
     force_download: bool = False

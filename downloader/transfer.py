@@ -28,6 +28,7 @@ from dataclasses import replace
 from typing import TypeVar
 
 from . import verify
+from .concurrency import ConnectionGate
 from .config import Settings, VerifyMode
 from .errors import (
     IntegrityError,
@@ -144,6 +145,7 @@ class Engine:
         # Written files stay in the page cache (the engine's first load reads them from memory), or go past it with
         # O_DIRECT (least CPU): see downloader/pagecache.py.
         self._direct = not keep_pages
+        self._gate = ConnectionGate(settings.num_threads, settings.connections)  # requests in flight (see run)
 
     # ------------------------------------------------------------------------------------------ driver
     def run(self, files: Sequence[RemoteFile], journals: Sequence[Journal]) -> list[DoneRecord]:
@@ -166,6 +168,8 @@ class Engine:
             self._slot = max(page, -(-max(f.size for f in files) // page) * page)
             self._depth, count = whole_concurrency(count, self._slot, WHOLE_BUDGET_BUFFERS * self.settings.buffer_size)
             self._depth = min(self._depth, self.source.open_ahead)
+        # One worker per request the gate may let through: the worker count is the cap, the gate the number in flight.
+        self._gate = ConnectionGate(count, self.settings.connections)
         workers = [threading.Thread(target=self._worker, name=f"fetch-{i}", daemon=True) for i in range(count)]
         for w in workers:
             w.start()
@@ -173,10 +177,12 @@ class Engine:
         while any(w.is_alive() for w in workers):
             for w in workers:
                 w.join(timeout=0.2)
+                self._gate.observe(self.stats.bytes_fetched)
                 if self.cancel.is_set() and not self._halt.is_set():
                     self._halt.set()
                     with self._cv:
                         self._cv.notify_all()
+                    self._gate.wake()
                 if self._halt.is_set():
                     halted_at = halted_at or time.monotonic()
             # Workers blocked on a dead socket notice within the stall timeout; do not wait that long to exit.
@@ -221,6 +227,8 @@ class Engine:
                     self._fail(exc)
                     return
                 continue
+            if not self._gate.acquire(self._halt):
+                return
             job, attempt, rng = item
             try:
                 if rng is None:
@@ -233,6 +241,8 @@ class Engine:
             except BaseException as exc:
                 self._fail(exc)
                 return
+            finally:
+                self._gate.release()
 
     def _take_fresh(self, count: int) -> list[Job]:
         """Up to `count` more files not started yet from the front of the queue (the caller holds the lock)."""
@@ -248,6 +258,7 @@ class Engine:
                 self.stats.failed(str(exc))
             self._halt.set()
             self._cv.notify_all()
+        self._gate.wake()
 
     def _push_front(self, items: list[tuple[Job, Attempt | None, ByteRange | None]]) -> None:
         with self._cv:
@@ -376,6 +387,8 @@ class Engine:
         """Count the `tries`-th failed request; wait out its backoff, or give up after the last attempt. The one
         retry rule of every request the engine makes (ranges, whole files, stat)."""
         self.stats.retry(exc.kind, message)
+        if exc.kind == "throttled":
+            self._gate.throttled()
         if tries >= self.settings.max_attempts:
             raise TransferError(key, str(exc), attempts=tries) from exc
         delay = backoff_delay(tries, exc.retry_after, exc.kind)
