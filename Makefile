@@ -4,7 +4,7 @@ VENV   ?= .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 
-.PHONY: setup demo test test-plain test-fast test-e2e lint typecheck bench clean constraints
+.PHONY: setup demo test test-plain test-fast test-e2e lint typecheck bench clean constraints docs
 # The tests that run a downloader (manifests, the API server and the sidecar's own surface do not)
 PLAIN_TESTS = $(filter-out tests/test_manifests.py tests/test_apiserver.py tests/test_seed_dropin.py \
 	tests/test_runtime_commands.py tests/test_bench_harness.py,$(wildcard tests/test_*.py))
@@ -43,6 +43,13 @@ test-plain: $(STAMP)
 ## test-fast: the suite without the slow end-to-end tests
 test-fast: $(STAMP)
 	$(PY) -m pytest -q -m "not slow"
+
+## docs: regenerate the settings tables of docs/downloader.md, docs/sidecar.md and docs/runtime.md from each
+## package's OPTIONS table (a test fails when a page and its table differ)
+SETTINGS_PAGES = docs/downloader.md=downloader.config:OPTIONS docs/sidecar.md=sidecar.config:OPTIONS \
+	docs/runtime.md=runtime.config:OPTIONS
+docs: $(STAMP)
+	$(PY) -m downloader.options $(SETTINGS_PAGES)
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check .

@@ -1,7 +1,8 @@
-"""Runtime settings: flags > environment > defaults, parsed once, strictly. The only runtime module that reads
-the environment (it is handed a mapping; `cli` passes `os.environ`). Every error names the setting it is about.
+"""Runtime settings: flags > environment > defaults, declared once in OPTIONS, parsed once, strictly. The only
+runtime module that reads the environment (it is handed a mapping; `cli` passes `os.environ`). Every error names
+the setting it is about.
 
-Parse helpers are the downloader's (one meaning of "a number of seconds" or "a boolean" across the project),
+The table and the generic parsers are downloader.options (one meaning of "a number of seconds" or "a boolean"),
 and the model directory is decided by the downloader's own parser when the runtime runs the download.
 """
 
@@ -21,8 +22,20 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
 from downloader.config import load_settings as load_download_settings
-from downloader.config import parse_choice, parse_int, parse_seconds
 from downloader.errors import ConfigError
+from downloader.options import (
+    LOG_LEVEL,
+    Kind,
+    Lookup,
+    Option,
+    Options,
+    choice,
+    integer,
+    parse_bool,
+    parse_int,
+    parse_url,
+    seconds,
+)
 
 HEAD = "head"
 WORKER = "worker"
@@ -31,44 +44,6 @@ DEFAULT_RAY_PORT = 6379
 DEFAULT_DASHBOARD_PORT = 8265
 DEFAULT_VLLM_PORT = 8000
 KUBERAY_ENV = "KUBERAY_GEN_RAY_START_CMD"
-
-# Environment variables this program reads. Unknown RUNTIME_* variables are reported: a typo in a pod spec
-# would otherwise silently do nothing.
-KNOWN_ENV = {
-    "RUNTIME_MODEL_DIR",
-    "RUNTIME_MODEL_URI",
-    "RUNTIME_MODEL_WAIT_TIMEOUT",
-    "RUNTIME_RAY_COMMAND",
-    "RUNTIME_VLLM_COMMAND",
-    "RUNTIME_NODE_IP",
-    "RUNTIME_NUM_CPUS",
-    "RUNTIME_NUM_GPUS",
-    "RUNTIME_RESOURCES",
-    "RUNTIME_RAY_START_ARGS",
-    "RUNTIME_RAY_PORT",
-    "RUNTIME_DASHBOARD_HOST",
-    "RUNTIME_DASHBOARD_PORT",
-    "RUNTIME_DASHBOARD_URL",
-    "RUNTIME_RAY_HEALTH_CHECK",
-    "RUNTIME_TENSOR_PARALLEL_SIZE",
-    "RUNTIME_PIPELINE_PARALLEL_SIZE",
-    "RUNTIME_SERVED_MODEL_NAME",
-    "RUNTIME_EXPECTED_NODES",
-    "RUNTIME_EXPECTED_GPUS",
-    "RUNTIME_ACCELERATOR_RESOURCE",
-    "RUNTIME_CLUSTER_WAIT_TIMEOUT",
-    "RUNTIME_DASHBOARD_LOST_TIMEOUT",
-    "RUNTIME_ENGINE_START_TIMEOUT",
-    "RUNTIME_ENGINE_LOST_TIMEOUT",
-    "RUNTIME_HEAD_ADDRESS",
-    "RUNTIME_HEAD_WAIT_TIMEOUT",
-    "RUNTIME_HEAD_LOST_TIMEOUT",
-    "RUNTIME_POLL_INTERVAL",
-    "RUNTIME_LOG_INTERVAL",
-    "RUNTIME_STOP_TIMEOUT",
-    "RUNTIME_KUBERAY",
-    "RUNTIME_LOG_LEVEL",
-}
 
 # Flags of `ray start` that the runtime sets itself; passing them in --ray-start-args would contradict it.
 RAY_FLAGS_OWNED = {
@@ -170,105 +145,6 @@ class Settings:
         """host:port of the GCS: the head's own address on the head, the head's on a worker."""
         host = self.head_host if self.role == WORKER else (self.node_ip or "127.0.0.1")
         return f"{_bracket(host)}:{self.ray_port}"
-
-
-# ------------------------------------------------------------------------------------------------ parser
-
-
-def _common(p: argparse.ArgumentParser) -> None:
-    g = p.add_argument_group("model")
-    g.add_argument("--model-dir", help="model directory to wait for (its manifest) [RUNTIME_MODEL_DIR]")
-    g.add_argument("--model-uri", help="run aibrix-download for this URI first [RUNTIME_MODEL_URI]")
-    g.add_argument("--local-dir", help="with --model-uri: aibrix-download --local-dir [DOWNLOADER_LOCAL_DIR]")
-    g.add_argument("--model-name", help="with --model-uri: aibrix-download --model-name [DOWNLOADER_MODEL_NAME]")
-    g.add_argument(
-        "--model-wait-timeout", help="seconds to wait for the manifest; 0 = no limit [RUNTIME_MODEL_WAIT_TIMEOUT, 0]"
-    )
-    g = p.add_argument_group("ray node")
-    g.add_argument("--ray-command", help="how to run Ray's CLI [RUNTIME_RAY_COMMAND, ray]")
-    g.add_argument("--node-ip", help="this node's address: ray start --node-ip-address, VLLM_HOST_IP [RUNTIME_NODE_IP]")
-    g.add_argument("--num-cpus", help="ray start --num-cpus [RUNTIME_NUM_CPUS; Ray detects]")
-    g.add_argument("--num-gpus", help="ray start --num-gpus [RUNTIME_NUM_GPUS; Ray detects]")
-    g.add_argument("--resources", help='ray start --resources, a JSON object, e.g. {"rack": 1} [RUNTIME_RESOURCES]')
-    g.add_argument("--ray-start-args", help="more `ray start` flags, shell-quoted [RUNTIME_RAY_START_ARGS]")
-    g.add_argument(
-        "--kuberay",
-        help=f"auto: use ${KUBERAY_ENV} when KubeRay sets it; on: require it; off: ignore it [RUNTIME_KUBERAY, auto]",
-    )
-    g = p.add_argument_group("supervision")
-    g.add_argument("--poll-interval", help="seconds between checks [RUNTIME_POLL_INTERVAL, 1]")
-    g.add_argument("--log-interval", help="seconds between 'still waiting' lines [RUNTIME_LOG_INTERVAL, 10]")
-    g.add_argument(
-        "--stop-timeout",
-        help="seconds each child gets after SIGTERM before SIGKILL [RUNTIME_STOP_TIMEOUT, 10]",
-    )
-    g.add_argument("--log-level", help="debug, info, warning, error [RUNTIME_LOG_LEVEL, info]")
-    g.add_argument("--print-commands", action="store_true", help="print the commands it would run, and exit 0")
-
-
-def build_arg_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
-        prog="aibrix-runtime",
-        allow_abbrev=False,  # flags are spelt in full, here and in each role below
-        description="Start a Ray node for multi-node vLLM and supervise it: `head` waits for the model and the "
-        "cluster, then runs `vllm serve` (arguments after `--` are passed to it); `worker` waits for the model "
-        "and the head, then joins. Settings: flag > environment > default (see README).",
-    )
-    sub = p.add_subparsers(dest="role", required=True, metavar="{head,worker}")
-    head = sub.add_parser(
-        HEAD, help="Ray head + vllm serve", description="Ray head node and vllm serve.", allow_abbrev=False
-    )
-    _common(head)
-    g = head.add_argument_group("ray head")
-    g.add_argument("--ray-port", help=f"GCS port [RUNTIME_RAY_PORT, {DEFAULT_RAY_PORT}]")
-    g.add_argument("--dashboard-host", help="dashboard bind address [RUNTIME_DASHBOARD_HOST, 0.0.0.0]")
-    g.add_argument("--dashboard-port", help=f"dashboard port [RUNTIME_DASHBOARD_PORT, {DEFAULT_DASHBOARD_PORT}]")
-    g.add_argument("--dashboard-url", help="where the runtime reads /api/v0/nodes [RUNTIME_DASHBOARD_URL; derived]")
-    g.add_argument(
-        "--ray-health-check",
-        help="PERIOD_MS,TIMEOUT_MS,FAILURES of Ray's node health check, set as RAY_health_check_* unless "
-        "already in the environment; 'ray' keeps Ray's defaults [RUNTIME_RAY_HEALTH_CHECK, 1000,1000,3]",
-    )
-    g = head.add_argument_group("cluster and engine")
-    g.add_argument("--tensor-parallel-size", "-tp", help="[RUNTIME_TENSOR_PARALLEL_SIZE, 1]")
-    g.add_argument("--pipeline-parallel-size", "-pp", help="[RUNTIME_PIPELINE_PARALLEL_SIZE, 1]")
-    g.add_argument("--served-model-name", help="[RUNTIME_SERVED_MODEL_NAME; default: the model's name]")
-    g.add_argument("--expected-nodes", help="wait for this many ALIVE nodes; 0 = any [RUNTIME_EXPECTED_NODES, 0]")
-    g.add_argument("--expected-gpus", help="wait for this many GPUs [RUNTIME_EXPECTED_GPUS; default TP x PP]")
-    g.add_argument(
-        "--accelerator-resource", help="the Ray resource counted as GPUs [RUNTIME_ACCELERATOR_RESOURCE, GPU]"
-    )
-    g.add_argument(
-        "--cluster-wait-timeout",
-        help="seconds to wait for the nodes and GPUs [RUNTIME_CLUSTER_WAIT_TIMEOUT, 600]",
-    )
-    g.add_argument(
-        "--dashboard-lost-timeout",
-        help="fail when the dashboard does not answer for this long while serving [RUNTIME_DASHBOARD_LOST_TIMEOUT, 30]",
-    )
-    g.add_argument(
-        "--engine-start-timeout",
-        help="fail when vLLM has not answered /health this long after it started; 0 = no limit "
-        "[RUNTIME_ENGINE_START_TIMEOUT, 3600]",
-    )
-    g.add_argument(
-        "--engine-lost-timeout",
-        help="once vLLM has answered /health, fail when it answers anything but 200 (or nothing) for this long "
-        "[RUNTIME_ENGINE_LOST_TIMEOUT, 60]",
-    )
-    g.add_argument("--vllm-command", help="how to run vLLM's CLI [RUNTIME_VLLM_COMMAND, vllm]")
-    worker = sub.add_parser(
-        WORKER, help="Ray worker", description="Ray worker node joining the head.", allow_abbrev=False
-    )
-    _common(worker)
-    g = worker.add_argument_group("head")
-    g.add_argument("--head-address", help="HOST[:PORT] of the head's GCS [RUNTIME_HEAD_ADDRESS; KubeRay: its own]")
-    g.add_argument("--head-wait-timeout", help="seconds to wait for the head's GCS [RUNTIME_HEAD_WAIT_TIMEOUT, 600]")
-    g.add_argument(
-        "--head-lost-timeout",
-        help="exit when the head's GCS does not answer for this long [RUNTIME_HEAD_LOST_TIMEOUT, 30]",
-    )
-    return p
 
 
 # ------------------------------------------------------------------------------------------ small parsers
@@ -446,31 +322,361 @@ def dashboard_url_for(host: str, port: int) -> str:
     return f"http://{_bracket(host)}:{port}"
 
 
-def _url(setting: str, raw: str) -> str:
-    if not re.match(r"^https?://[^/\s]+", raw):
-        raise ConfigError(setting, raw, "must start with http:// or https:// and name a host")
-    return raw.rstrip("/")
+def _served_name(setting: str, raw: object) -> str:
+    name = str(raw)
+    if not name.strip() or any(c.isspace() for c in name):
+        raise ConfigError(setting, raw, "must be a non-empty name without spaces")
+    return name
+
+
+def _resource_name(setting: str, raw: object) -> str:
+    name = str(raw).strip()
+    if not re.fullmatch(r"[A-Za-z0-9_.:/-]+", name):
+        raise ConfigError(setting, raw, "expected a Ray resource name such as GPU")
+    return name
+
+
+def _port(setting: str, raw: object) -> int:
+    return parse_int(setting, raw, minimum=1, maximum=65535)
+
+
+# ------------------------------------------------------------------------------------------- the settings
+
+_MODEL, _NODE, _SUPERVISION = "model", "ray node", "supervision"
+_HEAD, _CLUSTER, _WORKER = "ray head", "cluster and engine", "head"
+
+OPTIONS = Options(
+    Option("model_dir", "model directory whose manifest is waited for", env=("RUNTIME_MODEL_DIR",), group=_MODEL),
+    Option(
+        "model_uri",
+        "run aibrix-download for this URI first; the model directory is then <local-dir>/<model-name>",
+        env=("RUNTIME_MODEL_URI",),
+        group=_MODEL,
+    ),
+    Option(
+        "local_dir",
+        "with --model-uri: aibrix-download --local-dir",
+        env_doc="`DOWNLOADER_LOCAL_DIR`",
+        default_doc="the downloader's",
+        group=_MODEL,
+    ),
+    Option(
+        "model_name",
+        "with --model-uri: aibrix-download --model-name",
+        env_doc="`DOWNLOADER_MODEL_NAME`",
+        default_doc="the downloader's",
+        group=_MODEL,
+    ),
+    Option(
+        "model_wait_timeout",
+        "seconds to wait for the manifest; 0 = no limit",
+        env=("RUNTIME_MODEL_WAIT_TIMEOUT",),
+        default="0",
+        parse=seconds(),
+        group=_MODEL,
+    ),
+    Option(
+        "node_ip",
+        "this node's address: ray start --node-ip-address, and VLLM_HOST_IP when unset",
+        env=("RUNTIME_NODE_IP",),
+        parse=parse_host,
+        default_doc="Ray detects",
+        group=_NODE,
+    ),
+    Option(
+        "num_cpus",
+        "ray start --num-cpus",
+        env=("RUNTIME_NUM_CPUS",),
+        parse=parse_number,
+        default_doc="Ray detects",
+        group=_NODE,
+    ),
+    Option(
+        "num_gpus",
+        "ray start --num-gpus",
+        env=("RUNTIME_NUM_GPUS",),
+        parse=parse_number,
+        default_doc="Ray detects",
+        group=_NODE,
+    ),
+    Option(
+        "resources",
+        'ray start --resources: a JSON object of custom resources, e.g. {"rack": 1}',
+        env=("RUNTIME_RESOURCES",),
+        parse=parse_resources,
+        group=_NODE,
+    ),
+    Option(
+        "ray_start_args",
+        "further `ray start` flags, shell-quoted; flags the runtime sets are refused",
+        env=("RUNTIME_RAY_START_ARGS",),
+        parse=parse_args_string,
+        group=_NODE,
+    ),
+    Option(
+        "ray_command",
+        "how to run Ray's CLI",
+        env=("RUNTIME_RAY_COMMAND",),
+        default="ray",
+        group=_NODE,
+        doc="how to run Ray's CLI; when it cannot be started, the error says where it was looked for (`PATH`) and "
+        "names this setting",
+    ),
+    Option(
+        "kuberay",
+        f"auto: use ${KUBERAY_ENV} when KubeRay sets it; on: require it; off: ignore it",
+        env=("RUNTIME_KUBERAY",),
+        default="auto",
+        parse=choice("auto", "on", "off"),
+        group=_NODE,
+    ),
+    Option(
+        "poll_interval",
+        "seconds between checks",
+        env=("RUNTIME_POLL_INTERVAL",),
+        default="1",
+        parse=seconds(0.05, 60),
+        group=_SUPERVISION,
+    ),
+    Option(
+        "log_interval",
+        "seconds between 'still waiting' lines",
+        env=("RUNTIME_LOG_INTERVAL",),
+        default="10",
+        parse=seconds(0.1, 3600),
+        group=_SUPERVISION,
+    ),
+    Option(
+        "stop_timeout",
+        "seconds each child gets after SIGTERM before SIGKILL",
+        env=("RUNTIME_STOP_TIMEOUT",),
+        default="10",
+        parse=seconds(0, 3600),
+        group=_SUPERVISION,
+    ),
+    Option(
+        "log_level",
+        "debug, info, warning or error",
+        env=("RUNTIME_LOG_LEVEL",),
+        default="info",
+        parse=LOG_LEVEL,
+        group=_SUPERVISION,
+    ),
+    Option(
+        "print_commands",
+        "print the steps and commands it would run, and exit 0",
+        parse=parse_bool,
+        kind=Kind.TRUE,
+        group=_SUPERVISION,
+    ),
+    Option(
+        "ray_port",
+        "GCS port",
+        env=("RUNTIME_RAY_PORT",),
+        default=str(DEFAULT_RAY_PORT),
+        parse=_port,
+        scope=HEAD,
+        group=_HEAD,
+    ),
+    Option(
+        "dashboard_host",
+        "dashboard bind address",
+        env=("RUNTIME_DASHBOARD_HOST",),
+        default="0.0.0.0",
+        parse=parse_host,
+        scope=HEAD,
+        group=_HEAD,
+    ),
+    Option(
+        "dashboard_port",
+        "dashboard port",
+        env=("RUNTIME_DASHBOARD_PORT",),
+        default=str(DEFAULT_DASHBOARD_PORT),
+        parse=_port,
+        scope=HEAD,
+        group=_HEAD,
+    ),
+    Option(
+        "dashboard_url",
+        "where the runtime reads the members (/api/v0/nodes)",
+        env=("RUNTIME_DASHBOARD_URL",),
+        parse=parse_url,
+        default_doc="`http://127.0.0.1:<dashboard port>`",
+        scope=HEAD,
+        group=_HEAD,
+    ),
+    Option(
+        "ray_health_check",
+        "PERIOD_MS,TIMEOUT_MS,FAILURES of Ray's node health check, set as RAY_health_check_* unless already in the "
+        "environment; 'ray' keeps Ray's defaults",
+        env=("RUNTIME_RAY_HEALTH_CHECK",),
+        default="1000,1000,3",
+        parse=parse_health_check,
+        scope=HEAD,
+        group=_HEAD,
+        doc="`PERIOD_MS,TIMEOUT_MS,FAILURES` of Ray's node health check (see above); `ray` keeps Ray's defaults",
+    ),
+    Option(
+        "tensor_parallel_size",
+        "vLLM's tensor parallelism",
+        env=("RUNTIME_TENSOR_PARALLEL_SIZE",),
+        default="1",
+        parse=integer(1, 4096),
+        flags=("--tensor-parallel-size", "-tp"),
+        scope=HEAD,
+        group=_CLUSTER,
+    ),
+    Option(
+        "pipeline_parallel_size",
+        "vLLM's pipeline parallelism",
+        env=("RUNTIME_PIPELINE_PARALLEL_SIZE",),
+        default="1",
+        parse=integer(1, 4096),
+        flags=("--pipeline-parallel-size", "-pp"),
+        scope=HEAD,
+        group=_CLUSTER,
+    ),
+    Option(
+        "served_model_name",
+        "the name vLLM serves the model under",
+        env=("RUNTIME_SERVED_MODEL_NAME",),
+        parse=_served_name,
+        default_doc="the model's name",
+        scope=HEAD,
+        group=_CLUSTER,
+    ),
+    Option(
+        "expected_nodes",
+        "ALIVE Ray nodes to wait for; 0 = any number",
+        env=("RUNTIME_EXPECTED_NODES",),
+        default="0",
+        parse=integer(0, 100_000),
+        scope=HEAD,
+        group=_CLUSTER,
+    ),
+    Option(
+        "expected_gpus",
+        "GPUs to wait for (never fewer than TP x PP)",
+        env=("RUNTIME_EXPECTED_GPUS",),
+        parse=integer(0, 1_000_000),
+        default_doc="TP x PP",
+        scope=HEAD,
+        group=_CLUSTER,
+    ),
+    Option(
+        "accelerator_resource",
+        "the Ray resource counted as GPUs",
+        env=("RUNTIME_ACCELERATOR_RESOURCE",),
+        default="GPU",
+        parse=_resource_name,
+        scope=HEAD,
+        group=_CLUSTER,
+    ),
+    Option(
+        "cluster_wait_timeout",
+        "seconds to wait for the nodes and GPUs",
+        env=("RUNTIME_CLUSTER_WAIT_TIMEOUT",),
+        default="600",
+        parse=seconds(0.1),
+        scope=HEAD,
+        group=_CLUSTER,
+    ),
+    Option(
+        "dashboard_lost_timeout",
+        "while serving: fail when the dashboard does not answer for this long",
+        env=("RUNTIME_DASHBOARD_LOST_TIMEOUT",),
+        default="30",
+        parse=seconds(0.1),
+        scope=HEAD,
+        group=_CLUSTER,
+    ),
+    Option(
+        "engine_start_timeout",
+        "fail when vLLM has not answered /health this long after it started; 0 = no limit",
+        env=("RUNTIME_ENGINE_START_TIMEOUT",),
+        default="3600",
+        parse=seconds(),
+        scope=HEAD,
+        group=_CLUSTER,
+    ),
+    Option(
+        "engine_lost_timeout",
+        "once vLLM has answered /health, fail when it answers anything but 200 (or nothing) for this long",
+        env=("RUNTIME_ENGINE_LOST_TIMEOUT",),
+        default="60",
+        parse=seconds(0.1),
+        scope=HEAD,
+        group=_CLUSTER,
+    ),
+    Option(
+        "vllm_command",
+        "how to run vLLM's CLI",
+        env=("RUNTIME_VLLM_COMMAND",),
+        default="vllm",
+        scope=HEAD,
+        group=_CLUSTER,
+    ),
+    Option(
+        "head_address",
+        "HOST[:PORT] of the head's GCS",
+        env=("RUNTIME_HEAD_ADDRESS",),
+        default_doc="required (KubeRay: its own)",
+        scope=WORKER,
+        group=_WORKER,
+    ),
+    Option(
+        "head_wait_timeout",
+        "seconds to wait for the head's GCS before joining",
+        env=("RUNTIME_HEAD_WAIT_TIMEOUT",),
+        default="600",
+        parse=seconds(0.1),
+        scope=WORKER,
+        group=_WORKER,
+    ),
+    Option(
+        "head_lost_timeout",
+        "after joining: exit when the head's GCS does not answer for this long",
+        env=("RUNTIME_HEAD_LOST_TIMEOUT",),
+        default="30",
+        parse=seconds(0.1),
+        scope=WORKER,
+        group=_WORKER,
+    ),
+    env_prefix="RUNTIME_",
+    doc_rows=[
+        (
+            "head: after `--`",
+            "",
+            "",
+            "vLLM options, passed through unchanged (`--tensor-parallel-size`, `--pipeline-parallel-size`, "
+            "`--distributed-executor-backend`, `--served-model-name`, `--model` and a positional model are refused: "
+            "the runtime sets them)",
+        ),
+    ],
+)
+
+
+def build_arg_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="aibrix-runtime",
+        allow_abbrev=False,  # flags are spelt in full, here and in each role below
+        description="Start a Ray node for multi-node vLLM and supervise it: `head` waits for the model and the "
+        "cluster, then runs `vllm serve` (arguments after `--` are passed to it); `worker` waits for the model "
+        "and the head, then joins. Settings: flag > environment > default (see docs/runtime.md).",
+    )
+    sub = p.add_subparsers(dest="role", required=True, metavar="{head,worker}")
+    head = sub.add_parser(
+        HEAD, help="Ray head + vllm serve", description="Ray head node and vllm serve.", allow_abbrev=False
+    )
+    OPTIONS.add_arguments(head, HEAD)
+    worker = sub.add_parser(
+        WORKER, help="Ray worker", description="Ray worker node joining the head.", allow_abbrev=False
+    )
+    OPTIONS.add_arguments(worker, WORKER)
+    return p
 
 
 # ------------------------------------------------------------------------------------------------ loading
-
-
-class _Source:
-    """flag > environment lookups that remember where a value came from, for error messages."""
-
-    def __init__(self, args: argparse.Namespace, env: Mapping[str, str]) -> None:
-        self.args = args
-        self.env = env
-
-    def get(self, attr: str, env_name: str | None) -> tuple[str | None, str]:
-        flag = getattr(self.args, attr, None)
-        if flag is not None:
-            return str(flag), "--" + attr.replace("_", "-")
-        if env_name:
-            value = self.env.get(env_name)
-            if value is not None and value.strip():
-                return value.strip(), env_name
-        return None, "--" + attr.replace("_", "-")
 
 
 def load_settings(argv: Sequence[str], env: Mapping[str, str]) -> Settings:
@@ -490,13 +696,12 @@ def load_settings(argv: Sequence[str], env: Mapping[str, str]) -> Settings:
     role: str = args.role
     if engine_args and role != HEAD:
         raise ConfigError("arguments after --", " ".join(engine_args), "only `aibrix-runtime head` passes them on")
-    src = _Source(args, env)
-    warnings = [f"ignoring unknown environment variable {k}" for k in sorted(env) if k.startswith("RUNTIME_")]
-    warnings = [w for w in warnings if w.rsplit(" ", 1)[1] not in KNOWN_ENV]
+    get = OPTIONS.lookup(args, env)
+    warnings = [f"ignoring unknown environment variable {name}" for name in OPTIONS.unknown_env(env)]
 
     # --- the model
-    raw_dir, dir_name = src.get("model_dir", "RUNTIME_MODEL_DIR")
-    raw_uri, _ = src.get("model_uri", "RUNTIME_MODEL_URI")
+    raw_dir, dir_name, _ = get.given("model_dir")
+    raw_uri = get.value("model_uri")
     download_args: tuple[str, ...] = ()
     if raw_uri is not None:
         dl = ["--model-uri", raw_uri]
@@ -507,7 +712,7 @@ def load_settings(argv: Sequence[str], env: Mapping[str, str]) -> Settings:
         download = load_download_settings(dl, env)  # the downloader decides where the model lands
         model_dir, model_name = download.model_dir, download.model_name
         download_args = tuple(dl)
-        if raw_dir is not None and os.path.abspath(raw_dir) != model_dir:
+        if raw_dir is not None and os.path.abspath(raw_dir.strip()) != model_dir:
             raise ConfigError(dir_name, raw_dir, f"contradicts --model-uri, which downloads into {model_dir}")
     elif args.local_dir is not None or args.model_name is not None:
         raise ConfigError(
@@ -516,47 +721,24 @@ def load_settings(argv: Sequence[str], env: Mapping[str, str]) -> Settings:
             "only goes with --model-uri; without a download, give --model-dir",
         )
     elif raw_dir is not None:
-        if "\x00" in raw_dir:
-            raise ConfigError(dir_name, raw_dir, "contains a NUL byte")
-        model_dir = os.path.abspath(raw_dir)
+        model_dir = os.path.abspath(get.value("model_dir").strip())
         model_name = os.path.basename(model_dir.rstrip("/")) or model_dir
     else:
         raise ConfigError("--model-dir", None, "give the model directory, or --model-uri to download it first")
-    raw, name = src.get("model_wait_timeout", "RUNTIME_MODEL_WAIT_TIMEOUT")
-    model_wait = parse_seconds(name, raw) if raw is not None else 0.0
-
-    # --- supervision
-    raw, name = src.get("poll_interval", "RUNTIME_POLL_INTERVAL")
-    poll = parse_seconds(name, raw, minimum=0.05, maximum=60) if raw is not None else 1.0
-    raw, name = src.get("log_interval", "RUNTIME_LOG_INTERVAL")
-    log_interval = parse_seconds(name, raw, minimum=0.1, maximum=3600) if raw is not None else 10.0
-    raw, name = src.get("stop_timeout", "RUNTIME_STOP_TIMEOUT")
-    stop_timeout = parse_seconds(name, raw, minimum=0, maximum=3600) if raw is not None else 10.0
-    raw, name = src.get("log_level", "RUNTIME_LOG_LEVEL")
-    log_level = parse_choice(name, raw if raw is not None else "info", ("debug", "info", "warning", "error")).upper()
 
     # --- the Ray node
-    raw, name = src.get("ray_command", "RUNTIME_RAY_COMMAND")
-    ray_command = parse_command(name, raw if raw is not None else "ray", env)
-    raw, name = src.get("node_ip", "RUNTIME_NODE_IP")
-    node_ip = parse_host(name, raw) if raw is not None else None
-    raw, name = src.get("num_cpus", "RUNTIME_NUM_CPUS")
-    num_cpus = parse_number(name, raw) if raw is not None else None
-    raw, name = src.get("num_gpus", "RUNTIME_NUM_GPUS")
-    num_gpus = parse_number(name, raw) if raw is not None else None
-    raw, name = src.get("resources", "RUNTIME_RESOURCES")
-    resources = parse_resources(name, raw) if raw is not None else None
-    raw, name = src.get("ray_start_args", "RUNTIME_RAY_START_ARGS")
-    ray_start_args = parse_args_string(name, raw) if raw is not None else ()
+    node_ip = get.value("node_ip")
+    num_cpus, num_gpus, resources = get.value("num_cpus"), get.value("num_gpus"), get.value("resources")
+    ray_start_args = get.value("ray_start_args") or ()
     check_ray_start_args(role, ray_start_args)
 
-    raw, name = src.get("kuberay", "RUNTIME_KUBERAY")
-    kuberay_mode = parse_choice(name, raw if raw is not None else "auto", ("auto", "on", "off"))
+    kuberay = get.given("kuberay")
+    kuberay_mode = get.value("kuberay")
     kuberay_command: str | None = None
     kuberay_flags: dict[str, str] = {}
     generated = env.get(KUBERAY_ENV, "").strip()
     if kuberay_mode == "on" and not generated:
-        raise ConfigError(name, raw, f"KubeRay mode is on but {KUBERAY_ENV} is not set")
+        raise ConfigError(kuberay.source, kuberay.raw, f"KubeRay mode is on but {KUBERAY_ENV} is not set")
     if generated and kuberay_mode != "off":
         kuberay_command = generated
         kuberay_flags = {k: _expand(v, env) for k, v in ray_start_flags(generated).items()}
@@ -564,9 +746,9 @@ def load_settings(argv: Sequence[str], env: Mapping[str, str]) -> Settings:
         if is_head != (role == HEAD):
             kind = "a head" if is_head else "a worker"
             raise ConfigError(KUBERAY_ENV, generated, f"starts {kind} node but this is `aibrix-runtime {role}`")
-        for attr, value in (("num_cpus", num_cpus), ("num_gpus", num_gpus), ("resources", resources)):
+        for name, value in (("num_cpus", num_cpus), ("num_gpus", num_gpus), ("resources", resources)):
             if value is not None:
-                warnings.append(f"--{attr.replace('_', '-')} is ignored: KubeRay's generated `ray start` is used")
+                warnings.append(f"{OPTIONS[name].label} is ignored: KubeRay's generated `ray start` is used")
         if ray_start_args:
             warnings.append("--ray-start-args is ignored: KubeRay's generated `ray start` is used")
         if node_ip is None and kuberay_flags.get("node-ip-address"):
@@ -577,23 +759,27 @@ def load_settings(argv: Sequence[str], env: Mapping[str, str]) -> Settings:
         model_dir=model_dir,
         model_name=model_name,
         download_args=download_args,
-        model_wait_timeout=model_wait,
-        ray_command=ray_command,
+        model_wait_timeout=get.value("model_wait_timeout"),
+        ray_command=_command(get, "ray_command", env),
         node_ip=node_ip,
         num_cpus=num_cpus,
         num_gpus=num_gpus,
         resources=resources,
         ray_start_args=ray_start_args,
         kuberay_command=kuberay_command,
-        poll_interval=poll,
-        log_interval=log_interval,
-        stop_timeout=stop_timeout,
-        log_level=log_level,
-        print_commands=bool(args.print_commands),
+        poll_interval=get.value("poll_interval"),
+        log_interval=get.value("log_interval"),
+        stop_timeout=get.value("stop_timeout"),
+        log_level=get.value("log_level").upper(),
+        print_commands=bool(get.value("print_commands")),
     )
     if role == HEAD:
-        return _head_settings(src, env, engine_args, kuberay_flags, common, warnings)
-    return _worker_settings(src, env, kuberay_flags, common, warnings)
+        return _head_settings(get, env, engine_args, kuberay_flags, common, warnings)
+    return _worker_settings(get, env, kuberay_flags, common, warnings)
+
+
+def _command(get: Lookup, name: str, env: Mapping[str, str]) -> tuple[str, ...]:
+    return parse_command(get.given(name).source, get.value(name), env)
 
 
 def _expand(value: str, env: Mapping[str, str]) -> str:
@@ -601,61 +787,32 @@ def _expand(value: str, env: Mapping[str, str]) -> str:
 
 
 def _head_settings(
-    src: _Source,
+    get: Lookup,
     env: Mapping[str, str],
     engine_args: tuple[str, ...],
     kuberay_flags: Mapping[str, str],
     common: dict[str, object],
     warnings: list[str],
 ) -> Settings:
-    raw, name = src.get("ray_port", "RUNTIME_RAY_PORT")
-    ray_port = parse_int(name, raw, minimum=1, maximum=65535) if raw is not None else DEFAULT_RAY_PORT
-    raw, name = src.get("dashboard_host", "RUNTIME_DASHBOARD_HOST")
-    dashboard_host = parse_host(name, raw) if raw is not None else "0.0.0.0"
-    raw, name = src.get("dashboard_port", "RUNTIME_DASHBOARD_PORT")
-    dashboard_port = parse_int(name, raw, minimum=1, maximum=65535) if raw is not None else DEFAULT_DASHBOARD_PORT
+    ray_port: int = get.value("ray_port")
+    dashboard_host: str = get.value("dashboard_host")
+    dashboard_port: int = get.value("dashboard_port")
     if common["kuberay_command"] is not None:
         # KubeRay decides the ports; read them from its command so that we probe what it starts.
         if "port" in kuberay_flags:
-            ray_port = parse_int(KUBERAY_ENV + " --port", kuberay_flags["port"], minimum=1, maximum=65535)
+            ray_port = _port(KUBERAY_ENV + " --port", kuberay_flags["port"])
         if "dashboard-port" in kuberay_flags:
-            dashboard_port = parse_int(
-                KUBERAY_ENV + " --dashboard-port", kuberay_flags["dashboard-port"], minimum=1, maximum=65535
-            )
+            dashboard_port = _port(KUBERAY_ENV + " --dashboard-port", kuberay_flags["dashboard-port"])
         dashboard_host = kuberay_flags.get("dashboard-host") or "127.0.0.1"
-    raw, name = src.get("dashboard_url", "RUNTIME_DASHBOARD_URL")
-    dashboard_url = _url(name, raw) if raw is not None else dashboard_url_for(dashboard_host, dashboard_port)
-    raw, name = src.get("ray_health_check", "RUNTIME_RAY_HEALTH_CHECK")
-    health = parse_health_check(name, raw) if raw is not None else DEFAULT_HEALTH_CHECK
+    dashboard_url = get.value("dashboard_url") or dashboard_url_for(dashboard_host, dashboard_port)
 
-    raw, name = src.get("tensor_parallel_size", "RUNTIME_TENSOR_PARALLEL_SIZE")
-    tp = parse_int(name, raw, minimum=1, maximum=4096) if raw is not None else 1
-    raw, name = src.get("pipeline_parallel_size", "RUNTIME_PIPELINE_PARALLEL_SIZE")
-    pp = parse_int(name, raw, minimum=1, maximum=4096) if raw is not None else 1
-    raw, name = src.get("served_model_name", "RUNTIME_SERVED_MODEL_NAME")
-    served = raw if raw is not None else str(common["model_name"])
-    if not served.strip() or any(c.isspace() for c in served):
-        raise ConfigError(name, served, "must be a non-empty name without spaces")
-    raw, name = src.get("expected_nodes", "RUNTIME_EXPECTED_NODES")
-    expected_nodes = parse_int(name, raw, minimum=0, maximum=100_000) if raw is not None else 0
-    raw, name = src.get("expected_gpus", "RUNTIME_EXPECTED_GPUS")
-    expected_gpus = parse_int(name, raw, minimum=0, maximum=1_000_000) if raw is not None else tp * pp
-    if expected_gpus < tp * pp:
-        raise ConfigError(name, raw, f"fewer than tensor-parallel x pipeline-parallel = {tp * pp} GPUs")
-    raw, name = src.get("accelerator_resource", "RUNTIME_ACCELERATOR_RESOURCE")
-    accelerator = raw if raw is not None else "GPU"
-    if not re.fullmatch(r"[A-Za-z0-9_.:/-]+", accelerator):
-        raise ConfigError(name, accelerator, "expected a Ray resource name such as GPU")
-    raw, name = src.get("cluster_wait_timeout", "RUNTIME_CLUSTER_WAIT_TIMEOUT")
-    cluster_wait = parse_seconds(name, raw, minimum=0.1) if raw is not None else 600.0
-    raw, name = src.get("dashboard_lost_timeout", "RUNTIME_DASHBOARD_LOST_TIMEOUT")
-    dashboard_lost = parse_seconds(name, raw, minimum=0.1) if raw is not None else 30.0
-    raw, name = src.get("engine_start_timeout", "RUNTIME_ENGINE_START_TIMEOUT")
-    engine_start = parse_seconds(name, raw) if raw is not None else 3600.0
-    raw, name = src.get("engine_lost_timeout", "RUNTIME_ENGINE_LOST_TIMEOUT")
-    engine_lost = parse_seconds(name, raw, minimum=0.1) if raw is not None else 60.0
-    raw, name = src.get("vllm_command", "RUNTIME_VLLM_COMMAND")
-    vllm_command = parse_command(name, raw if raw is not None else "vllm", env)
+    tp, pp = get.value("tensor_parallel_size"), get.value("pipeline_parallel_size")
+    expected_gpus = get.value("expected_gpus")
+    if expected_gpus is None:
+        expected_gpus = tp * pp
+    elif expected_gpus < tp * pp:
+        gpus = get.given("expected_gpus")
+        raise ConfigError(gpus.source, gpus.raw, f"fewer than tensor-parallel x pipeline-parallel = {tp * pp} GPUs")
     check_engine_args(engine_args)
     return Settings(
         **common,  # type: ignore[arg-type]
@@ -663,32 +820,32 @@ def _head_settings(
         dashboard_host=dashboard_host,
         dashboard_port=dashboard_port,
         dashboard_url=dashboard_url,
-        ray_health_check=health,
+        ray_health_check=get.value("ray_health_check"),
         tensor_parallel_size=tp,
         pipeline_parallel_size=pp,
-        served_model_name=served,
-        expected_nodes=expected_nodes,
+        served_model_name=get.value("served_model_name") or _served_name("the model's name", common["model_name"]),
+        expected_nodes=get.value("expected_nodes"),
         expected_gpus=expected_gpus,
-        accelerator_resource=accelerator,
-        cluster_wait_timeout=cluster_wait,
-        dashboard_lost_timeout=dashboard_lost,
-        engine_start_timeout=engine_start,
-        engine_lost_timeout=engine_lost,
-        vllm_command=vllm_command,
+        accelerator_resource=get.value("accelerator_resource"),
+        cluster_wait_timeout=get.value("cluster_wait_timeout"),
+        dashboard_lost_timeout=get.value("dashboard_lost_timeout"),
+        engine_start_timeout=get.value("engine_start_timeout"),
+        engine_lost_timeout=get.value("engine_lost_timeout"),
+        vllm_command=_command(get, "vllm_command", env),
         engine_args=engine_args,
         warnings=tuple(warnings),
     )
 
 
 def _worker_settings(
-    src: _Source,
+    get: Lookup,
     env: Mapping[str, str],
     kuberay_flags: Mapping[str, str],
     common: dict[str, object],
     warnings: list[str],
 ) -> Settings:
-    raw, name = src.get("head_address", "RUNTIME_HEAD_ADDRESS")
-    head: tuple[str, int] | None = parse_host_port(name, raw, DEFAULT_RAY_PORT) if raw is not None else None
+    given = get.given("head_address")
+    head = parse_host_port(given.source, given.raw, DEFAULT_RAY_PORT) if given.raw is not None else None
     if common["kuberay_command"] is not None:
         # KubeRay's command names the head (its service); probe exactly what `ray start` will connect to.
         address = kuberay_flags.get("address") or _kuberay_env_address(env)
@@ -696,20 +853,16 @@ def _worker_settings(
             raise ConfigError(KUBERAY_ENV, common["kuberay_command"], "names no --address, and FQ_RAY_IP is not set")
         kuberay_head = parse_host_port(KUBERAY_ENV + " --address", address, DEFAULT_RAY_PORT)
         if head is not None and head != kuberay_head:
-            warnings.append(f"{name} is ignored: KubeRay's command connects to {address}")
+            warnings.append(f"{given.source} is ignored: KubeRay's command connects to {address}")
         head = kuberay_head
     if head is None:
         raise ConfigError("--head-address", None, "give the head's HOST[:PORT] (RUNTIME_HEAD_ADDRESS)")
-    raw, name = src.get("head_wait_timeout", "RUNTIME_HEAD_WAIT_TIMEOUT")
-    head_wait = parse_seconds(name, raw, minimum=0.1) if raw is not None else 600.0
-    raw, name = src.get("head_lost_timeout", "RUNTIME_HEAD_LOST_TIMEOUT")
-    head_lost = parse_seconds(name, raw, minimum=0.1) if raw is not None else 30.0
     return Settings(
         **common,  # type: ignore[arg-type]
         head_host=head[0],
         ray_port=head[1],
-        head_wait_timeout=head_wait,
-        head_lost_timeout=head_lost,
+        head_wait_timeout=get.value("head_wait_timeout"),
+        head_lost_timeout=get.value("head_lost_timeout"),
         warnings=tuple(warnings),
     )
 

@@ -21,7 +21,7 @@ from runtime.supervise import Signals
 
 from .app import create_app
 from .config import load_settings
-from .fastpath import probe_protocol
+from .fastpath import http_protocol
 from .monitor import Monitor
 from .routes import route_table
 from .snapshot import readiness_follows
@@ -66,7 +66,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     # Probes are answered on the socket (sidecar/fastpath.py); anything else goes through uvicorn to the app. Both
     # serve the one route table. No access log: a line per probe would cost more than the probe.
     config = uvicorn.Config(
-        create_app(routes), http=probe_protocol(routes), log_level="warning", access_log=False, lifespan="off"
+        create_app(routes),
+        http=http_protocol(routes) if settings.fast_paths else "auto",
+        log_level="warning",
+        access_log=False,
+        lifespan="off",
     )
     server = uvicorn.Server(config)
     # uvicorn restores these after its graceful shutdown and re-raises the signal it caught; ours records it

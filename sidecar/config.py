@@ -1,4 +1,5 @@
-"""Sidecar settings: flags > environment > defaults, parsed once. The only sidecar module reading the environment."""
+"""Sidecar settings: flags > environment > defaults, declared once in OPTIONS and parsed once. The only sidecar
+module reading the environment."""
 
 from __future__ import annotations
 
@@ -8,10 +9,11 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 from downloader import __version__
-from downloader.config import Secret, parse_choice, parse_int, parse_seconds
+from downloader.config import Secret
 from downloader.config import Settings as DownloadSettings
 from downloader.config import load_settings as load_download_settings
 from downloader.errors import ConfigError
+from downloader.options import LOG_LEVEL, Kind, Lookup, Option, Options, Where, integer, parse_bool, parse_url, seconds
 
 # Environment variables whose values are credentials: never shown in /status, even if a child printed one. Names
 # of files holding them (AWS_WEB_IDENTITY_TOKEN_FILE, ...) are paths, which an error may usefully name.
@@ -32,6 +34,7 @@ class SidecarSettings:
     ray_dashboard_url: str = "http://127.0.0.1:8265"
     stall_timeout: float = 300.0
     poll_interval: float = 1.0
+    fast_paths: bool = True  # probes answered on the socket (sidecar/fastpath.py); off: through the ASGI app
     exit_on_failure_after: float = 10.0  # native mode: seconds after a failed download before exiting (-1: never)
     log_level: str = "INFO"
     # Credentials in the environment and the download's settings: cut out of anything the sidecar repeats from
@@ -46,6 +49,104 @@ class SidecarSettings:
         return text
 
 
+def _path(setting: str, raw: object) -> str:
+    path = str(raw).strip()
+    if not path.startswith("/"):
+        raise ConfigError(setting, raw, "must start with /")
+    return path
+
+
+OPTIONS = Options(
+    Option("host", "bind address", env=("SIDECAR_HOST",), default="0.0.0.0"),
+    Option("port", "bind port; 0 picks a free one", env=("SIDECAR_PORT",), default="8080", parse=integer(0, 65535)),
+    Option(
+        "model_dir",
+        "model directory to watch; implied by download arguments after --; without one, no model is watched and "
+        "readiness follows the engine (and Ray), as AIBrix's runtime sidecar",
+        env=("SIDECAR_MODEL_DIR",),
+        default_doc="implied by the download arguments after `--`; none: no model is watched",
+        doc='the model directory to watch (see "Without a model directory")',
+    ),
+    Option(
+        "engine_url",
+        "engine base URL, e.g. http://localhost:8000",
+        env=("INFERENCE_ENGINE_ENDPOINT",),
+        parse=parse_url,
+        default_doc="none (readiness ignores the engine)",
+    ),
+    Option(
+        "engine_metrics_path",
+        "the engine's metrics path, passed through",
+        env=("METRIC_SCRAPE_PATH",),
+        default="/metrics",
+        parse=_path,
+    ),
+    Option(
+        "engine_timeout",
+        "seconds for each engine probe",
+        env=("SIDECAR_ENGINE_TIMEOUT",),
+        default="2",
+        parse=seconds(0.05, 60),
+    ),
+    Option(
+        "expected_ray_nodes",
+        "ready only when this many Ray nodes are alive; 0: Ray is not checked",
+        env=("SIDECAR_EXPECTED_RAY_NODES",),
+        default="0",
+        parse=integer(0, 100000),
+    ),
+    Option(
+        "ray_dashboard_url",
+        "the Ray dashboard (reads /api/v0/nodes)",
+        env=("SIDECAR_RAY_DASHBOARD_URL",),
+        default="http://127.0.0.1:8265",
+        parse=parse_url,
+    ),
+    Option(
+        "stall_timeout",
+        "liveness fails after a download makes no progress this long, in seconds",
+        env=("SIDECAR_STALL_TIMEOUT",),
+        default="300",
+        parse=seconds(0.5),
+    ),
+    Option(
+        "poll_interval",
+        "seconds between engine, Ray and progress polls",
+        env=("SIDECAR_POLL_INTERVAL",),
+        default="1",
+        parse=seconds(0.05, 60),
+    ),
+    Option(
+        "fast_paths",
+        "answer probes on the socket, past the ASGI app; off: every request through it",
+        env=("SIDECAR_FAST_PATHS",),
+        default="on",
+        parse=parse_bool,
+        kind=Kind.SWITCH,
+    ),
+    Option(
+        "exit_on_failure_after",
+        "native mode: exit 1 this many seconds after the download failed, so Kubernetes restarts the container and "
+        "the download resumes (probes do not run during startup); -1 = stay up",
+        env=("SIDECAR_EXIT_ON_FAILURE_AFTER",),
+        default="10",
+        parse=seconds(-1),
+    ),
+    Option("log_level", "debug, info, warning or error", env=("SIDECAR_LOG_LEVEL",), default="info", parse=LOG_LEVEL),
+    Option(
+        "enable_fastapi_docs",
+        "accepted for AIBrix's runtime sidecar (aibrix_runtime); ignored with a log line: no API docs are served",
+        parse=parse_bool,
+        kind=Kind.TRUE,
+    ),
+    env_prefix="SIDECAR_",
+    doc_rows=[
+        ("`--version`", "", "", "print the version and exit"),
+        ("after `--`", "", "", "`aibrix-download` arguments: the sidecar runs the download itself (native mode)"),
+    ],
+)
+
+
 def build_arg_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="aibrix-sidecar",
@@ -53,36 +154,7 @@ def build_arg_parser() -> argparse.ArgumentParser:
         description="Probes and metrics for a model download and its engine. Everything after `--` is passed "
         "to aibrix-download, which the sidecar then runs itself (native-sidecar mode).",
     )
-    p.add_argument("--host", help="bind address [SIDECAR_HOST, 0.0.0.0]")
-    p.add_argument("--port", help="bind port; 0 picks a free one [SIDECAR_PORT, 8080]")
-    p.add_argument(
-        "--model-dir",
-        help="model directory to watch [SIDECAR_MODEL_DIR]; implied by download args; without one, no model is "
-        "watched and readiness follows the engine (and Ray), as AIBrix's runtime sidecar",
-    )
-    p.add_argument("--engine-url", help="engine base URL, e.g. http://localhost:8000 [INFERENCE_ENGINE_ENDPOINT]")
-    p.add_argument("--engine-metrics-path", help="engine metrics path passed through [METRIC_SCRAPE_PATH, /metrics]")
-    p.add_argument("--engine-timeout", help="seconds for each engine probe [SIDECAR_ENGINE_TIMEOUT, 2]")
-    p.add_argument(
-        "--expected-ray-nodes", help="ready only when this many Ray nodes are alive [SIDECAR_EXPECTED_RAY_NODES]"
-    )
-    p.add_argument("--ray-dashboard-url", help="Ray dashboard [SIDECAR_RAY_DASHBOARD_URL, http://127.0.0.1:8265]")
-    p.add_argument(
-        "--stall-timeout",
-        help="liveness fails after a download makes no progress this long [SIDECAR_STALL_TIMEOUT, 300]",
-    )
-    p.add_argument("--poll-interval", help="seconds between engine/Ray/progress polls [SIDECAR_POLL_INTERVAL, 1]")
-    p.add_argument(
-        "--exit-on-failure-after",
-        help="native mode: exit 1 this many seconds after the download failed, so Kubernetes restarts the "
-        "container and the download resumes (probes do not run during startup); -1 = stay up [10]",
-    )
-    p.add_argument("--log-level", help="debug, info, warning, error [SIDECAR_LOG_LEVEL, info]")
-    p.add_argument(
-        "--enable-fastapi-docs",
-        action="store_true",
-        help="accepted for AIBrix's runtime sidecar (aibrix_runtime); ignored: no API docs are served",
-    )
+    OPTIONS.add_arguments(p)
     p.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     return p
 
@@ -96,22 +168,6 @@ _AIBRIX_IGNORED = {
 }
 
 
-def _pick(flag: str | None, env: Mapping[str, str], *names: str) -> tuple[str | None, str]:
-    if flag is not None:
-        return flag, ""
-    for name in names:
-        value = env.get(name)
-        if value is not None and value.strip():
-            return value.strip(), name
-    return None, ""
-
-
-def _url(setting: str, raw: str) -> str:
-    if not re.match(r"^https?://[^/\s]+", raw):
-        raise ConfigError(setting, raw, "must start with http:// or https:// and name a host")
-    return raw.rstrip("/")
-
-
 def load_settings(argv: Sequence[str], env: Mapping[str, str]) -> SidecarSettings:
     argv = list(argv)
     download_args: tuple[str, ...] = ()
@@ -119,8 +175,10 @@ def load_settings(argv: Sequence[str], env: Mapping[str, str]) -> SidecarSetting
         cut = argv.index("--")
         argv, download_args = argv[:cut], tuple(argv[cut + 1 :])
     args = build_arg_parser().parse_args(argv)
+    get = OPTIONS.lookup(args, env)
 
-    model_dir, _ = _pick(args.model_dir, env, "SIDECAR_MODEL_DIR")
+    given_dir = get.given("model_dir")
+    model_dir = given_dir.raw.strip() if given_dir.where is Where.ENV else given_dir.raw
     download: DownloadSettings | None = None
     if download_args:
         # The downloader's own parser decides where the model lands: one source of truth.
@@ -130,31 +188,8 @@ def load_settings(argv: Sequence[str], env: Mapping[str, str]) -> SidecarSetting
         raise ConfigError(
             "--model-dir", model_dir, "set the model directory (or pass aibrix-download arguments after --)"
         )
-
-    raw, name = _pick(args.host, env, "SIDECAR_HOST")
-    host = raw or "0.0.0.0"
-    raw, name = _pick(args.port, env, "SIDECAR_PORT")
-    port = parse_int(name or "--port", raw, minimum=0, maximum=65535) if raw is not None else 8080
-    raw, name = _pick(args.engine_url, env, "INFERENCE_ENGINE_ENDPOINT")
-    engine_url = _url(name or "--engine-url", raw) if raw else None
-    raw, _ = _pick(args.engine_metrics_path, env, "METRIC_SCRAPE_PATH")
-    metrics_path = raw or "/metrics"
-    if not metrics_path.startswith("/"):
-        raise ConfigError("METRIC_SCRAPE_PATH", metrics_path, "must start with /")
-    raw, name = _pick(args.engine_timeout, env, "SIDECAR_ENGINE_TIMEOUT")
-    engine_timeout = parse_seconds(name or "--engine-timeout", raw, minimum=0.05, maximum=60) if raw else 2.0
-    raw, name = _pick(args.expected_ray_nodes, env, "SIDECAR_EXPECTED_RAY_NODES")
-    ray_nodes = parse_int(name or "--expected-ray-nodes", raw, minimum=0, maximum=100000) if raw else 0
-    raw, name = _pick(args.ray_dashboard_url, env, "SIDECAR_RAY_DASHBOARD_URL")
-    ray_url = _url(name or "--ray-dashboard-url", raw) if raw else "http://127.0.0.1:8265"
-    raw, name = _pick(args.stall_timeout, env, "SIDECAR_STALL_TIMEOUT")
-    stall = parse_seconds(name or "--stall-timeout", raw, minimum=0.5) if raw else 300.0
-    raw, name = _pick(args.poll_interval, env, "SIDECAR_POLL_INTERVAL")
-    poll = parse_seconds(name or "--poll-interval", raw, minimum=0.05, maximum=60) if raw else 1.0
-    raw, name = _pick(args.exit_on_failure_after, env, "SIDECAR_EXIT_ON_FAILURE_AFTER")
-    exit_after = parse_seconds(name or "--exit-on-failure-after", raw, minimum=-1) if raw else 10.0
-    raw, name = _pick(args.log_level, env, "SIDECAR_LOG_LEVEL")
-    level = parse_choice(name or "--log-level", raw or "info", ("debug", "info", "warning", "error")).upper()
+    engine_url = get.value("engine_url")
+    ray_nodes = get.value("expected_ray_nodes")
     if model_dir is None and engine_url is None and not ray_nodes:
         raise ConfigError(
             "--model-dir",
@@ -162,29 +197,31 @@ def load_settings(argv: Sequence[str], env: Mapping[str, str]) -> SidecarSetting
             "nothing to watch: set the model directory (--model-dir / SIDECAR_MODEL_DIR, or aibrix-download "
             "arguments after --), or the engine (--engine-url / INFERENCE_ENGINE_ENDPOINT)",
         )
+    warnings = [f"ignoring unknown environment variable {name}" for name in OPTIONS.unknown_env(env)]
     return SidecarSettings(
-        host=host,
-        port=port,
+        host=get.value("host").strip(),
+        port=get.value("port"),
         model_dir=model_dir,
         download_args=download_args,
         engine_url=engine_url,
-        engine_metrics_path=metrics_path,
-        engine_timeout=engine_timeout,
+        engine_metrics_path=get.value("engine_metrics_path"),
+        engine_timeout=get.value("engine_timeout"),
         expected_ray_nodes=ray_nodes,
-        ray_dashboard_url=ray_url,
-        stall_timeout=stall,
-        poll_interval=poll,
-        exit_on_failure_after=exit_after,
-        log_level=level,
+        ray_dashboard_url=get.value("ray_dashboard_url"),
+        stall_timeout=get.value("stall_timeout"),
+        poll_interval=get.value("poll_interval"),
+        fast_paths=get.value("fast_paths"),
+        exit_on_failure_after=get.value("exit_on_failure_after"),
+        log_level=get.value("log_level").upper(),
         secrets=_secrets(env, download),
-        warnings=_aibrix_warnings(args, env, engine_url),
+        warnings=(*warnings, *_aibrix_warnings(get, env, engine_url)),
     )
 
 
-def _aibrix_warnings(args: argparse.Namespace, env: Mapping[str, str], engine_url: str | None) -> tuple[str, ...]:
+def _aibrix_warnings(get: Lookup, env: Mapping[str, str], engine_url: str | None) -> tuple[str, ...]:
     """What AIBrix's runtime sidecar reads that the sidecar accepts without acting on it."""
     out: list[str] = []
-    if args.enable_fastapi_docs:
+    if get.value("enable_fastapi_docs"):
         out.append("--enable-fastapi-docs (AIBrix's runtime flag) ignored: the sidecar serves no API docs")
     engine = env.get("INFERENCE_ENGINE", "").strip()
     if engine and engine_url is None:

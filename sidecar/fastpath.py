@@ -35,6 +35,37 @@ _SERVER_ERROR = (
 )
 
 
+# What of uvicorn this module relies on beyond its documented interface (PRIVATE_NAMES.md): how uvicorn constructs an
+# HTTP protocol class given as Config(http=...), the server state's `connections` and `default_headers`, and
+# AutoHTTPProtocol's module. `uvicorn_contract_holds` checks them; where they changed, the sidecar serves the probes
+# through the ASGI app instead (http="auto"), slower but the same answers.
+UVICORN_PROTOCOL_PARAMETERS = ("config", "server_state", "app_state", "_loop")
+UVICORN_SERVER_STATE_FIELDS = ("connections", "default_headers")
+
+
+def uvicorn_contract_holds() -> str | None:
+    """None when uvicorn still is what ProbeProtocol was written against; otherwise what changed."""
+    import inspect
+
+    from uvicorn.server import ServerState
+
+    params = tuple(inspect.signature(AutoHTTPProtocol.__init__).parameters)[1:]
+    if params[: len(UVICORN_PROTOCOL_PARAMETERS)] != UVICORN_PROTOCOL_PARAMETERS:
+        return f"uvicorn's HTTP protocols now take {params}"
+    state = ServerState()
+    missing = [name for name in UVICORN_SERVER_STATE_FIELDS if not hasattr(state, name)]
+    return f"uvicorn's ServerState has no {', '.join(missing)}" if missing else None
+
+
+def http_protocol(routes: Mapping[str, Route]) -> type[asyncio.Protocol] | str:
+    """What to pass as uvicorn.Config(http=...): the probe protocol, or uvicorn's own where its internals moved."""
+    changed = uvicorn_contract_holds()
+    if changed is not None:
+        log.warning("probes go through the ASGI app: %s (sidecar/fastpath.py)", changed)
+        return "auto"
+    return probe_protocol(routes)
+
+
 def probe_protocol(routes: Mapping[str, Route]) -> type[asyncio.Protocol]:
     """The class to pass as uvicorn.Config(http=...): it answers the routes that never wait."""
     on_socket = {path.encode(): route.answer for path, route in routes.items() if not route.blocking}

@@ -119,6 +119,7 @@ def cli_env(endpoint: str, **extra: str) -> dict[str, str]:
     env["PYTHONPATH"] = REPO
     if FAST_PATHS_OFF:
         env["DOWNLOADER_FAST_PATHS"] = "0"
+        env["SIDECAR_FAST_PATHS"] = "0"
     env.update(extra)
     return env
 

@@ -121,6 +121,7 @@ class TrialPlan:
     primary: str
     files: list[FileSpec]
     multipart: bool
+    small_files: bool  # a model made only of files fetched whole (S3's CRT path, several GETs per worker)
     num_threads: int
     faults: list[FaultSpec]
     persistent: bool
@@ -135,8 +136,10 @@ def plan_trial(seed: int, index: int) -> TrialPlan:
     rng = random.Random(f"reliability:{seed}:{index}")
     source = SOURCES[index % len(SOURCES)]
     primary = KINDS[(index // len(SOURCES)) % len(KINDS)]
-    multipart = source == "s3" and rng.random() < 0.3
-    files = _plan_model(rng, multipart)
+    # Every fourth round of (source x fault kind) is a model of small files only: each kind, on each source.
+    small_files = (index // (len(SOURCES) * len(KINDS))) % 4 == 3
+    multipart = source == "s3" and not small_files and rng.random() < 0.3
+    files = _plan_small_model(rng) if small_files else _plan_model(rng, multipart)
     faults = [_plan_fault(rng, primary, source, files)]
     for _ in range(rng.choice((0, 0, 1, 1, 2))):
         kind = rng.choice([k for k in KINDS if k != "replace" or primary != "replace"])
@@ -158,6 +161,7 @@ def plan_trial(seed: int, index: int) -> TrialPlan:
         primary=primary,
         files=files,
         multipart=multipart,
+        small_files=small_files,
         num_threads=rng.choice((2, 4, 8)),
         faults=faults,
         persistent=persistent,
@@ -177,6 +181,17 @@ def _plan_model(rng: random.Random, multipart: bool) -> list[FileSpec]:
         # odd sizes: the last range of a file is rarely a whole MiB
         size = rng.randint(10 * MiB + 1, 13 * MiB) if multipart and i == 1 else rng.randint(2 * MiB + 1, 5 * MiB)
         files.append(FileSpec(f"model-{i:05d}-of-{shards:05d}.safetensors", size, rng.randrange(1 << 30), True))
+    return files
+
+
+def _plan_small_model(rng: random.Random) -> list[FileSpec]:
+    """A model of 12 to 40 files, each fetched whole (under the 1 MiB read buffer): the weights' faults hit the
+    whole-object GETs (on S3 the CRT's, several in flight per worker), the JSON files' the usual ones."""
+    files = [FileSpec("config.json", rng.randint(60, 900), rng.randrange(1 << 30), False)]
+    count = rng.randint(12, 40)
+    for i in range(1, count + 1):
+        size = rng.randint(20_000, 900_000)
+        files.append(FileSpec(f"weights-{i:05d}-of-{count:05d}.safetensors", size, rng.randrange(1 << 30), True))
     return files
 
 
@@ -851,6 +866,13 @@ def outcome_table(results: Sequence[TrialResult]) -> str:
     lines.append("outcomes: " + ", ".join(f"{o} {totals.get(o, 0)}" for o in OUTCOMES))
     present = Counter(k for r in results for k in set(r.kinds))
     lines.append("trials containing each fault kind: " + ", ".join(f"{k} {present.get(k, 0)}" for k in KINDS))
+    small = [r for r in results if r.plan.get("small_files")]
+    if small:
+        counts = Counter(r.outcome for r in small)
+        lines.append(
+            f"models of small files only (fetched whole): {len(small)} trials, "
+            + ", ".join(f"{k} {counts.get(k, 0)}" for k in OUTCOMES)
+        )
     for r in results:
         if r.outcome not in PASSING:
             lines.append(f"  trial {r.index} ({r.source}, {'+'.join(r.kinds)}): {r.outcome}: {r.reason}")
@@ -912,6 +934,17 @@ def crash_files(seed: int) -> dict[str, bytes]:
     return files
 
 
+def crash_small_files(seed: int) -> dict[str, bytes]:
+    """A model of small files only (each fetched whole: on S3 through the CRT, several GETs per worker)."""
+    rng = random.Random(f"crash-small-model:{seed}")
+    files = {"config.json": json.dumps({"seed": seed}).encode()}
+    for i in range(1, 81):
+        files[f"weights-{i:05d}-of-00080.safetensors"] = random_bytes(
+            rng.randint(20_000, 200_000), rng.randrange(1 << 30)
+        )
+    return files
+
+
 def crash_campaign(
     lab: Lab,
     source: str,
@@ -922,6 +955,7 @@ def crash_campaign(
     max_moment: float = 2.5,
     rate: float = 384 * 1024,
     files: dict[str, bytes] | None = None,
+    label: str = "",
     progress: Callable[[str], None] | None = None,
 ) -> CrashResult:
     """kill -9 at `kills` random moments (uniform in [0, max_moment] s after each start), resuming each time.
@@ -929,10 +963,10 @@ def crash_campaign(
     Every object body is paced at `rate` bytes/s per connection so a kill usually lands mid-range. After the
     kills, one run without pacing completes the model; the proxy's byte count tells how much was fetched twice.
     """
-    rng = random.Random(f"crash:{source}:{seed}")
+    rng = random.Random(f"crash:{source}{label}:{seed}")
     files = files or crash_files(seed)
     dep = lab.publish(source, files)
-    local = workdir / f"crash-{source}-{seed}"
+    local = workdir / f"crash-{source}{label}-{seed}"
     threads, chunk = 2, 256 * 1024
     args = cli_args(dep.uri, local, threads)
     args[args.index("--part-chunksize") + 1] = str(chunk)
@@ -970,8 +1004,12 @@ def crash_campaign(
         final = classify(code, out, err, model_dir_of(local, dep), dep, expect_ok=True)
         size = sum(len(v) for v in files.values())
         sent = dep.object_bytes()
+        # What a kill may cost: the ranges in flight; for small files fetched whole, the last batch not yet recorded
+        # (placed at `chunk` bytes) and the whole-file GETs in flight (at most three per connection, and one more).
+        largest = max(len(v) for v in files.values())
+        per_kill = threads * chunk if largest >= chunk else chunk + (3 * threads + 1) * largest
         return CrashResult(
-            source=source,
+            source=source + label,
             seed=seed,
             kills_planned=kills,
             kills=killed,
@@ -980,7 +1018,7 @@ def crash_campaign(
             model_bytes=size,
             bytes_sent=sent,
             refetched=sent - size,
-            bound=killed * threads * chunk,
+            bound=killed * per_kill,
             resumed_runs=resumed,
             final=final,
             seconds=round(time.monotonic() - started, 1),
@@ -1270,6 +1308,19 @@ def main(argv: Sequence[str] | None = None) -> int:
                 )
                 report["crash"].append(asdict(c))
                 failed |= c.final.outcome != "OK" or c.refetched > c.bound
+        if ns.what in ("all", "crash") and "s3" in sources:
+            # The batched whole-object path (the CRT's on S3): a model of small files only.
+            _print(f"== crash consistency: kill -9 at {ns.kills} random moments, s3, a model of small files")
+            c = crash_campaign(
+                lab, "s3", ns.kills, ns.seed, workdir, files=crash_small_files(ns.seed), label="-small", progress=_print
+            )
+            _print(
+                f"s3-small: {c.kills} kills ({c.finished_early} runs finished before their kill), final run "
+                f"{c.final.outcome} {c.final.reason}; model {c.model_bytes} bytes, sent {c.bytes_sent}, re-fetched "
+                f"{c.refetched} ({c.refetched / max(1, c.kills):.0f} per kill; bound {c.bound}); {c.seconds}s"
+            )
+            report["crash"].append(asdict(c))
+            failed |= c.final.outcome != "OK" or c.refetched > c.bound
         if ns.what in ("all", "disk-full"):
             report["disk_full"] = []
             for source in sources:

@@ -6,8 +6,9 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from downloader.config import MiB, load_settings, parse_bool, parse_size, parse_suffixes
+from downloader.config import MiB, load_settings, parse_suffixes
 from downloader.errors import ConfigError
+from downloader.options import parse_bool, parse_size
 
 URI = ["--model-uri", "s3://bucket/models/llama/"]
 
@@ -85,7 +86,7 @@ def test_the_crt_carries_small_gets_unless_a_proxy_is_set() -> None:
         (["--download-extra-config", '{"num_threads": "x"}'], {}, "--download-extra-config num_threads"),
         (["--model-name", "../escape"], {}, "--model-name"),
         (["--progress", "fancy"], {}, "--progress"),
-        ([], {"AWS_ENDPOINT_URL": "localhost:9000"}, "endpoint URL"),
+        ([], {"AWS_ENDPOINT_URL": "localhost:9000"}, "AWS_ENDPOINT_URL"),
         ([], {"DOWNLOADER_S3_MAX_IO_QUEUE": "many"}, "DOWNLOADER_S3_MAX_IO_QUEUE"),
         (["--stall-timeout", "nan"], {}, "--stall-timeout"),
     ],

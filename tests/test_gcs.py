@@ -7,6 +7,7 @@ import gzip
 import http.server
 import json
 import os
+import re
 import signal
 import threading
 import uuid
@@ -20,7 +21,7 @@ import pytest
 from downloader import is_ready, read_manifest, read_progress
 from tests.conftest import Gate, journal_ranges, popen_cli, read_tree, run_cli, wait_until
 from tests.faultproxy import Callback, FaultProxy, FlipBit, RequestRecord, Reset, Rule, Stall, Status, Truncate
-from tests.gcs_server import FakeGcs, RefusingTokenEndpoint, upload
+from tests.gcs_server import FakeGcs, RefusingTokenEndpoint, free_port, upload
 from tests.synthetic import MiB, model_files, random_bytes
 
 CLASSIC = "json,safetensors,py"
@@ -28,6 +29,7 @@ CLASSIC = "json,safetensors,py"
 RANGED = ["--part-threshold", "2MiB", "--part-chunksize", "1MiB", "--num-threads", "4", "--max-attempts", "6"]
 SHARD = "weights.safetensors"
 UNUSED_S3 = "http://127.0.0.1:9"  # run_cli's endpoint argument sets AWS_ENDPOINT_URL, which gs:// ignores
+LISTING = r"^/storage/v1/b/[^/?]+/o\?"  # objects.list (objects.get goes on with /o/<object>)
 
 
 @pytest.fixture(scope="module")
@@ -86,6 +88,12 @@ def gs(endpoint: str, uri: str, local: Path | str, *extra: str, **env: str) -> A
 
 def expected_classic(files: dict[str, bytes]) -> dict[str, bytes]:
     return {k: v for k, v in files.items() if k.rsplit(".", 1)[-1] in ("json", "safetensors", "py")}
+
+
+def json_error(code: int, reason: str, message: str) -> Status:
+    """An error answered the way the JSON API answers one: a JSON document with a message and reasons."""
+    document = {"error": {"code": code, "message": message, "errors": [{"reason": reason, "message": message}]}}
+    return Status(code, body=json.dumps(document).encode(), headers={"Content-Type": "application/json"})
 
 
 def media_bytes(proxy: FaultProxy, name: str) -> int:
@@ -173,6 +181,65 @@ def test_gzip_stored_object_is_fetched_as_stored_and_verified(gcs: FakeGcs, gcs_
     assert manifest is not None and manifest.files[0].verified == "size and crc32c (full object)"
 
 
+@pytest.mark.slow
+def test_listing_pages_through_placeholders_without_the_storage_sdk(
+    gcs: FakeGcs, gcs_client, gcs_bucket, proxy: FaultProxy, tmp_path
+) -> None:  # type: ignore[no-untyped-def]
+    bucket = gcs_client.bucket(gcs_bucket)
+    for i in range(1001):  # a first page (1,000 objects) of nothing but folder placeholders
+        bucket.blob(f"m/d{i:04d}/").upload_from_string(b"")
+    bucket.blob("m/z/config.json").upload_from_string(b'{"a": 1}')
+    host_port = proxy.url.split("://", 1)[1]  # STORAGE_EMULATOR_HOST as host:port, the way the Go SDK takes it too
+    r = gs(host_port, f"gs://{gcs_bucket}/m/", tmp_path, PYTHONPROFILEIMPORTTIME="1")
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert read_tree(str(tmp_path / "m")) == {"z/config.json": b'{"a": 1}'}
+    listing = [rec.path for rec in proxy.log if re.match(LISTING, rec.path)]
+    assert len(listing) == 2, listing
+    assert "pageToken=" not in listing[0] and "pageToken=" in listing[1]
+    assert all("prefix=m%2F" in p and "fields=items%28" in p for p in listing), listing
+    # the JSON API spoken by the downloader itself: google-cloud-storage and its api_core never imported
+    imported = {line.split("|")[-1].strip() for line in r.stderr.splitlines() if line.startswith("import time:")}
+    assert "google.auth.transport.requests" in imported
+    assert not {m for m in imported if m.startswith(("google.cloud", "google.api_core", "google.resumable_media"))}
+
+
+def test_listing_retries_rate_limits_and_garbled_answers(
+    gcs: FakeGcs, proxy: FaultProxy, shard_model, tmp_path
+) -> None:  # type: ignore[no-untyped-def]
+    bucket, files = shard_model
+    garbled = Status(200, body=b"<html>maintenance</html>", headers={"Content-Type": "text/html"})
+    rules = [
+        Rule(json_error(403, "rateLimitExceeded", "The project exceeded the rate limit"), match_path=LISTING),
+        Rule(garbled, match_path=LISTING),
+        Rule(json_error(403, "userRateLimitExceeded", "Slow down"), match_method="GET", only_ranged=True),
+    ]
+    for rule in rules:
+        proxy.add_rule(rule)
+    r = gs(proxy.url, f"gs://{bucket}/m/", tmp_path, *RANGED)
+    assert r.returncode == 0, r.stderr
+    assert [rule.fired for rule in rules] == [1, 1, 1]
+    assert "listing: HTTP 403 (The project exceeded the rate limit); retrying (attempt 2)" in r.stderr
+    assert "listing: the JSON API's answer is not JSON; retrying (attempt 3)" in r.stderr
+    assert read_tree(str(tmp_path / "m")) == files
+    progress = read_progress(str(tmp_path / "m"))
+    assert progress is not None and progress.errors_by_kind.get("throttled", 0) >= 1  # the media GET's 403
+
+
+@pytest.mark.slow
+def test_listing_gives_up_after_six_attempts(gcs: FakeGcs, proxy: FaultProxy, classic_model, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    bucket, _ = classic_model
+    proxy.add_rule(Rule(json_error(500, "backendError", "Backend Error"), match_path=LISTING, times=-1))
+    r = gs(proxy.url, f"gs://{bucket}/org/llama-demo/", tmp_path)
+    assert r.returncode == 4, r.stderr
+    assert (
+        f"prefix 'gs://{bucket}/org/llama-demo/': giving up after 6 attempt(s): listing: HTTP 500 (Backend Error)"
+        in r.stderr
+    )
+    assert [n for n in range(2, 7) if f"retrying (attempt {n})" in r.stderr] == [2, 3, 4, 5, 6]
+    assert len([rec for rec in proxy.log if re.match(LISTING, rec.path)]) == 6
+    assert read_manifest(str(tmp_path / "llama-demo")) is None
+
+
 # ---------------------------------------------------------------------------------------- clear errors
 def test_missing_bucket_and_prefix_fail_clearly(gcs: FakeGcs, classic_model, tmp_path) -> None:  # type: ignore[no-untyped-def]
     bucket, _ = classic_model
@@ -200,6 +267,17 @@ def test_auth_failure_exits_3_with_one_clear_line(
     assert len(errors) == 1 and words in errors[0], r.stderr
     assert "Traceback" not in r.stderr
     assert read_manifest(str(tmp_path / "llama-demo")) is None
+
+
+def test_refusal_names_the_json_api_message(gcs: FakeGcs, proxy: FaultProxy, classic_model, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    bucket, _ = classic_model
+    message = "reader@demo.iam.gserviceaccount.com does not have storage.objects.list access to the bucket."
+    proxy.add_rule(Rule(json_error(403, "forbidden", message), times=-1))
+    r = gs(proxy.url, f"gs://{bucket}/org/llama-demo/", tmp_path)
+    assert r.returncode == 3, r.stderr
+    errors = [line for line in r.stderr.splitlines() if " ERROR " in line]
+    assert len(errors) == 1 and f"listing: HTTP 403 ({message})" in errors[0], r.stderr
+    assert "retrying" not in r.stderr
 
 
 def test_credentials_errors_name_the_problem_never_the_secret(tmp_path) -> None:  # type: ignore[no-untyped-def]
@@ -241,6 +319,18 @@ def test_credentials_errors_name_the_problem_never_the_secret(tmp_path) -> None:
     finally:
         server.shutdown()
         server.server_close()
+
+
+def test_no_credentials_anywhere_names_the_ways_to_give_them(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    # no key file, no gcloud login (an empty config directory), no metadata server: google-auth is told not to look
+    # for one, and were it to look anyway, the address it would ask is a closed port on 127.0.0.1
+    closed = f"127.0.0.1:{free_port()}"
+    nowhere = {"GOOGLE_APPLICATION_CREDENTIALS": "", "CLOUDSDK_CONFIG": str(tmp_path), "NO_GCE_CHECK": "true"}
+    nowhere.update(GCE_METADATA_HOST=closed, GCE_METADATA_IP=closed)
+    r = gs("", "gs://some-bucket/models/m/", tmp_path / "out", **nowhere)
+    assert r.returncode == 3, r.stderr
+    errors = [line for line in r.stderr.splitlines() if " ERROR " in line]
+    assert len(errors) == 1 and "no Google Cloud credentials found: use workload identity" in errors[0], r.stderr
 
 
 # ---------------------------------------------------------------------------------------------- faults
@@ -333,6 +423,24 @@ def test_object_deleted_mid_download_fails_clearly(
     r = gs(proxy.url, f"gs://{bucket}/m/", tmp_path, *RANGED)
     assert r.returncode == 3, r.stderr
     assert "object disappeared during the download" in r.stderr and "Traceback" not in r.stderr
+    assert read_manifest(str(tmp_path / "m")) is None
+
+
+@pytest.mark.slow
+def test_bucket_deleted_mid_download_fails_clearly(
+    gcs: FakeGcs, gcs_client, proxy: FaultProxy, shard_model, tmp_path
+) -> None:  # type: ignore[no-untyped-def]
+    bucket, _ = shard_model
+
+    def delete_bucket(_record: RequestRecord) -> None:
+        for blob in gcs_client.list_blobs(bucket):
+            blob.delete()
+        gcs_client.bucket(bucket).delete()
+
+    proxy.add_rule(Rule(Callback(delete_bucket), match_method="GET", match_path=SHARD, only_ranged=True, skip=2))
+    r = gs(proxy.url, f"gs://{bucket}/m/", tmp_path, *RANGED)
+    assert r.returncode == 3, r.stderr
+    assert f"bucket {bucket!r} does not exist" in r.stderr and "Traceback" not in r.stderr
     assert read_manifest(str(tmp_path / "m")) is None
 
 

@@ -22,8 +22,9 @@ from hypothesis import HealthCheck, assume, example, given, settings
 from hypothesis import strategies as st
 
 from downloader import jobs
-from downloader.config import load_settings, parse_patterns, parse_size, parse_suffixes
+from downloader.config import load_settings, parse_patterns, parse_suffixes
 from downloader.errors import ConfigError, DownloaderError, UnsafePathError, UriError
+from downloader.options import parse_size
 from downloader.plan import check_layout, is_selected, pattern_matches, safe_parts, suffix_matches
 from downloader.sources.base import RemoteFile
 from downloader.uri import parse_model_uri, redact_uri

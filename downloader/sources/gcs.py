@@ -1,16 +1,22 @@
-"""Google Cloud Storage (gs://) through google-cloud-storage.
+"""Google Cloud Storage (gs://): the JSON API spoken here, over google-auth's authorized session.
 
-The storage client is the control plane: credentials (google-auth's Application Default Credentials, or
-anonymous access to an emulator), listing with pagination, object metadata. Reads are streaming GETs of the
-JSON API media URL through the client's own authorized session (requests), one per range, pinned to the
-object generation seen at listing, so bytes go from the socket into the engine's buffer and memory stays
-bounded whatever the object size. Content-Range, Content-Length and x-goog-generation are checked on every
-response. The SDK's own download helpers are not used for data: they write into a file object and retry on
-their own, while the engine needs a reader it can drain into its buffer, and retries and resumes each range
-itself.
+google-auth is the only Google library on this path, for what it alone knows: the credentials (Application Default
+Credentials with the read-only storage scope: workload identity, GOOGLE_APPLICATION_CREDENTIALS, the metadata server;
+or anonymous access to an emulator named by STORAGE_EMULATOR_HOST) and their access tokens. Its `AuthorizedSession`,
+a requests session that adds the bearer token and refreshes it, carries every request to
+https://storage.googleapis.com (or the emulator):
 
-No google, requests or urllib3 exception leaves this module: everything is translated into
-`downloader.errors` (permanent) or `RetryableError` / `ObjectChangedError` (handled by the engine).
+- objects.list, `/storage/v1/b/{bucket}/o`: the prefix, only the fields used, page by page (`pageToken`), retried
+  here (6 attempts within a minute);
+- objects.get, `/storage/v1/b/{bucket}/o/{object}`: the single object a URI may name, stat(), and the current
+  generation when a pinned one went missing;
+- media GETs, `/download/storage/v1/b/{bucket}/o/{object}?alt=media&generation=G`: one per range, pinned to the
+  generation seen at listing, streamed, so bytes go from the socket into the engine's buffer and memory stays
+  bounded whatever the object size. Content-Range, Content-Length and x-goog-generation are checked on every
+  response. The transport does not retry them: the engine retries and resumes each range itself.
+
+No google, requests or urllib3 exception leaves this module: everything is translated into `downloader.errors`
+(permanent) or `RetryableError` / `ObjectChangedError` (handled by the engine).
 """
 
 from __future__ import annotations
@@ -22,19 +28,20 @@ import json
 import logging
 import re
 import threading
+import time
 from collections.abc import Callable, Iterator, Mapping
 from typing import Any, NoReturn, TypeVar
 from urllib.parse import quote
 
+import google.auth
 import google.auth.exceptions as gauth_exc
 import requests
 import requests.adapters
 import urllib3.exceptions
-from google.api_core import exceptions as gapi_exc
-from google.api_core import retry as gapi_retry
-from google.auth.credentials import AnonymousCredentials as _AnonymousCredentials
-from google.cloud import storage
+from google.auth.credentials import AnonymousCredentials, Credentials
+from google.auth.transport.requests import AuthorizedSession
 
+from .. import __version__
 from ..config import GcsSettings
 from ..errors import (
     AccessDeniedError,
@@ -45,20 +52,27 @@ from ..errors import (
     SourceError,
     TransferError,
 )
+from ..retry import backoff_delay
 from ..uri import ModelUri
 from .base import Body, Checksum, ObjectDetail, RemoteFile, Span, parse_retry_after
 
 log = logging.getLogger(__name__)
 
 T = TypeVar("T")
-_ANONYMOUS: Any = _AnonymousCredentials
 
-# Only these fields are fetched when listing: a 100k-object bucket lists in a fraction of the full payload.
-_LIST_FIELDS = "items(name,size,generation,crc32c,md5Hash,contentEncoding),nextPageToken"
+BASE_URL = "https://storage.googleapis.com"
+MTLS_BASE_URL = "https://storage.mtls.googleapis.com"  # when google-auth sets up a client certificate
+READ_ONLY_SCOPE = "https://www.googleapis.com/auth/devstorage.read_only"
+# Only these fields are fetched: a 100k-object bucket lists in a fraction of the full payload.
+_OBJECT_FIELDS = "name,size,generation,crc32c,md5Hash,contentEncoding"
+_LIST_FIELDS = f"items({_OBJECT_FIELDS}),nextPageToken"
 _PAGE_SIZE = 1000
-_CONTROL_RETRY_SECONDS = 60.0
-_CONTROL_ATTEMPTS = 6  # listing and metadata calls, like botocore's standard mode for S3
+_CONTROL_RETRY_SECONDS = 60.0  # listing: no retry starts later than this after the request's first attempt
+_CONTROL_ATTEMPTS = 6  # listing and the metadata read around it, the first attempt included
+_TOKEN_REFRESH_SECONDS = 300.0  # google-cloud-storage's own bound: a metadata server can be slow to mint a token
 _RETRYABLE_STATUS = {408, 429, 500, 502, 503, 504}
+# A 403 whose error document gives one of these reasons is throttling, not a refusal (the JSON API's rate limits).
+_RATE_LIMIT_REASONS = frozenset({"rateLimitExceeded", "userRateLimitExceeded"})
 _NO_CREDENTIALS = (
     "no Google Cloud credentials found: use workload identity, or set GOOGLE_APPLICATION_CREDENTIALS to a "
     "service-account key file mounted from a Secret (or STORAGE_EMULATOR_HOST for an emulator)"
@@ -76,132 +90,121 @@ class GcsSource:
         self._read_timeout = stall_timeout  # a socket read idle this long = a stalled range
         self._connect_timeout = min(10.0, stall_timeout)
         self._control_timeout = (self._connect_timeout, max(30.0, stall_timeout))
-        options: dict[str, Any] = {}
-        credentials: Any = None
+        credentials = self._credentials(gcs)
+        # google-auth leaves AuthorizedSession's methods unannotated (a requests.Session): held as Any
+        session: Any = AuthorizedSession(credentials, refresh_timeout=_TOKEN_REFRESH_SECONDS)  # type: ignore[no-untyped-call]
+        session.headers["User-Agent"] = f"aibrix-download/{__version__}"
+        # One pool big enough for every range in flight (requests' default keeps 10 and discards the rest). The engine
+        # retries each range itself: no retries in the transport.
+        adapter = requests.adapters.HTTPAdapter(pool_connections=4, pool_maxsize=connections + 4, max_retries=0)
+        session.mount("https://", adapter)
+        session.mount("http://", adapter)
+        self._session = session
         if gcs.emulator_host:
             endpoint = gcs.emulator_host.strip().rstrip("/")
-            if "://" not in endpoint:
-                endpoint = "http://" + endpoint  # the Go SDK and gsutil accept host:port
-            options["api_endpoint"] = endpoint
-            credentials = _ANONYMOUS()
+            self._base_url = endpoint if "://" in endpoint else "http://" + endpoint  # the Go SDK accepts host:port
+        else:
+            try:
+                # A client certificate when the environment asks for one (GOOGLE_API_USE_CLIENT_CERTIFICATE, a
+                # workload certificate config); google-auth keeps the pool's size and retries on its own adapter.
+                session.configure_mtls_channel()
+            except gauth_exc.MutualTLSChannelError as exc:
+                # from None: the cause may carry the certificate source's output
+                raise SourceError(self.display_uri, f"cannot set up mutual TLS: {_short(exc)}") from None
+            self._base_url = MTLS_BASE_URL if session.is_mtls else BASE_URL
+        self._objects_url = f"{self._base_url}/storage/v1/b/{quote(self.bucket, safe='')}/o"
+
+    def _credentials(self, gcs: GcsSettings) -> Credentials:
+        if gcs.emulator_host:
+            return AnonymousCredentials()  # type: ignore[no-untyped-call]
         try:
-            self._client: Any = storage.Client(
-                project=gcs.project, credentials=credentials, client_options=options or None
-            )
-            # google-cloud-storage 3.x looks bucket metadata up (buckets.get) in a background thread on the first
-            # list/get, for its tracing attributes. A reader that only holds objects.get/list would see a 403 land
-            # in the audit log for nothing; without the cache the client skips the lookup.
-            if getattr(self._client, "_bucket_metadata_cache", None) is not None:
-                self._client._bucket_metadata_cache = None
-            session: Any = self._client._http  # the client's requests-based AuthorizedSession
-            connection: Any = self._client._connection
-            base = getattr(connection, "get_api_base_url_for_mtls", None)
-            self._base_url = str(base() if base is not None else connection.API_BASE_URL).rstrip("/")
-        except gauth_exc.DefaultCredentialsError as exc:
-            raise _credentials_error(self.display_uri, exc, None) from None
+            credentials, _project = google.auth.default(scopes=[READ_ONLY_SCOPE])
         except (gauth_exc.GoogleAuthError, ValueError, TypeError, OSError) as exc:
-            raise SourceError(self.display_uri, f"cannot set up the GCS client: {_short(exc)}") from None
-        if not getattr(session, "is_mtls", False):
-            # One pool big enough for every range in flight (requests' default keeps 10 and discards the rest).
-            # The engine retries each range itself: no retries in the transport.
-            adapter = requests.adapters.HTTPAdapter(pool_connections=4, pool_maxsize=connections + 4, max_retries=0)
-            session.mount("https://", adapter)
-            session.mount("http://", adapter)
-        self._session: Any = session
-        self._bucket: Any = self._client.bucket(self.bucket)
-        self._lock = threading.Lock()
+            # from None: the cause's second argument is the key parser's own error, which may quote the key file
+            raise _credentials_error(self.display_uri, exc, None) from None
+        return credentials
 
     # ---------------------------------------------------------------------------------------- listing
     def list(self, cancel: threading.Event) -> Iterator[RemoteFile]:
         prefix = self.uri.prefix
         dir_prefix = prefix.rstrip("/") + "/" if prefix else ""
+        params = {"fields": _LIST_FIELDS, "maxResults": str(_PAGE_SIZE)}
+        if dir_prefix:
+            params["prefix"] = dir_prefix
         found = False
-        attempts = _Attempts()
-        pages = self._control(
-            "listing",
-            None,
-            attempts,
-            lambda: (
-                self._client.list_blobs(
-                    self._bucket,
-                    prefix=dir_prefix or None,
-                    fields=_LIST_FIELDS,
-                    page_size=_PAGE_SIZE,
-                    timeout=self._control_timeout,
-                    retry=self._list_retry(attempts),
-                ).pages
-            ),
-        )
+        attempts = _Attempts()  # one budget for the whole listing, every page
+        token: str | None = None
         while True:
-            page = self._control("listing", None, attempts, lambda: next(pages, None))
+            query = params if token is None else {**params, "pageToken": token}
+            request = functools.partial(self._get_json, self._objects_url, query, "listing")
+            page = self._retrying("listing", None, attempts, cancel, request)
+            if isinstance(page, _Cancelled):
+                return
             if page is None:
-                break
-            for blob in self._control("listing", None, attempts, functools.partial(_page_items, page)):
-                name = str(blob.name)
+                raise NotFoundError(self.display_uri, f"bucket {self.bucket!r} does not exist")
+            for item in _items(page):
+                name = _text(item, "name")
                 if name.endswith("/"):
                     continue  # a folder placeholder (console "create folder", gcsfuse, ...)
                 found = True
-                yield self._remember(blob, rel_path=name[len(dir_prefix) :])
-            if cancel.is_set():
-                return
-        if found or not prefix or prefix.endswith("/"):
+                yield self._remember(item, rel_path=name[len(dir_prefix) :])
+            token = _next_page_token(page)
+            if token is None or cancel.is_set():
+                break
+        if found or not prefix or prefix.endswith("/") or cancel.is_set():
             return
         # gs://bucket/path/file.json names a single object.
-        blob = self._control("reading metadata", prefix, attempts, lambda: self._get_blob(prefix, retrying=True))
-        if blob is not None:
-            yield self._remember(blob, rel_path=prefix.rsplit("/", 1)[-1])
+        single = self._retrying("reading metadata", prefix, _Attempts(), cancel, lambda: self._object(prefix))
+        if isinstance(single, dict):
+            yield self._remember(single, rel_path=prefix.rsplit("/", 1)[-1])
 
-    def _remember(self, blob: Any, rel_path: str) -> RemoteFile:
-        detail = _detail_from_blob(blob)
-        if "gzip" in str(blob.content_encoding or "").lower():
+    def _remember(self, item: Mapping[str, Any], rel_path: str) -> RemoteFile:
+        name = _text(item, "name")
+        detail = self._detail(item)
+        if "gzip" in str(item.get("contentEncoding") or "").lower():
             log.warning(
                 "%s is stored gzip-compressed (Content-Encoding: gzip); it is fetched as stored, still compressed",
-                blob.name,
+                name,
             )
         # A generation's bytes and checksums never change: the listing's facts serve the engine, no stat() needed.
-        return RemoteFile(
-            key=str(blob.name), rel_path=rel_path, size=detail.size, version=detail.version, detail=detail
-        )
+        return RemoteFile(key=name, rel_path=rel_path, size=detail.size, version=detail.version, detail=detail)
 
-    def _list_retry(self, attempts: _Attempts) -> Any:
-        def on_error(exc: BaseException) -> None:
-            if attempts.count >= _CONTROL_ATTEMPTS:
-                raise exc  # the S3 control plane's budget too: give up now, not after a minute of retries
-            attempts.count += 1
-            log.warning("%s: %s; retrying (attempt %d)", self.display_uri, _brief(exc), attempts.count)
-
-        return gapi_retry.Retry(
-            predicate=_control_retryable,
-            initial=0.5,
-            maximum=10.0,
-            multiplier=2.0,
-            timeout=_CONTROL_RETRY_SECONDS,
-            on_error=on_error,
-        )
+    def _retrying(
+        self, what: str, key: str | None, attempts: _Attempts, cancel: threading.Event, fn: Callable[[], T]
+    ) -> T | _Cancelled:
+        """A control-plane request retried here: anything still retryable after the budget is final."""
+        deadline = time.monotonic() + _CONTROL_RETRY_SECONDS
+        while True:
+            try:
+                return fn()
+            except RetryableError as exc:
+                delay = backoff_delay(attempts.count, exc.retry_after, exc.kind)
+                if attempts.count >= _CONTROL_ATTEMPTS or time.monotonic() + delay > deadline:
+                    subject, name = ("prefix", self.display_uri) if key is None else ("object", key)
+                    raise TransferError(name, exc.detail, attempts=attempts.count, subject=subject) from exc
+                attempts.count += 1
+                log.warning("%s: %s; retrying (attempt %d)", self.display_uri, exc.detail, attempts.count)
+                if cancel.wait(delay):
+                    return _CANCELLED
 
     # ------------------------------------------------------------------------------------- integrity
     def stat(self, f: RemoteFile) -> ObjectDetail:
-        blob = self._call(f.key, lambda: self._get_blob(f.key))
-        if blob is None:
+        item = self._object(f.key, "metadata")
+        if item is None:
             if not self._bucket_exists(f.key):
                 raise NotFoundError(self.display_uri, f"bucket {self.bucket!r} does not exist")
             raise NotFoundError(self.display_uri, "no such object", key=f.key)
-        return _detail_from_blob(blob)
+        return self._detail(item)
 
-    def _get_blob(self, name: str, *, generation: int | None = None, retrying: bool = False) -> Any:
-        """Object metadata, or None when the object (or that generation, or the bucket) does not exist."""
-        return self._bucket.get_blob(
-            name,
-            generation=generation,
-            timeout=self._control_timeout,
-            retry=self._list_retry(_Attempts()) if retrying else None,
-        )
+    def _object(self, name: str, what: str = "reading metadata") -> dict[str, Any] | None:
+        """objects.get: the object's current metadata, or None when it (or the bucket) does not exist."""
+        return self._get_json(f"{self._objects_url}/{quote(name, safe='')}", {"fields": _OBJECT_FIELDS}, what, name)
 
     def _raise_missing(self, f: RemoteFile, generation: int) -> NoReturn:
         """A 404 for the pinned generation: the object was replaced or deleted, or the bucket is gone."""
-        current = self._call(f.key, lambda: self._get_blob(f.key))
+        current = self._object(f.key, "metadata")
         if current is not None:
-            now = str(current.generation)
+            now = _text(current, "generation")
             if now != str(generation):
                 raise ObjectChangedError(f.key, f"generation {generation} is gone; the object is now generation {now}")
             raise RetryableError("server-error", f"HTTP 404 for generation {generation}, which still exists")
@@ -211,19 +214,17 @@ class GcsSource:
 
     def _bucket_exists(self, key: str) -> bool:
         """Asked with objects.list (which listing needed anyway), not buckets.get (which readers may lack)."""
+        params = {"maxResults": "1", "fields": "items(name)"}
+        return self._get_json(self._objects_url, params, "metadata", key) is not None
 
-        def probe() -> bool:
-            try:
-                blobs = self._client.list_blobs(
-                    self._bucket, max_results=1, fields="items(name)", timeout=self._control_timeout, retry=None
-                )
-                for _ in blobs:
-                    break
-            except gapi_exc.NotFound:
-                return False
-            return True
-
-        return self._call(key, probe)
+    def _detail(self, item: Mapping[str, Any]) -> ObjectDetail:
+        try:
+            size, generation = int(item.get("size") or 0), int(item["generation"])
+        except (KeyError, TypeError, ValueError):
+            raise SourceError(
+                self.display_uri, "the JSON API gave no size or generation for the object", key=_text(item, "name")
+            ) from None
+        return _detail(size, str(generation), item.get("crc32c"), item.get("md5Hash"))
 
     # ---------------------------------------------------------------------------------------- reading
     def open(self, f: RemoteFile, detail: ObjectDetail | None, span: Span | None, buffer: memoryview | None) -> Body:
@@ -283,62 +284,50 @@ class GcsSource:
 
     def close(self) -> None:
         with contextlib.suppress(Exception):
-            self._client.close()
+            self._session.close()
+
+    # ----------------------------------------------------------------------------------- control plane
+    def _get_json(
+        self, url: str, params: Mapping[str, str], what: str, key: str | None = None
+    ) -> dict[str, Any] | None:
+        """One JSON API GET, not retried here: its document, or None when the server answers 404."""
+        query = {**params, "prettyPrint": "false"}
+        try:
+            resp: Any = self._session.request("GET", url, params=query, timeout=self._control_timeout)
+        except Exception as exc:
+            self._raise_transport(exc, key, what)
+        try:
+            status = int(resp.status_code)
+            if status == 404:
+                return None
+            try:
+                body = bytes(resp.content)
+            except Exception as exc:
+                self._raise_transport(exc, key, what)
+            if status != 200:
+                self._raise_status(status, resp.headers, body.decode("utf-8", "replace"), key, what)
+        finally:
+            resp.close()
+        try:
+            document = json.loads(body)
+        except ValueError as exc:
+            raise RetryableError("bad-answer", f"{what}: the JSON API's answer is not JSON") from exc
+        if not isinstance(document, dict):
+            raise RetryableError("bad-answer", f"{what}: the JSON API's answer is not a JSON object")
+        return document
 
     # ---------------------------------------------------------------------------------------- errors
-    def _call(self, key: str, fn: Callable[[], T]) -> T:
-        """A control-plane call made for the engine, which retries RetryableError itself."""
-        try:
-            return fn()
-        except gapi_exc.GoogleAPICallError as exc:
-            self._raise_api(exc, key, "metadata")
-        except (DownloaderError, RetryableError, ObjectChangedError):
-            raise
-        except Exception as exc:
-            self._raise_transport(exc, key, "metadata")
-
-    def _control(self, what: str, key: str | None, attempts: _Attempts, fn: Callable[[], T]) -> T:
-        """A control-plane call the SDK retries (listing): anything still retryable afterwards is final."""
-        try:
-            return fn()
-        except Exception as exc:
-            self._raise_control(exc, what, key, attempts)
-
-    def _raise_control(self, exc: BaseException, what: str, key: str | None, attempts: _Attempts) -> NoReturn:
-        if isinstance(exc, gapi_exc.RetryError) and isinstance(exc.cause, BaseException):
-            exc = exc.cause  # the SDK's retries ran out: report what kept failing
-        try:
-            if isinstance(exc, gapi_exc.NotFound) and key is None:
-                raise NotFoundError(self.display_uri, f"bucket {self.bucket!r} does not exist")
-            if isinstance(exc, gapi_exc.GoogleAPICallError):
-                self._raise_api(exc, key, what)
-            self._raise_transport(exc, key, what)
-        except RetryableError as final:
-            raise TransferError(key or self.display_uri, final.detail, attempts=attempts.count) from None
-
-    def _raise_api(self, exc: gapi_exc.GoogleAPICallError, key: str | None, what: str) -> NoReturn:
-        resp = getattr(exc, "response", None)
-        status = int(exc.code or 0) if isinstance(exc.code, int) else 0
-        headers: Mapping[str, str] = getattr(resp, "headers", None) or {}
-        body = ""
-        if resp is not None:
-            with contextlib.suppress(Exception):
-                body = str(resp.text)
-        if not body:
-            body = str(getattr(exc, "message", "") or "")
-        self._raise_status(status, headers, body, key, what)
-
     def _raise_status(self, status: int, headers: Mapping[str, str], body: str, key: str | None, what: str) -> NoReturn:
-        reason = f"{what}: HTTP {status}" + (f" ({r})" if (r := _reason(body)) else "")
+        message, reasons = _error_document(body)
+        reason = f"{what}: HTTP {status}" + (f" ({message})" if message else "")
+        retry_after = parse_retry_after(headers.get("Retry-After") or headers.get("retry-after"))
         if status == 412:
             raise ObjectChangedError(key or "", "generation precondition failed (HTTP 412)")
         if status == 416:
             raise ObjectChangedError(key or "", "requested range is no longer valid (HTTP 416)")
-        if status in _RETRYABLE_STATUS:
-            kind = "throttled" if status in (429, 503) else "timeout" if status == 408 else "server-error"
-            raise RetryableError(
-                kind, reason, retry_after=parse_retry_after(headers.get("Retry-After") or headers.get("retry-after"))
-            )
+        if status in _RETRYABLE_STATUS or (status == 403 and reasons & _RATE_LIMIT_REASONS):
+            kind = "throttled" if status in (403, 429, 503) else "timeout" if status == 408 else "server-error"
+            raise RetryableError(kind, reason, retry_after=retry_after)
         if status in (401, 403):
             raise AccessDeniedError(self.display_uri, reason, key=key)
         if status == 404:
@@ -350,6 +339,8 @@ class GcsSource:
     def _raise_transport(self, exc: BaseException, key: str | None, what: str) -> NoReturn:
         if isinstance(exc, (DownloaderError, RetryableError, ObjectChangedError)):
             raise exc
+        # google-auth's errors are not chained (from None): a token refresh's error carries the token endpoint's
+        # answer and a credentials error the key parser's, either of which may quote a secret.
         if self._emulator and isinstance(exc, gauth_exc.InvalidOperation):
             # a 401 answered to anonymous (emulator) credentials, which cannot be refreshed
             raise AccessDeniedError(
@@ -358,8 +349,9 @@ class GcsSource:
         if isinstance(exc, gauth_exc.DefaultCredentialsError):
             raise _credentials_error(self.display_uri, exc, key) from None
         if isinstance(exc, gauth_exc.RefreshError):
-            if getattr(exc, "retryable", False):
-                raise RetryableError("connection", f"{what}: refreshing the access token failed: {_short(exc)}")
+            if exc.retryable:
+                reason = f"{what}: refreshing the access token failed: {_short(exc)}"
+                raise RetryableError("connection", reason) from None
             raise AccessDeniedError(
                 self.display_uri, f"{what}: could not obtain an access token: {_short(exc)}", key=key
             ) from None
@@ -370,33 +362,40 @@ class GcsSource:
                 self.display_uri, f"{what}: authentication failed: {_short(exc)}", key=key
             ) from None
         if isinstance(exc, requests.exceptions.ConnectTimeout):
-            raise RetryableError("timeout", f"{what}: connecting timed out") from None
+            raise RetryableError("timeout", f"{what}: connecting timed out") from exc
         if isinstance(exc, requests.exceptions.ReadTimeout):
-            raise RetryableError("stall", f"{what}: no answer within the stall timeout") from None
+            raise RetryableError("stall", f"{what}: no answer within the stall timeout") from exc
         if isinstance(exc, (requests.exceptions.ConnectionError, requests.exceptions.ChunkedEncodingError)):
             inner = exc.args[0] if exc.args else None
             kind = "reset" if isinstance(inner, urllib3.exceptions.ProtocolError) else "connection"
-            raise RetryableError(kind, f"{what}: {_describe(exc)}") from None
+            raise RetryableError(kind, f"{what}: {_describe(exc)}") from exc
         if isinstance(exc, (urllib3.exceptions.HTTPError, ConnectionError, TimeoutError)):
-            raise RetryableError("connection", f"{what}: {_describe(exc)}") from None
+            raise RetryableError("connection", f"{what}: {_describe(exc)}") from exc
         if isinstance(exc, requests.exceptions.RequestException):
-            raise SourceError(self.display_uri, f"{what}: {_describe(exc)}", key=key) from None
+            raise SourceError(self.display_uri, f"{what}: {_describe(exc)}", key=key) from exc
         if isinstance(exc, OSError):
-            raise RetryableError("connection", f"{what}: {_describe(exc)}") from None
+            raise RetryableError("connection", f"{what}: {_describe(exc)}") from exc
         if type(exc).__module__.split(".")[0] in ("google", "requests", "urllib3", "http"):
-            raise SourceError(self.display_uri, f"{what}: {_describe(exc)}", key=key) from None
+            raise SourceError(self.display_uri, f"{what}: {_describe(exc)}", key=key) from exc
         raise exc
 
 
 class _Attempts:
-    """How many requests a control-plane call made, counting the SDK's retries."""
+    """How many requests a retried control-plane call has made so far."""
 
     def __init__(self) -> None:
         self.count = 1
 
 
+class _Cancelled:
+    """What a retried control-plane call returns when the run was cancelled during its backoff."""
+
+
+_CANCELLED = _Cancelled()
+
+
 class _Missing(Exception):
-    """Internal: a media GET answered 404; open_range finds out why."""
+    """Internal: a media GET answered 404; open() finds out why."""
 
 
 class _GcsBody(Body):
@@ -444,12 +443,19 @@ def _credentials_error(uri: str, exc: BaseException, key: str | None) -> AccessD
     return AccessDeniedError(uri, f"cannot load Google Cloud credentials: {text}", key=key)
 
 
-def _page_items(page: Any) -> list[Any]:
-    return [*page]
+def _items(page: Mapping[str, Any]) -> list[Mapping[str, Any]]:
+    items = page.get("items") or []
+    return [item for item in items if isinstance(item, dict)] if isinstance(items, list) else []
 
 
-def _detail_from_blob(blob: Any) -> ObjectDetail:
-    return _detail(int(blob.size or 0), str(blob.generation), blob.crc32c, blob.md5_hash)
+def _next_page_token(page: Mapping[str, Any]) -> str | None:
+    token = page.get("nextPageToken")
+    return str(token) if token else None
+
+
+def _text(item: Mapping[str, Any], field: str) -> str:
+    value = item.get(field)
+    return "" if value is None else str(value)
 
 
 def _detail(size: int, generation: str, crc32c: str | None, md5: str | None) -> ObjectDetail:
@@ -486,25 +492,6 @@ def _generation(uri: str, f: RemoteFile, version: str | None = None) -> int:
         raise SourceError(uri, f"object version {raw!r} is not a GCS generation", key=f.key) from None
 
 
-def _control_retryable(exc: BaseException) -> bool:
-    if isinstance(exc, gapi_exc.GoogleAPICallError):
-        return isinstance(exc.code, int) and exc.code in _RETRYABLE_STATUS
-    if isinstance(exc, gauth_exc.RefreshError):
-        return bool(getattr(exc, "retryable", False))
-    return isinstance(
-        exc,
-        (
-            requests.exceptions.ConnectionError,
-            requests.exceptions.Timeout,
-            requests.exceptions.ChunkedEncodingError,
-            urllib3.exceptions.HTTPError,
-            gauth_exc.TransportError,
-            ConnectionError,
-            TimeoutError,
-        ),
-    )
-
-
 def _read_error_body(resp: Any) -> str:
     """At most 16 KiB of an error response, as text."""
     try:
@@ -517,32 +504,30 @@ def _read_error_body(resp: Any) -> str:
 _XML_MESSAGE = re.compile(r"<Message>(.*?)</Message>", re.S)
 
 
-def _reason(body: str) -> str:
-    """The human part of an error body: JSON API error.message, an XML <Message>, or the first line."""
+def _error_document(body: str) -> tuple[str, frozenset[str]]:
+    """The human part of an error body and the reasons it gives. The JSON API answers
+    `{"error": {"code": 403, "message": "...", "errors": [{"reason": "forbidden", ...}]}}`; other servers on the way
+    (a proxy, the XML API) may send XML with a <Message>, or plain text (its first 300 characters are kept)."""
     text = body.strip()
     if not text:
-        return ""
-    with contextlib.suppress(ValueError, TypeError, AttributeError):
-        data = json.loads(text)
-        message = data.get("error", {}).get("message") if isinstance(data.get("error"), dict) else data.get("error")
-        if message:
-            text = str(message)
+        return "", frozenset()
+    reasons: set[str] = set()
+    with contextlib.suppress(ValueError):
+        document = json.loads(text)
+        error = document.get("error") if isinstance(document, dict) else None
+        if isinstance(error, dict):
+            errors = error.get("errors")
+            for entry in errors if isinstance(errors, list) else []:
+                if isinstance(entry, dict) and entry.get("reason"):
+                    reasons.add(str(entry["reason"]))
+            error = error.get("message")
+        if error:
+            text = str(error)
     m = _XML_MESSAGE.search(text)
     if m:
         text = m.group(1)
     line = " ".join(text.split())
-    return line if len(line) <= 300 else line[:297] + "..."
-
-
-def _brief(exc: BaseException) -> str:
-    """A failed control-plane request in a few words."""
-    if isinstance(exc, gapi_exc.GoogleAPICallError):
-        body = ""
-        with contextlib.suppress(Exception):
-            body = str(exc.response.text)
-        reason = _reason(body)
-        return f"HTTP {exc.code}" + (f" ({reason})" if reason else "")
-    return _describe(exc)
+    return (line if len(line) <= 300 else line[:297] + "..."), frozenset(reasons)
 
 
 def _describe(exc: BaseException) -> str:
