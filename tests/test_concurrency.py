@@ -2,18 +2,25 @@
 
 The gate is driven here on a clock of the test's own against paths described by a formula (a per-connection cap,
 an aggregate cap, a store that throttles above a number of requests), so each test states what the gate does on
-such a path, whatever the machine's speed. The same gate in a real download behind a throttling server is tested
-in tests/test_faults_s3.py."""
+such a path, whatever the machine's speed; then in a real download from a real S3 server behind a proxy that
+answers 503 SlowDown above a number of requests at once."""
 
 from __future__ import annotations
 
 import random
+import re
 import threading
+import time
 from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
 
 import pytest
 
 from downloader.concurrency import START, ConnectionGate, ConnectionsMode
+from tests.conftest import read_tree, run_cli
+from tests.faultproxy import FaultProxy, Rule, Status, Throttle
+from tests.synthetic import MiB, random_bytes, upload
 
 TICK = 0.25  # seconds of the test's clock between two observations (the engine observes every 0.2 s)
 
@@ -150,3 +157,64 @@ def test_a_stopped_download_is_not_kept_waiting(mode: ConnectionsMode) -> None:
     gate.release()
     gate.release()
     assert gate.in_use == 0
+
+
+# ------------------------------------------------------------------------------ a real download, a throttling store
+
+
+@dataclass
+class OverCapacity(Rule):
+    """Matches a request that arrives while `capacity` others are being served (a store that throttles above a
+    number of requests at once). The requests it lets through are paced by the next rule to last about
+    `seconds_each`: those that arrived less than that ago count as being served."""
+
+    capacity: int = 4
+    seconds_each: float = 0.5
+    serving: list[float] = field(default_factory=list)
+
+    def matches(self, method: str, path: str, has_range: bool) -> bool:
+        if not super().matches(method, path, has_range):
+            return False
+        now = time.monotonic()
+        self.serving = [t for t in self.serving if now - t < self.seconds_each]
+        if len(self.serving) >= self.capacity:
+            return True
+        self.serving.append(now)
+        return False
+
+
+CAPACITY = 4
+PACE = 2 * MiB  # bytes per second of each GET the store serves: a 1 MiB range lasts half a second
+RANGES = ["--part-threshold", "2MiB", "--part-chunksize", "1MiB", "--num-threads", "16", "--max-attempts", "10"]
+
+
+def throttled_download(s3: object, bucket: str, s3_server: object, local: Path, *flags: str) -> tuple[int, int, str]:
+    """(exit code, 503 answers, stderr) of a download of a 24 MiB shard in 1 MiB ranges from a store that takes
+    CAPACITY GETs at once and answers 503 SlowDown to the others."""
+    with FaultProxy(s3_server.host, s3_server.port) as proxy:  # type: ignore[attr-defined]
+        proxy.add_rule(OverCapacity(Status(503), match_method="GET", only_ranged=True, times=-1, capacity=CAPACITY))
+        proxy.add_rule(Rule(Throttle(PACE), match_method="GET", only_ranged=True, times=-1))
+        r = run_cli(
+            ["--model-uri", f"s3://{bucket}/m/", "--local-dir", str(local), *RANGES, *flags],
+            proxy.url,
+            timeout=300,
+        )
+        return r.returncode, sum(1 for rec in proxy.log if rec.status == 503), r.stderr
+
+
+@pytest.mark.slow
+def test_a_throttling_store_gets_fewer_requests_than_a_fixed_count_sends(  # type: ignore[no-untyped-def]
+    s3, bucket, s3_server, tmp_path
+) -> None:
+    files = {"weights.safetensors": random_bytes(24 * MiB, 3), "config.json": b'{"model_type": "demo"}'}
+    upload(s3, bucket, "m", files)
+    code, auto_503, err = throttled_download(s3, bucket, s3_server, tmp_path / "auto")
+    assert code == 0, err
+    assert read_tree(str(tmp_path / "auto" / "m")) == files
+    limits = [int(n) for n in re.findall(r"requests in flight: (\d+) \(throttled", err)]
+    if auto_503:
+        assert limits, err  # it lowered the count on SlowDown ...
+        assert limits == sorted(limits, reverse=True)  # ... and did not raise it meanwhile
+    # the same download with 16 in flight all along: it may fail (a range refused --max-attempts times), or succeed
+    _, fixed_503, _ = throttled_download(s3, bucket, s3_server, tmp_path / "fixed", "--connections", "fixed")
+    assert fixed_503 > auto_503
