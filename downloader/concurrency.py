@@ -15,8 +15,10 @@ request, and the gate's limit follows the aggregate rate measured over windows o
 
 A window counts only when the limit bound in it (a worker had a request waiting for the gate): near the end of a
 download, or on a model of few ranges, the rate says nothing about the limit. The first window after a change is
-not measured (the new GETs are still waiting for their first bytes). `--num-threads` caps the limit, and so does
-the memory budget, through the worker count (one buffer per request in flight). In `fixed` mode the gate never
+not measured (the new GETs are still waiting for their first bytes), and a step is judged on the mean of the next
+MEASURE_WINDOWS (on a busy 2-core machine one window's rate varied by more than a step could change it).
+`--num-threads` caps the limit, and so does the memory budget, through the worker count (one buffer per request in
+flight). In `fixed` mode the gate never
 binds: the worker count is the number in flight, as before.
 """
 
@@ -39,6 +41,7 @@ START = 8  # requests in flight before anything is measured
 AUTO_MAX_REQUESTS = 128
 FIXED_REQUESTS = 32
 WINDOW_S = 1.0
+MEASURE_WINDOWS = 2  # a step is judged on the mean of this many windows: one window's rate is noisy on a busy node
 SLOW_START_FACTOR = 2.0
 PROBE_UP = 1.25
 PROBE_DOWN = 0.8
@@ -96,6 +99,7 @@ class ConnectionGate:
         self._origin = clock()
         self._bytes0 = 0
         self._skip = 0  # windows not to measure (the first after a change)
+        self._rates: list[float] = []  # rates of the windows measured since the last decision
         self._held = 0  # windows measured at this setting in HOLD
         self._held_rate = 0.0  # their mean rate
         self._before: tuple[int, float] = (self.limit, 0.0)  # (limit, rate) before the step being measured
@@ -165,6 +169,11 @@ class ConnectionGate:
             return None
         if not bound:
             return None
+        self._rates.append(rate)
+        if self.phase is not Phase.HOLD and len(self._rates) < MEASURE_WINDOWS:
+            return None
+        rate = sum(self._rates) / len(self._rates)
+        self._rates.clear()
         return self._decide(now, rate)
 
     def _throttle(self, now: float) -> Change | None:
@@ -223,6 +232,7 @@ class ConnectionGate:
             return None
         self.limit = limit
         self._skip = 1
+        self._rates.clear()
         change = Change(now - self._origin, limit, rate, reason)
         self.changes.append(change)
         log.info("requests in flight: %d (%s%s)", limit, reason, f"; {rate / 1e6:.0f} MB/s" if rate else "")
