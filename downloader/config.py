@@ -14,7 +14,7 @@ from enum import Enum
 from typing import Any
 
 from . import __version__
-from .concurrency import AUTO_MAX_REQUESTS, FIXED_REQUESTS, ConnectionsMode
+from .concurrency import AUTO_BUFFER_BUDGET, AUTO_MAX_REQUESTS, FIXED_REQUESTS, ConnectionsMode
 from .errors import ConfigError
 from .options import (
     LOG_LEVEL,
@@ -262,7 +262,9 @@ OPTIONS = Options(
         default="auto",
         parse=lambda setting, raw: ConnectionsMode(parse_choice(setting, raw, [m.value for m in ConnectionsMode])),
         doc="`auto`: start at 8 requests in flight and raise the number while the aggregate rate rises with it, "
-        "lower it on throttling (503 SlowDown, 429) or where fewer are as fast, never above `--num-threads`; "
+        "lower it on throttling (503 SlowDown, 429) or where fewer are as fast, never above `--num-threads` nor "
+        f"above {AUTO_BUFFER_BUDGET // MiB} MiB of `--buffer-size` buffers "
+        f"({AUTO_BUFFER_BUDGET // MiB} requests at 1 MiB); "
         "`fixed`: `--num-threads` requests in flight all along ([docs/design.md](design.md))",
     ),
     Option(

@@ -28,7 +28,7 @@ from dataclasses import replace
 from typing import TypeVar
 
 from . import verify
-from .concurrency import ConnectionGate
+from .concurrency import BufferPool, ConnectionGate, ConnectionsMode, auto_cap
 from .config import Settings, VerifyMode
 from .errors import (
     IntegrityError,
@@ -146,6 +146,7 @@ class Engine:
         # O_DIRECT (least CPU): see downloader/pagecache.py.
         self._direct = not keep_pages
         self._gate = ConnectionGate(settings.num_threads, settings.connections)  # requests in flight (see run)
+        self._buffers = BufferPool(settings.buffer_size)  # one per request in flight (see run)
 
     # ------------------------------------------------------------------------------------------ driver
     def run(self, files: Sequence[RemoteFile], journals: Sequence[Journal]) -> list[DoneRecord]:
@@ -168,8 +169,11 @@ class Engine:
             self._slot = max(page, -(-max(f.size for f in files) // page) * page)
             self._depth, count = whole_concurrency(count, self._slot, WHOLE_BUDGET_BUFFERS * self.settings.buffer_size)
             self._depth = min(self._depth, self.source.open_ahead)
+        if self.settings.connections is ConnectionsMode.AUTO:
+            count = auto_cap(count, self._slot * self._depth)
         # One worker per request the gate may let through: the worker count is the cap, the gate the number in flight.
         self._gate = ConnectionGate(count, self.settings.connections)
+        self._buffers = BufferPool(self._slot * self._depth)
         workers = [threading.Thread(target=self._worker, name=f"fetch-{i}", daemon=True) for i in range(count)]
         for w in workers:
             w.start()
@@ -207,9 +211,6 @@ class Engine:
 
     def _worker(self) -> None:
         size = self._slot
-        buf = mmap.mmap(-1, size * self._depth)  # page-aligned, as O_DIRECT writes need
-        views = [memoryview(buf)[i * size : (i + 1) * size] for i in range(self._depth)]
-        view = views[0]
         while True:
             with self._cv:
                 while not self._queue and self._outstanding > 0 and not self._halt.is_set():
@@ -229,19 +230,23 @@ class Engine:
                 continue
             if not self._gate.acquire(self._halt):
                 return
+            # The buffer goes with the permit (concurrency.BufferPool), and back before it.
+            buf = self._buffers.take()
+            views = [memoryview(buf)[i * size : (i + 1) * size] for i in range(self._depth)]
             job, attempt, rng = item
             try:
                 if rng is None:
                     self._prepare([job, *more], views)
                 else:
                     assert attempt is not None
-                    self._run_range(job, attempt, rng, view)
+                    self._run_range(job, attempt, rng, views[0])
             except (Halted, _Abandoned):
                 continue
             except BaseException as exc:
                 self._fail(exc)
                 return
             finally:
+                self._buffers.give(buf)
                 self._gate.release()
 
     def _take_fresh(self, count: int) -> list[Job]:

@@ -10,16 +10,14 @@ from __future__ import annotations
 import random
 import re
 import threading
-import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
 
-from downloader.concurrency import START, ConnectionGate, ConnectionsMode
+from downloader.concurrency import AUTO_BUFFER_BUDGET, START, BufferPool, ConnectionGate, ConnectionsMode, auto_cap
 from tests.conftest import read_tree, run_cli
-from tests.faultproxy import FaultProxy, Rule, Status, Throttle
+from tests.faultproxy import FaultProxy, OverCapacity, Rule, Status, Throttle
 from tests.synthetic import MiB, random_bytes, upload
 
 TICK = 0.25  # seconds of the test's clock between two observations (the engine observes every 0.2 s)
@@ -159,28 +157,38 @@ def test_a_stopped_download_is_not_kept_waiting(mode: ConnectionsMode) -> None:
     assert gate.in_use == 0
 
 
+def test_buffers_follow_permits_not_workers() -> None:
+    # 32 workers take turns through a gate of 4: no more than 4 buffers are ever made (and so ever touched), where
+    # one buffer per worker would have been 32 resident in the end.
+    gate = ConnectionGate(32, ConnectionsMode.AUTO, start=4)
+    pool = BufferPool(4096)
+    go = threading.Event()
+
+    def worker() -> None:
+        for i in range(50):
+            assert gate.acquire(go)
+            buf = pool.take()
+            buf[0] = i % 256  # in use: touched
+            pool.give(buf)  # back before the permit, so the next holder of a permit finds it
+            gate.release()
+
+    threads = [threading.Thread(target=worker) for _ in range(32)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=60)
+    assert not any(t.is_alive() for t in threads)
+    assert 1 <= pool.made <= 4
+
+
+def test_auto_mode_keeps_request_buffers_within_the_budget() -> None:
+    assert auto_cap(128, MiB) == AUTO_BUFFER_BUDGET // MiB  # the default cap is cut to the budget ...
+    assert auto_cap(16, MiB) == 16  # ... a lower one is kept
+    assert auto_cap(128, 4 * MiB) == AUTO_BUFFER_BUDGET // (4 * MiB)
+    assert auto_cap(128, 2 * AUTO_BUFFER_BUDGET) == 1  # one request at least, whatever its buffer
+
+
 # ------------------------------------------------------------------------------ a real download, a throttling store
-
-
-@dataclass
-class OverCapacity(Rule):
-    """Matches a request that arrives while `capacity` others are being served (a store that throttles above a
-    number of requests at once). The requests it lets through are paced by the next rule to last about
-    `seconds_each`: those that arrived less than that ago count as being served."""
-
-    capacity: int = 4
-    seconds_each: float = 0.5
-    serving: list[float] = field(default_factory=list)
-
-    def matches(self, method: str, path: str, has_range: bool) -> bool:
-        if not super().matches(method, path, has_range):
-            return False
-        now = time.monotonic()
-        self.serving = [t for t in self.serving if now - t < self.seconds_each]
-        if len(self.serving) >= self.capacity:
-            return True
-        self.serving.append(now)
-        return False
 
 
 CAPACITY = 4
