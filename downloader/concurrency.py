@@ -13,9 +13,10 @@ request, and the gate's limit follows the aggregate rate measured over windows o
   connections stopped helping;
 - a throttled answer cuts it (x THROTTLE_CUT) at once, at most once a window, and holds it there longer.
 
-A window counts only when the limit bound in it (a worker had a request waiting for the gate): near the end of a
-download, or on a model of few ranges, the rate says nothing about the limit. The first window after a change is
-not measured (the new GETs are still waiting for their first bytes), and a step is judged on the mean of the next
+A window counts only when the limit bound in it (every permit was taken, or a worker had a request waiting for
+the gate; at the cap no worker waits, as there are no more workers than permits): near the end of a download, or
+on a model of few ranges, the rate says nothing about the limit. The first window after a change is not measured
+(the new GETs are still waiting for their first bytes), and a step is judged on the mean of the next
 MEASURE_WINDOWS (on a busy 2-core machine one window's rate varied by more than a step could change it).
 `--num-threads` caps the limit, and in auto mode so does AUTO_BUFFER_BUDGET, through the worker count (one buffer
 per request in flight). Buffers go with permits (`BufferPool`): a worker takes one after its permit and gives it back
@@ -125,6 +126,8 @@ class ConnectionGate:
             if stop.is_set():
                 return False
             self._in_use += 1
+            if self._in_use >= self.limit:
+                self._bound = True  # every permit taken: at the cap no one waits, yet the limit is what binds
             return True
 
     def release(self) -> None:

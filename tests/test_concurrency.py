@@ -31,15 +31,17 @@ class Clock:
         return self.now
 
 
-def demand(gate: ConnectionGate) -> None:
-    """Every permit taken and one more request waiting for the gate (the limit binds), then all released."""
+def demand(gate: ConnectionGate, waiting: bool = True) -> None:
+    """Every permit taken and (`waiting`) one more request waiting for the gate (the limit binds), then all
+    released."""
     go, stopped = threading.Event(), threading.Event()
     stopped.set()
     held = 0
     while held < gate.limit:
         assert gate.acquire(go)
         held += 1
-    assert not gate.acquire(stopped)  # would wait: the gate is the bottleneck
+    if waiting:
+        assert not gate.acquire(stopped)  # would wait: the gate is the bottleneck
     for _ in range(held):
         gate.release()
 
@@ -52,6 +54,7 @@ def drive(
     *,
     throttles_above: int | None = None,
     noise: float = 0.03,
+    waiting: bool = True,
 ) -> tuple[list[int], int]:
     """Run the gate for `seconds` on a path whose rate (bytes/s) at `limit` requests is rate_of(limit), with a few
     per cent of noise; (the limit at each tick, how many ticks were throttled)."""
@@ -61,7 +64,7 @@ def drive(
     throttled = 0
     gate.observe(0)
     for _ in range(int(seconds / TICK)):
-        demand(gate)
+        demand(gate, waiting)
         clock.now += TICK
         received += rate_of(gate.limit) * TICK * (1 + rng.uniform(-noise, noise))
         if throttles_above is not None and gate.limit > throttles_above:
@@ -117,6 +120,16 @@ def test_the_cap_bounds_the_count() -> None:
     gate = ConnectionGate(12, ConnectionsMode.AUTO, clock=clock)
     limits, _ = drive(gate, clock, capped(10 * MB, 10_000 * MB), 30)
     assert max(limits) == 12
+
+
+def test_at_the_cap_a_step_that_did_not_pay_is_undone() -> None:
+    # There are as many workers as the cap: at it no request waits for the gate, but every permit is taken, and
+    # the step up to it is judged like any other. 10 MB/s per connection, 80 MB/s in all: 8 fill the path.
+    clock = Clock()
+    gate = ConnectionGate(12, ConnectionsMode.AUTO, clock=clock)
+    limits, _ = drive(gate, clock, capped(10 * MB, 80 * MB), 30, waiting=False)
+    assert 12 in limits
+    assert any(c.reason == "no gain" and c.limit == START for c in gate.changes)
 
 
 def test_fixed_mode_is_the_cap_always() -> None:
