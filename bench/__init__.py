@@ -8,6 +8,8 @@ of it; the scripts in bench/ are the documented commands and only start them (se
   transfer_manager on fake-gcs-server;
 - ``bench/bench_hf.py`` -> ``bench.hf``: aibrix-download against huggingface_hub's snapshot_download on the
   test suite's fake hub;
+- ``bench/bench_ceiling.py`` -> ``bench.ceiling``: GIL-held and CPU-seconds per GiB of each data path, sampled,
+  and the rate one process can reach from them;
 - ``bench/bench_datapath.py`` -> ``bench.datapath``: checksum code, body read paths, per-GET cost and disk
   write path, each measured in-process;
 - ``bench/physlimits.py``: loopback TCP and disk write limits; ``bench/netem.py`` + ``bench/netrelay.py``: the

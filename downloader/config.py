@@ -15,6 +15,7 @@ from enum import Enum
 from typing import Any
 
 from . import __version__
+from .concurrency import AUTO_BUFFER_BUDGET, AUTO_MAX_REQUESTS, FIXED_REQUESTS, ConnectionsMode
 from .errors import ConfigError
 from .inventory import CACHE_DIR_NAME
 from .options import (
@@ -123,6 +124,7 @@ class Settings:
     part_threshold: int = 64 * MiB
     part_chunksize: int = 64 * MiB
     buffer_size: int = 1 * MiB
+    connections: ConnectionsMode = ConnectionsMode.AUTO  # GETs in flight: up to num_threads (downloader/concurrency.py)
     page_cache: PageCache = PageCache.AUTO  # whether written files stay in the page cache (downloader/pagecache.py)
     fast_paths: bool = True  # off: every backend through its SDK's public path only (docs/design.md)
     force_download: bool = False
@@ -260,15 +262,28 @@ OPTIONS = Options(
     ),
     Option(
         "num_threads",
-        "requests in flight for the whole download (1-1024)",
+        "requests in flight for the whole download (1-1024): the most with --connections auto, the count with fixed",
         env=("DOWNLOADER_NUM_THREADS",),
-        default="32",
         parse=integer(1, 1024),
         extra="num_threads",
+        default_doc=f"{AUTO_MAX_REQUESTS} (auto), {FIXED_REQUESTS} (fixed)",
         doc="requests (GETs, and the HEADs that precede a file's ranges) in flight for the whole download "
-        "(1-1024); the listing and HEAD calls keep their own few keep-alive connections, so up to ~`N + 4` "
-        "connections may be open, and S3's native client for small files keeps a pool of its own of at most `N`. "
-        "32 suits a 10-20 Gbit/s node, 64 a faster one ([BENCHMARKS.md](../BENCHMARKS.md))",
+        "(1-1024): with `--connections auto` the most the download may use, with `fixed` the number it uses; "
+        "each takes a `--buffer-size` buffer while it is in flight. The listing and HEAD calls keep their own few "
+        "keep-alive connections, so up to ~`N + 4` connections may be open, and S3's native client for small "
+        "files keeps a pool of its own of at most `N` ([BENCHMARKS.md](../BENCHMARKS.md))",
+    ),
+    Option(
+        "connections",
+        "auto (as many requests in flight as raise the aggregate rate, up to --num-threads) or fixed",
+        env=("DOWNLOADER_CONNECTIONS",),
+        default="auto",
+        parse=lambda setting, raw: ConnectionsMode(parse_choice(setting, raw, [m.value for m in ConnectionsMode])),
+        doc="`auto`: start at 8 requests in flight and raise the number while the aggregate rate rises with it, "
+        "lower it on throttling (503 SlowDown, 429) or where fewer are as fast, never above `--num-threads` nor "
+        f"above {AUTO_BUFFER_BUDGET // MiB} MiB of `--buffer-size` buffers "
+        f"({AUTO_BUFFER_BUDGET // MiB} requests at 1 MiB); "
+        "`fixed`: `--num-threads` requests in flight all along ([docs/design.md](design.md))",
     ),
     Option(
         "part_threshold",
@@ -643,6 +658,7 @@ def settings_from(args: argparse.Namespace, env: Mapping[str, str]) -> Settings:
     hold = bool(get.value("hold"))
     if hold and get.value("dry_run"):
         raise ConfigError("--hold", True, "a dry run fetches nothing, so there is nothing to hold")
+    connections = get.value("connections")
     progress = get.value("progress")
     if get.value("enable_progress_bar") and get.given("progress").where is not Where.FLAG:
         progress = "bar"
@@ -654,7 +670,8 @@ def settings_from(args: argparse.Namespace, env: Mapping[str, str]) -> Settings:
         allow_suffixes=get.value("allow_file_suffix") or (),
         include=get.value("include") or (),
         exclude=get.value("exclude") or (),
-        num_threads=get.value("num_threads"),
+        connections=connections,
+        num_threads=_num_threads(get, connections),
         part_threshold=get.value("part_threshold"),
         part_chunksize=get.value("part_chunksize"),
         buffer_size=get.value("buffer_size"),
@@ -679,6 +696,13 @@ def settings_from(args: argparse.Namespace, env: Mapping[str, str]) -> Settings:
         peers=None if get.value("dry_run") else _peer_settings(get),
         warnings=tuple(warnings),
     )
+
+
+def _num_threads(get: Lookup, connections: ConnectionsMode) -> int:
+    given: int | None = get.value("num_threads")
+    if given is not None:
+        return given
+    return AUTO_MAX_REQUESTS if connections is ConnectionsMode.AUTO else FIXED_REQUESTS
 
 
 def _page_cache(get: Lookup) -> PageCache:

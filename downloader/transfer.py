@@ -28,6 +28,7 @@ from dataclasses import replace
 from typing import Protocol, TypeVar
 
 from . import verify
+from .concurrency import BufferPool, ConnectionGate, ConnectionsMode, auto_cap
 from .config import Settings, VerifyMode
 from .errors import (
     IntegrityError,
@@ -165,6 +166,8 @@ class Engine:
         # Written files stay in the page cache (the engine's first load reads them from memory), or go past it with
         # O_DIRECT (least CPU): see downloader/pagecache.py.
         self._direct = not keep_pages
+        self._gate = ConnectionGate(settings.num_threads, settings.connections)  # requests in flight (see run)
+        self._buffers = BufferPool(settings.buffer_size)  # one per request in flight (see run)
 
     # ------------------------------------------------------------------------------------------ driver
     def run(self, files: Sequence[RemoteFile], journals: Sequence[Journal]) -> list[DoneRecord]:
@@ -187,6 +190,11 @@ class Engine:
             self._slot = max(page, -(-max(f.size for f in files) // page) * page)
             self._depth, count = whole_concurrency(count, self._slot, WHOLE_BUDGET_BUFFERS * self.settings.buffer_size)
             self._depth = min(self._depth, self.source.open_ahead)
+        if self.settings.connections is ConnectionsMode.AUTO:
+            count = auto_cap(count, self._slot * self._depth)
+        # One worker per request the gate may let through: the worker count is the cap, the gate the number in flight.
+        self._gate = ConnectionGate(count, self.settings.connections)
+        self._buffers = BufferPool(self._slot * self._depth)
         workers = [threading.Thread(target=self._worker, name=f"fetch-{i}", daemon=True) for i in range(count)]
         for w in workers:
             w.start()
@@ -194,10 +202,12 @@ class Engine:
         while any(w.is_alive() for w in workers):
             for w in workers:
                 w.join(timeout=0.2)
+                self._gate.observe(self.stats.bytes_fetched)
                 if self.cancel.is_set() and not self._halt.is_set():
                     self._halt.set()
                     with self._cv:
                         self._cv.notify_all()
+                    self._gate.wake()
                 if self._halt.is_set():
                     halted_at = halted_at or time.monotonic()
             # Workers blocked on a dead socket notice within the stall timeout; do not wait that long to exit.
@@ -222,9 +232,6 @@ class Engine:
 
     def _worker(self) -> None:
         size = self._slot
-        buf = mmap.mmap(-1, size * self._depth)  # page-aligned, as O_DIRECT writes need
-        views = [memoryview(buf)[i * size : (i + 1) * size] for i in range(self._depth)]
-        view = views[0]
         while True:
             with self._cv:
                 while not self._queue and not self._later and self._outstanding > 0 and not self._halt.is_set():
@@ -247,19 +254,26 @@ class Engine:
                     self._fail(exc)
                     return
                 continue
+            if not self._gate.acquire(self._halt):
+                return
+            # The buffer goes with the permit (concurrency.BufferPool), and back before it.
+            buf = self._buffers.take()
+            views = [memoryview(buf)[i * size : (i + 1) * size] for i in range(self._depth)]
             job, attempt, rng = item
             try:
                 if rng is None:
                     self._prepare([job, *more], views)
                 else:
                     assert attempt is not None
-                    self._run_range(job, attempt, rng, view)
+                    self._run_range(job, attempt, rng, views[0])
             except (Halted, _Abandoned):
                 continue
             except BaseException as exc:
                 self._fail(exc)
                 return
             finally:
+                self._buffers.give(buf)
+                self._gate.release()
                 if waits:
                     with self._cv:
                         self._waiting -= 1
@@ -282,6 +296,7 @@ class Engine:
                 self.stats.failed(str(exc))
             self._halt.set()
             self._cv.notify_all()
+        self._gate.wake()
 
     def _push_front(self, items: list[tuple[Job, Attempt | None, ByteRange | None]]) -> None:
         with self._cv:
@@ -421,6 +436,8 @@ class Engine:
         """Count the `tries`-th failed request; wait out its backoff, or give up after the last attempt. The one
         retry rule of every request the engine makes (ranges, whole files, stat)."""
         self.stats.retry(exc.kind, message)
+        if exc.kind == "throttled":
+            self._gate.throttled()
         if tries >= self.settings.max_attempts:
             raise TransferError(key, str(exc), attempts=tries) from exc
         delay = backoff_delay(tries, exc.retry_after, exc.kind)

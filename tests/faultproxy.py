@@ -45,6 +45,7 @@ __all__ = [
     "Delay",
     "FaultProxy",
     "FlipBit",
+    "OverCapacity",
     "RequestRecord",
     "Reset",
     "RewriteHeader",
@@ -280,6 +281,29 @@ class Rule:
     def exhausted(self) -> bool:
         """True once the rule has fired ``times`` times (never for ``-1``)."""
         return self.times >= 0 and self.fired >= self.times
+
+
+@dataclass
+class OverCapacity(Rule):
+    """Matches a request that arrives while ``capacity`` others are being served: a store that throttles above a
+    number of requests at once (S3 answers ``503 SlowDown`` above a request rate per prefix).  The requests it lets
+    through count as being served for ``seconds_each`` after they arrived (pace them with a ``Throttle`` rule
+    after this one so that they last about that long).  Give it a ``Status(503)`` action and ``times=-1``."""
+
+    capacity: int = 4
+    seconds_each: float = 0.5
+    serving: list[float] = field(default_factory=list)
+
+    def matches(self, method: str, path: str, has_range: bool) -> bool:
+        """True (throttle) when ``capacity`` requests arrived within ``seconds_each``; else count this one."""
+        if not super().matches(method, path, has_range):
+            return False
+        now = time.monotonic()
+        self.serving = [t for t in self.serving if now - t < self.seconds_each]
+        if len(self.serving) >= self.capacity:
+            return True
+        self.serving.append(now)
+        return False
 
 
 # --------------------------------------------------------------------------

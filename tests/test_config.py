@@ -6,6 +6,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from downloader.concurrency import ConnectionsMode
 from downloader.config import MiB, load_settings, parse_suffixes
 from downloader.errors import ConfigError
 from downloader.options import parse_bool, parse_size
@@ -18,8 +19,22 @@ def test_defaults_match_aibrix() -> None:
     assert s.local_dir == "/tmp/aibrix/models/"
     assert s.model_name == "llama"
     assert s.model_dir == "/tmp/aibrix/models/llama"
-    assert (s.num_threads, s.part_threshold, s.part_chunksize) == (32, 64 * MiB, 64 * MiB)
+    assert (s.part_threshold, s.part_chunksize) == (64 * MiB, 64 * MiB)
     assert s.allow_suffixes == () and not s.force_download and not s.dry_run
+    # AIBrix's 32 requests in flight is the fixed mode's count; the default, auto, may go up to 128
+    assert (s.connections, s.num_threads) == (ConnectionsMode.AUTO, 128)
+    assert load_settings([*URI, "--connections", "fixed"], {}).num_threads == 32
+
+
+@pytest.mark.parametrize("mode", ["auto", "fixed"])
+def test_num_threads_is_the_cap_or_the_count(mode: str) -> None:
+    s = load_settings([*URI, "--num-threads", "16"], {"DOWNLOADER_CONNECTIONS": mode})
+    assert (s.connections.value, s.num_threads) == (mode, 16)
+
+
+def test_connections_takes_auto_or_fixed_only() -> None:
+    with pytest.raises(ConfigError, match="DOWNLOADER_CONNECTIONS"):
+        load_settings(URI, {"DOWNLOADER_CONNECTIONS": "64"})
 
 
 def test_precedence_flag_over_extra_over_env() -> None:

@@ -15,6 +15,7 @@ import pytest
 import downloader.config
 import runtime.config
 import sidecar.config
+from downloader.concurrency import AUTO_MAX_REQUESTS
 from downloader.errors import ConfigError
 from downloader.options import END, Kind, Options, render_page
 
@@ -122,9 +123,9 @@ def test_precedence_flag_then_extra_config_then_environment_then_default() -> No
     env = {"DOWNLOADER_NUM_THREADS": "8"}
     base = ["--model-uri", "s3://bucket/m/"]
     extra = ["--download-extra-config", '{"num_threads": 4}']
-    assert downloader.config.load_settings(base, {}).num_threads == 32
+    assert downloader.config.load_settings(base, {}).num_threads == AUTO_MAX_REQUESTS
     assert downloader.config.load_settings(base, env).num_threads == 8
     assert downloader.config.load_settings(base + extra, env).num_threads == 4
     assert downloader.config.load_settings(base + extra + ["--num-threads", "2"], env).num_threads == 2
     # A blank variable (a pod spec's `value: ""`) is not a value: the default holds.
-    assert downloader.config.load_settings(base, {"DOWNLOADER_NUM_THREADS": " "}).num_threads == 32
+    assert downloader.config.load_settings(base, {"DOWNLOADER_NUM_THREADS": " "}).num_threads == AUTO_MAX_REQUESTS

@@ -1,0 +1,241 @@
+"""The connection gate (downloader/concurrency.py): how many requests it lets into flight.
+
+The gate is driven here on a clock of the test's own against paths described by a formula (a per-connection cap,
+an aggregate cap, a store that throttles above a number of requests), so each test states what the gate does on
+such a path, whatever the machine's speed; then in a real download from a real S3 server behind a proxy that
+answers 503 SlowDown above a number of requests at once."""
+
+from __future__ import annotations
+
+import random
+import re
+import threading
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+
+from downloader.concurrency import AUTO_BUFFER_BUDGET, START, BufferPool, ConnectionGate, ConnectionsMode, auto_cap
+from tests.conftest import read_tree, run_cli
+from tests.faultproxy import FaultProxy, OverCapacity, Rule, Status, Throttle
+from tests.synthetic import MiB, random_bytes, upload
+
+TICK = 0.25  # seconds of the test's clock between two observations (the engine observes every 0.2 s)
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 0.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def demand(gate: ConnectionGate, waiting: bool = True) -> None:
+    """Every permit taken and (`waiting`) one more request waiting for the gate (the limit binds), then all
+    released."""
+    go, stopped = threading.Event(), threading.Event()
+    stopped.set()
+    held = 0
+    while held < gate.limit:
+        assert gate.acquire(go)
+        held += 1
+    if waiting:
+        assert not gate.acquire(stopped)  # would wait: the gate is the bottleneck
+    for _ in range(held):
+        gate.release()
+
+
+def drive(
+    gate: ConnectionGate,
+    clock: Clock,
+    rate_of: Callable[[int], float],
+    seconds: float,
+    *,
+    throttles_above: int | None = None,
+    noise: float = 0.03,
+    waiting: bool = True,
+) -> tuple[list[int], int]:
+    """Run the gate for `seconds` on a path whose rate (bytes/s) at `limit` requests is rate_of(limit), with a few
+    per cent of noise; (the limit at each tick, how many ticks were throttled)."""
+    rng = random.Random(7)
+    received = 0.0
+    limits: list[int] = []
+    throttled = 0
+    gate.observe(0)
+    for _ in range(int(seconds / TICK)):
+        demand(gate, waiting)
+        clock.now += TICK
+        received += rate_of(gate.limit) * TICK * (1 + rng.uniform(-noise, noise))
+        if throttles_above is not None and gate.limit > throttles_above:
+            gate.throttled()
+            throttled += 1
+        gate.observe(int(received))
+        limits.append(gate.limit)
+    return limits, throttled
+
+
+def capped(per_connection: float, aggregate: float) -> Callable[[int], float]:
+    return lambda n: min(n * per_connection, aggregate)
+
+
+MB = 1e6
+
+
+def test_per_connection_caps_raise_the_count_to_the_aggregate_cap() -> None:
+    # 10 MB/s per connection, 600 MB/s in all: 60 connections fill the link; a fixed 32 would reach 320 MB/s
+    clock = Clock()
+    gate = ConnectionGate(256, ConnectionsMode.AUTO, clock=clock)
+    limits, _ = drive(gate, clock, capped(10 * MB, 600 * MB), 60)
+    settled = limits[len(limits) // 2 :]
+    assert min(settled) * 10 * MB >= 0.9 * 600 * MB * 0.8  # probes down dip by one step at most
+    assert sum(min(n * 10 * MB, 600 * MB) for n in settled) / len(settled) >= 0.9 * 600 * MB
+    assert max(settled) <= 128  # and not the cap: more stopped helping
+    assert gate.changes and gate.changes[0].reason == "gain"
+
+
+def test_a_fast_path_needs_few_and_gets_few() -> None:
+    # 500 MB/s per connection, 600 MB/s in all: two connections are enough
+    clock = Clock()
+    gate = ConnectionGate(64, ConnectionsMode.AUTO, clock=clock)
+    limits, _ = drive(gate, clock, capped(500 * MB, 600 * MB), 90)
+    assert max(limits[len(limits) // 2 :]) <= START
+    assert limits[-1] <= 3
+
+
+def test_throttling_lowers_the_count_and_it_stays_near_what_the_store_takes() -> None:
+    clock = Clock()
+    gate = ConnectionGate(128, ConnectionsMode.AUTO, clock=clock)
+    limits, throttled = drive(gate, clock, capped(10 * MB, 10_000 * MB), 90, throttles_above=20)
+    assert any(c.reason == "throttled" for c in gate.changes)
+    settled = limits[len(limits) // 2 :]
+    assert max(settled) <= 20 * 1.25 + 1  # at most one probe above what the store takes
+    assert sum(1 for n in settled if n > 20) <= len(settled) // 4
+    # a fixed 128 would have been throttled on every tick
+    assert throttled < len(limits) // 4
+
+
+def test_the_cap_bounds_the_count() -> None:
+    clock = Clock()
+    gate = ConnectionGate(12, ConnectionsMode.AUTO, clock=clock)
+    limits, _ = drive(gate, clock, capped(10 * MB, 10_000 * MB), 30)
+    assert max(limits) == 12
+
+
+def test_at_the_cap_a_step_that_did_not_pay_is_undone() -> None:
+    # There are as many workers as the cap: at it no request waits for the gate, but every permit is taken, and
+    # the step up to it is judged like any other. 10 MB/s per connection, 80 MB/s in all: 8 fill the path.
+    clock = Clock()
+    gate = ConnectionGate(12, ConnectionsMode.AUTO, clock=clock)
+    limits, _ = drive(gate, clock, capped(10 * MB, 80 * MB), 30, waiting=False)
+    assert 12 in limits
+    assert any(c.reason == "no gain" and c.limit == START for c in gate.changes)
+
+
+def test_fixed_mode_is_the_cap_always() -> None:
+    clock = Clock()
+    gate = ConnectionGate(32, ConnectionsMode.FIXED, clock=clock)
+    limits, _ = drive(gate, clock, capped(500 * MB, 600 * MB), 20, throttles_above=4)
+    assert set(limits) == {32}
+    assert gate.changes == []
+
+
+def test_a_window_where_the_gate_did_not_bind_decides_nothing() -> None:
+    # Near the end of a download fewer requests remain than the limit: the rate then says nothing of the limit.
+    clock = Clock()
+    gate = ConnectionGate(64, ConnectionsMode.AUTO, clock=clock)
+    gate.observe(0)
+    received = 0
+    for _ in range(40):
+        clock.now += TICK
+        received += int(100 * MB * TICK)
+        gate.observe(received)
+    assert gate.limit == START and gate.changes == []
+
+
+@pytest.mark.parametrize("mode", list(ConnectionsMode))
+def test_a_stopped_download_is_not_kept_waiting(mode: ConnectionsMode) -> None:
+    gate = ConnectionGate(2, mode)
+    go, stop = threading.Event(), threading.Event()
+    assert gate.acquire(go) and gate.acquire(go)
+    result: list[bool] = []
+    waiter = threading.Thread(target=lambda: result.append(gate.acquire(stop)))
+    waiter.start()
+    stop.set()
+    gate.wake()
+    waiter.join(timeout=10)
+    assert result == [False]
+    gate.release()
+    gate.release()
+    assert gate.in_use == 0
+
+
+def test_buffers_follow_permits_not_workers() -> None:
+    # 32 workers take turns through a gate of 4: no more than 4 buffers are ever made (and so ever touched), where
+    # one buffer per worker would have been 32 resident in the end.
+    gate = ConnectionGate(32, ConnectionsMode.AUTO, start=4)
+    pool = BufferPool(4096)
+    go = threading.Event()
+
+    def worker() -> None:
+        for i in range(50):
+            assert gate.acquire(go)
+            buf = pool.take()
+            buf[0] = i % 256  # in use: touched
+            pool.give(buf)  # back before the permit, so the next holder of a permit finds it
+            gate.release()
+
+    threads = [threading.Thread(target=worker) for _ in range(32)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=60)
+    assert not any(t.is_alive() for t in threads)
+    assert 1 <= pool.made <= 4
+
+
+def test_auto_mode_keeps_request_buffers_within_the_budget() -> None:
+    assert auto_cap(128, MiB) == AUTO_BUFFER_BUDGET // MiB  # the default cap is cut to the budget ...
+    assert auto_cap(16, MiB) == 16  # ... a lower one is kept
+    assert auto_cap(128, 4 * MiB) == AUTO_BUFFER_BUDGET // (4 * MiB)
+    assert auto_cap(128, 2 * AUTO_BUFFER_BUDGET) == 1  # one request at least, whatever its buffer
+
+
+# ------------------------------------------------------------------------------ a real download, a throttling store
+
+
+CAPACITY = 4
+PACE = 2 * MiB  # bytes per second of each GET the store serves: a 1 MiB range lasts half a second
+RANGES = ["--part-threshold", "2MiB", "--part-chunksize", "1MiB", "--num-threads", "16", "--max-attempts", "10"]
+
+
+def throttled_download(s3: object, bucket: str, s3_server: object, local: Path, *flags: str) -> tuple[int, int, str]:
+    """(exit code, 503 answers, stderr) of a download of a 24 MiB shard in 1 MiB ranges from a store that takes
+    CAPACITY GETs at once and answers 503 SlowDown to the others."""
+    with FaultProxy(s3_server.host, s3_server.port) as proxy:  # type: ignore[attr-defined]
+        proxy.add_rule(OverCapacity(Status(503), match_method="GET", only_ranged=True, times=-1, capacity=CAPACITY))
+        proxy.add_rule(Rule(Throttle(PACE), match_method="GET", only_ranged=True, times=-1))
+        r = run_cli(
+            ["--model-uri", f"s3://{bucket}/m/", "--local-dir", str(local), *RANGES, *flags],
+            proxy.url,
+            timeout=300,
+        )
+        return r.returncode, sum(1 for rec in proxy.log if rec.status == 503), r.stderr
+
+
+@pytest.mark.slow
+def test_a_throttling_store_gets_fewer_requests_than_a_fixed_count_sends(  # type: ignore[no-untyped-def]
+    s3, bucket, s3_server, tmp_path
+) -> None:
+    files = {"weights.safetensors": random_bytes(24 * MiB, 3), "config.json": b'{"model_type": "demo"}'}
+    upload(s3, bucket, "m", files)
+    code, auto_503, err = throttled_download(s3, bucket, s3_server, tmp_path / "auto")
+    assert code == 0, err
+    assert read_tree(str(tmp_path / "auto" / "m")) == files
+    limits = [int(n) for n in re.findall(r"requests in flight: (\d+) \(throttled", err)]
+    if auto_503:
+        assert limits, err  # it lowered the count on SlowDown ...
+        assert limits == sorted(limits, reverse=True)  # ... and did not raise it meanwhile
+    # the same download with 16 in flight all along: it may fail (a range refused --max-attempts times), or succeed
+    _, fixed_503, _ = throttled_download(s3, bucket, s3_server, tmp_path / "fixed", "--connections", "fixed")
+    assert fixed_503 > auto_503
