@@ -38,12 +38,16 @@ from dataclasses import dataclass
 
 log = logging.getLogger(__name__)
 
-START = 8  # requests in flight before anything is measured
 # --num-threads when not given: the most requests in flight in auto mode (128 x the 1 MiB buffer: 128 MiB at most,
 # used only where the path rewards that many; 11 GB/s at S3's ~85 MB/s per connection needs ~130), and the count in
 # fixed mode (what it has always been).
 AUTO_MAX_REQUESTS = 128
 FIXED_REQUESTS = 32
+# Requests in flight before anything is measured: what fixed mode keeps, so that auto starts where AIBrix's default
+# does and moves only on a measured gain (or a throttled answer). Starting at 8 cost a small-file download on
+# loopback ~5 % of its wall time (the seconds of slow start are a large share of a short download) and a 6 GiB
+# download behind an emulated network a fifth of its rate over the whole run (BENCHMARKS.md, "Connections").
+START = FIXED_REQUESTS
 # In auto mode the request buffers in flight stay within this many bytes, whatever --num-threads: 80 at the default
 # 1 MiB --buffer-size, which with the ~44 MiB the process needs besides keeps its peak RSS within 128 MiB. A fixed
 # count is the user's choice and is not cut.

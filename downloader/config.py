@@ -279,7 +279,8 @@ OPTIONS = Options(
         env=("DOWNLOADER_CONNECTIONS",),
         default="auto",
         parse=lambda setting, raw: ConnectionsMode(parse_choice(setting, raw, [m.value for m in ConnectionsMode])),
-        doc="`auto`: start at 8 requests in flight and raise the number while the aggregate rate rises with it, "
+        doc="`auto`: start at 32 requests in flight (what `fixed` keeps; fewer under a smaller cap) and raise the "
+        "number while the aggregate rate rises with it, "
         "lower it on throttling (503 SlowDown, 429) or where fewer are as fast, never above `--num-threads` nor "
         f"above {AUTO_BUFFER_BUDGET // MiB} MiB of `--buffer-size` buffers "
         f"({AUTO_BUFFER_BUDGET // MiB} requests at 1 MiB); "

@@ -15,11 +15,20 @@ from pathlib import Path
 
 import pytest
 
-from downloader.concurrency import AUTO_BUFFER_BUDGET, START, BufferPool, ConnectionGate, ConnectionsMode, auto_cap
+from downloader.concurrency import (
+    AUTO_BUFFER_BUDGET,
+    FIXED_REQUESTS,
+    BufferPool,
+    ConnectionGate,
+    ConnectionsMode,
+    auto_cap,
+)
 from tests.conftest import read_tree, run_cli
 from tests.faultproxy import FaultProxy, OverCapacity, Rule, Status, Throttle
 from tests.synthetic import MiB, random_bytes, upload
 
+# The dynamics tests start low, to watch slow start climb; the engine starts at FIXED_REQUESTS (concurrency.START).
+LOW_START = 8
 TICK = 0.25  # seconds of the test's clock between two observations (the engine observes every 0.2 s)
 
 
@@ -85,7 +94,7 @@ MB = 1e6
 def test_per_connection_caps_raise_the_count_to_the_aggregate_cap() -> None:
     # 10 MB/s per connection, 600 MB/s in all: 60 connections fill the link; a fixed 32 would reach 320 MB/s
     clock = Clock()
-    gate = ConnectionGate(256, ConnectionsMode.AUTO, clock=clock)
+    gate = ConnectionGate(256, ConnectionsMode.AUTO, start=LOW_START, clock=clock)
     limits, _ = drive(gate, clock, capped(10 * MB, 600 * MB), 60)
     settled = limits[len(limits) // 2 :]
     assert min(settled) * 10 * MB >= 0.9 * 600 * MB * 0.8  # probes down dip by one step at most
@@ -94,18 +103,32 @@ def test_per_connection_caps_raise_the_count_to_the_aggregate_cap() -> None:
     assert gate.changes and gate.changes[0].reason == "gain"
 
 
+def test_auto_starts_where_fixed_mode_stays_within_the_cap() -> None:
+    assert ConnectionGate(128, ConnectionsMode.AUTO).limit == FIXED_REQUESTS
+    assert ConnectionGate(12, ConnectionsMode.AUTO).limit == 12
+
+
+def test_from_the_default_start_a_fast_path_still_comes_down_to_few() -> None:
+    # 500 MB/s per connection, 600 MB/s in all: starting at 32, probes down find that two are enough
+    clock = Clock()
+    gate = ConnectionGate(128, ConnectionsMode.AUTO, clock=clock)
+    limits, _ = drive(gate, clock, capped(500 * MB, 600 * MB), 240)
+    assert limits[0] == FIXED_REQUESTS
+    assert limits[-1] < FIXED_REQUESTS // 2
+
+
 def test_a_fast_path_needs_few_and_gets_few() -> None:
     # 500 MB/s per connection, 600 MB/s in all: two connections are enough
     clock = Clock()
-    gate = ConnectionGate(64, ConnectionsMode.AUTO, clock=clock)
+    gate = ConnectionGate(64, ConnectionsMode.AUTO, start=LOW_START, clock=clock)
     limits, _ = drive(gate, clock, capped(500 * MB, 600 * MB), 90)
-    assert max(limits[len(limits) // 2 :]) <= START
+    assert max(limits[len(limits) // 2 :]) <= LOW_START
     assert limits[-1] <= 3
 
 
 def test_throttling_lowers_the_count_and_it_stays_near_what_the_store_takes() -> None:
     clock = Clock()
-    gate = ConnectionGate(128, ConnectionsMode.AUTO, clock=clock)
+    gate = ConnectionGate(128, ConnectionsMode.AUTO, start=LOW_START, clock=clock)
     limits, throttled = drive(gate, clock, capped(10 * MB, 10_000 * MB), 90, throttles_above=20)
     assert any(c.reason == "throttled" for c in gate.changes)
     settled = limits[len(limits) // 2 :]
@@ -117,7 +140,7 @@ def test_throttling_lowers_the_count_and_it_stays_near_what_the_store_takes() ->
 
 def test_the_cap_bounds_the_count() -> None:
     clock = Clock()
-    gate = ConnectionGate(12, ConnectionsMode.AUTO, clock=clock)
+    gate = ConnectionGate(12, ConnectionsMode.AUTO, start=LOW_START, clock=clock)
     limits, _ = drive(gate, clock, capped(10 * MB, 10_000 * MB), 30)
     assert max(limits) == 12
 
@@ -126,10 +149,10 @@ def test_at_the_cap_a_step_that_did_not_pay_is_undone() -> None:
     # There are as many workers as the cap: at it no request waits for the gate, but every permit is taken, and
     # the step up to it is judged like any other. 10 MB/s per connection, 80 MB/s in all: 8 fill the path.
     clock = Clock()
-    gate = ConnectionGate(12, ConnectionsMode.AUTO, clock=clock)
+    gate = ConnectionGate(12, ConnectionsMode.AUTO, start=LOW_START, clock=clock)
     limits, _ = drive(gate, clock, capped(10 * MB, 80 * MB), 30, waiting=False)
     assert 12 in limits
-    assert any(c.reason == "no gain" and c.limit == START for c in gate.changes)
+    assert any(c.reason == "no gain" and c.limit == LOW_START for c in gate.changes)
 
 
 def test_fixed_mode_is_the_cap_always() -> None:
@@ -143,14 +166,14 @@ def test_fixed_mode_is_the_cap_always() -> None:
 def test_a_window_where_the_gate_did_not_bind_decides_nothing() -> None:
     # Near the end of a download fewer requests remain than the limit: the rate then says nothing of the limit.
     clock = Clock()
-    gate = ConnectionGate(64, ConnectionsMode.AUTO, clock=clock)
+    gate = ConnectionGate(64, ConnectionsMode.AUTO, start=LOW_START, clock=clock)
     gate.observe(0)
     received = 0
     for _ in range(40):
         clock.now += TICK
         received += int(100 * MB * TICK)
         gate.observe(received)
-    assert gate.limit == START and gate.changes == []
+    assert gate.limit == LOW_START and gate.changes == []
 
 
 @pytest.mark.parametrize("mode", list(ConnectionsMode))
