@@ -172,8 +172,10 @@ def _help_text(binary: Path) -> str:
 def aibrix_download_defaults(binary: Path) -> tuple[int | None, int | None]:
     """(--num-threads, range MiB) as the binary's --help states its defaults; None where it does not say."""
     text = " ".join(_help_text(binary).split())
-    # "[NAME, 32]" before the settings table (b5ef9be and older), "[NAME; default 32]" since
-    threads = re.search(r"\[DOWNLOADER_NUM_THREADS(?:,|; default) (\d+)\]", text)
+    # "[NAME, 32]" before the settings table (b5ef9be and older), "[NAME; default 32]" since, and with --connections
+    # "[NAME; default 128 (auto), 32 (fixed)]": the cap of the default mode (auto starts at 32 and stays within its
+    # buffer budget: fewer may be in flight)
+    threads = re.search(r"\[DOWNLOADER_NUM_THREADS(?:,|; default) (\d+)[\] ]", text)
     chunk = re.search(r"\[DOWNLOADER_PART_CHUNKSIZE(?:,|; default) (\d+) ?MiB\]", text)
     return (int(threads.group(1)) if threads else None, int(chunk.group(1)) if chunk else None)
 
