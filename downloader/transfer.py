@@ -349,10 +349,18 @@ class Engine:
         """A whole file's body, opened before it is read; None when the source did not take it now (the file is
         then opened again when its turn comes, where failures are counted and retried)."""
         try:
-            return self.source.open(job.f, job.detail, None, view)
+            return self.source.open(job.f, job.detail, None, view, self._landing_fd(job.attempt))
         except (RetryableError, ObjectChangedError) as exc:
             log.debug("%s: not opened ahead (%s)", job.f.rel_path, exc)
             return None
+
+    @staticmethod
+    def _landing_fd(attempt: Attempt | None) -> int | None:
+        """The file a source may write a whole body into itself (Source.open): a one-range file's, when it goes
+        through the page cache (bytes that bypass it go out in the engine's own aligned writes)."""
+        if attempt is None or attempt.journaled or attempt.direct:
+            return None
+        return attempt.fd
 
     def _open(self, job: Job) -> tuple[Attempt, list[ByteRange], list[ByteRange]] | None:
         """A file's attempt, its ranges and those still to fetch; None when it starts over instead."""
@@ -490,7 +498,8 @@ class Engine:
                         raise _Abandoned()
                     # A one-range file from its start is asked for whole: stores send its checksum only then.
                     whole = len(attempt.ranges) == 1 and cursor.pos == 0
-                    body = self.source.open(f, job.detail, None if whole else Span(cursor.pos, r.end), view)
+                    span = None if whole else Span(cursor.pos, r.end)
+                    body = self.source.open(f, job.detail, span, view, self._landing_fd(attempt) if whole else None)
                 self._stream(job, attempt, r, view, body, cursor)
                 return cursor.hasher.finish() if cursor.hasher is not None else []
             except RetryableError as exc:
@@ -530,9 +539,11 @@ class Engine:
                     cursor.hasher.update(view[fill : fill + n])
                 fill += n
                 self.stats.add_bytes(f.rel_path, n)
-                # Whole buffers go to disk: aligned for O_DIRECT, and fewer, larger writes.
+                # Whole buffers go to disk: aligned for O_DIRECT, and fewer, larger writes. A body the source wrote
+                # into the file itself is there already: its bytes were read back to be checked.
                 if fill == len(view) or cursor.pos + fill > r.end:
-                    self._write(attempt, job, view[:fill], cursor.pos)
+                    if not body.in_file:
+                        self._write(attempt, job, view[:fill], cursor.pos)
                     cursor.pos, fill = cursor.pos + fill, 0
                     if cursor.pos - queued >= WRITEBACK_STEP and not attempt.direct:
                         start_writeback(attempt.fd, queued, cursor.pos - queued)
@@ -540,7 +551,8 @@ class Engine:
         finally:
             try:
                 if fill:  # keep what arrived before a failure: the retry asks for the rest only
-                    self._write(attempt, job, view[:fill], cursor.pos)
+                    if not body.in_file:
+                        self._write(attempt, job, view[:fill], cursor.pos)
                     cursor.pos += fill
             finally:
                 body.close()

@@ -248,3 +248,75 @@ def test_files_of_every_size_land_whole_with_or_without_o_direct(
     finally:
         if local != tmp_path:
             shutil.rmtree(local, ignore_errors=True)
+
+
+def _crt_source(proxy: FaultProxy, bucket: str, tmp_path: Path):  # type: ignore[no-untyped-def]
+    import threading
+
+    from downloader.config import load_settings
+    from downloader.sources import open_source
+
+    env = {**os.environ, "AWS_ENDPOINT_URL": proxy.url}
+    settings = load_settings(["--model-uri", f"s3://{bucket}/m/", "--local-dir", str(tmp_path), "--s3-crt"], env)
+    source = open_source(settings, threading.Event())
+    return source, {f.rel_path: f for f in source.list(threading.Event())}
+
+
+def _read_all(body, size: int) -> bytes:  # type: ignore[no-untyped-def]
+    out = bytearray(size + 1)
+    view, got = memoryview(out), 0
+    while (n := body.readinto(view[got:])) > 0:
+        got += n
+    body.close()
+    return bytes(out[:got])
+
+
+def test_the_crt_writes_a_whole_body_into_the_file_it_is_given(proxy: FaultProxy, small_model, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    bucket, files = small_model
+    source, listed = _crt_source(proxy, bucket, tmp_path)
+    try:
+        f = listed[TOKENIZER]
+        landing = memoryview(bytearray(1024 * 1024))
+        fd = os.open(tmp_path / "landing", os.O_RDWR | os.O_CREAT, 0o600)
+        os.write(fd, b"stale bytes the GET must replace" * 50_000)  # longer than the object
+        try:
+            body = source.open(f, None, None, landing, fd)
+            assert body.in_file
+            assert _read_all(body, f.size) == files[TOKENIZER]  # read back from the file...
+            assert body.detail is not None and body.detail.checksums  # ...with what the answer said of the object
+            assert (tmp_path / "landing").read_bytes() == files[TOKENIZER]  # emptied first, then written whole
+            assert not any(landing)  # the bytes never went through the buffer
+        finally:
+            os.close(fd)
+        assert gets_of(proxy, TOKENIZER)[0].user_agent.startswith(CRT_UA)
+    finally:
+        source.close()
+
+
+def test_a_file_the_crt_cannot_write_sends_its_bodies_through_memory(proxy: FaultProxy, small_model, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    from downloader.errors import RetryableError
+
+    bucket, files = small_model
+    source, listed = _crt_source(proxy, bucket, tmp_path)
+    not_a_file = os.open(tmp_path, os.O_RDONLY)  # the CRT's own open of it fails
+    try:
+        f = listed[TOKENIZER]
+        landing = memoryview(bytearray(1024 * 1024))
+        with pytest.raises(RetryableError):
+            _read_all(source.open(f, None, None, landing, not_a_file), f.size)
+        body = source.open(f, None, None, landing, not_a_file)  # the retry: through the buffer, from now on
+        assert not body.in_file
+        assert _read_all(body, f.size) == files[TOKENIZER]
+        assert bytes(landing[: f.size]) == files[TOKENIZER]
+    finally:
+        os.close(not_a_file)
+        source.close()
+
+
+def test_a_body_cut_short_is_fetched_again_and_the_file_is_right(proxy: FaultProxy, small_model, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    bucket, files = small_model
+    proxy.add_rule(Rule(Truncate(after_bytes=300_000), match_method="GET", match_path=f"/m/{TOKENIZER}", times=2))
+    r = download(proxy, bucket, tmp_path, "--page-cache", "keep")
+    assert r.returncode == 0, r.stderr
+    assert read_tree(str(tmp_path / "m")) == files
+    assert len(gets_of(proxy, TOKENIZER)) == 3

@@ -66,14 +66,21 @@ class CoopSource:
     def stat(self, f: RemoteFile) -> ObjectDetail:
         return self.origin.stat(f)
 
-    def open(self, f: RemoteFile, detail: ObjectDetail | None, span: Span | None, buffer: memoryview | None) -> Body:
+    def open(
+        self,
+        f: RemoteFile,
+        detail: ObjectDetail | None,
+        span: Span | None,
+        buffer: memoryview | None,
+        landing_fd: int | None = None,
+    ) -> Body:
         if span is not None and self._shared(f, detail):
             peer = self._owner(f, span)
             if peer != self.self_url:
                 body = self._from_peer(peer, f, span, lambda pos: self._from_origin(f, detail, Span(pos, span.end)))
                 if body is not None:
                     return body
-        return self._from_origin(f, detail, span, buffer)
+        return self._from_origin(f, detail, span, buffer, landing_fd)
 
     def close(self) -> None:
         self.members.close()
@@ -152,9 +159,14 @@ class CoopSource:
         return self.members.file_owner(f.rel_path, ends, span.end, left_out)
 
     def _from_origin(
-        self, f: RemoteFile, detail: ObjectDetail | None, span: Span | None, buffer: memoryview | None = None
+        self,
+        f: RemoteFile,
+        detail: ObjectDetail | None,
+        span: Span | None,
+        buffer: memoryview | None = None,
+        landing_fd: int | None = None,
     ) -> Body:
-        return _Counted(self.origin.open(f, detail, span, buffer), self._count_origin)
+        return _Counted(self.origin.open(f, detail, span, buffer, landing_fd), self._count_origin)
 
     def _count_origin(self, n: int) -> None:
         with self._lock:
@@ -226,6 +238,7 @@ class _Counted(Body):
     def __init__(self, inner: Body, count: Callable[[int], None]) -> None:
         self._inner = inner
         self._count = count
+        self.in_file = inner.in_file
 
     @property
     def detail(self) -> ObjectDetail | None:  # known once the answer's first bytes are in (Body.detail)

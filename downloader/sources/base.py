@@ -93,6 +93,10 @@ class Body:
     object's integrity facts (a whole-object GET), at the latest once the first bytes are read."""
 
     detail: ObjectDetail | None = None
+    # Set when the source wrote the bytes into the caller's file itself (`landing_fd` of Source.open): what readinto
+    # gives back is then read from that file, at the place the caller would have written it, for the caller to check
+    # and count, not to write again.
+    in_file: bool = False
 
     def readinto(self, buf: memoryview) -> int:  # pragma: no cover - interface
         """Bytes into `buf`; 0 at the end. RetryableError when the transfer breaks (what arrived is kept)."""
@@ -138,10 +142,19 @@ class Source(Protocol):
         the listed one means the object changed since."""
         ...
 
-    def open(self, f: RemoteFile, detail: ObjectDetail | None, span: Span | None, buffer: memoryview | None) -> Body:
+    def open(
+        self,
+        f: RemoteFile,
+        detail: ObjectDetail | None,
+        span: Span | None,
+        buffer: memoryview | None,
+        landing_fd: int | None = None,
+    ) -> Body:
         """Bytes `span` (None: the whole object) of exactly the listed version of `f` (ObjectChangedError when it
         changed). `buffer`, when given, is where the caller will read the body into: a backend that receives a
-        whole answer at once may land it there."""
+        whole answer at once may land it there. `landing_fd`, when given with a whole object, is the caller's file
+        for it (open for reading and writing, through the page cache, written from offset 0): a backend whose native
+        client writes a whole answer into a file itself may have it written there (Body.in_file)."""
         ...
 
     def close(self) -> None: ...

@@ -227,7 +227,14 @@ class GcsSource:
         return _detail(size, str(generation), item.get("crc32c"), item.get("md5Hash"))
 
     # ---------------------------------------------------------------------------------------- reading
-    def open(self, f: RemoteFile, detail: ObjectDetail | None, span: Span | None, buffer: memoryview | None) -> Body:
+    def open(
+        self,
+        f: RemoteFile,
+        detail: ObjectDetail | None,
+        span: Span | None,
+        buffer: memoryview | None,
+        landing_fd: int | None = None,
+    ) -> Body:
         size = detail.size if detail else f.size
         pinned = detail.version if detail else f.version
         generation = _generation(self.display_uri, f, pinned)

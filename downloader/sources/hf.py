@@ -260,7 +260,14 @@ class HfSource:
         return ObjectDetail(size, version, self._pinned(f), (), unverifiable=_NON_LFS)
 
     # ---------------------------------------------------------------------------------------- reading
-    def open(self, f: RemoteFile, detail: ObjectDetail | None, span: Span | None, buffer: memoryview | None) -> Body:
+    def open(
+        self,
+        f: RemoteFile,
+        detail: ObjectDetail | None,
+        span: Span | None,
+        buffer: memoryview | None,
+        landing_fd: int | None = None,
+    ) -> Body:
         size = detail.size if detail else f.size
         start, end = (0, size - 1) if span is None else (span.start, span.end)
         whole = start == 0 and end == size - 1

@@ -79,7 +79,14 @@ class LocalSource:
             raise RetryableError("io", exc.strerror or str(exc)) from exc
         return ObjectDetail(st.st_size, _version(st), None, (), unverifiable=_UNVERIFIABLE)
 
-    def open(self, f: RemoteFile, detail: ObjectDetail | None, span: Span | None, buffer: memoryview | None) -> Body:
+    def open(
+        self,
+        f: RemoteFile,
+        detail: ObjectDetail | None,
+        span: Span | None,
+        buffer: memoryview | None,
+        landing_fd: int | None = None,
+    ) -> Body:
         try:
             fd = os.open(f.key, os.O_RDONLY | os.O_CLOEXEC)
         except FileNotFoundError as exc:

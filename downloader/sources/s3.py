@@ -14,6 +14,7 @@ and permanent ones (missing bucket or key, access denied) onto the downloader's 
 from __future__ import annotations
 
 import logging
+import os
 import threading
 from collections.abc import Callable, Iterator, Mapping
 from typing import TypeVar
@@ -22,6 +23,7 @@ from .. import __version__
 from ..config import S3Settings, VerifyMode
 from ..errors import (
     AccessDeniedError,
+    LocalStorageError,
     NotFoundError,
     ObjectChangedError,
     RetryableError,
@@ -87,6 +89,7 @@ class S3Source:
         self._attributes: dict[tuple[str, str], tuple[ChecksumType | None, int | None]] = {}
         self._lookups = Lookups(self._part_size, self._object_attributes)
         self._crt: CrtGetter | None = None
+        self._landing = True  # whether the CRT may write bodies into the engine's files (see _stop_landing)
         self.transport: S3Transport
         static = (
             Credentials(
@@ -259,7 +262,14 @@ class S3Source:
         return found
 
     # ---------------------------------------------------------------------------------------- reading
-    def open(self, f: RemoteFile, detail: ObjectDetail | None, span: Span | None, buffer: memoryview | None) -> Body:
+    def open(
+        self,
+        f: RemoteFile,
+        detail: ObjectDetail | None,
+        span: Span | None,
+        buffer: memoryview | None,
+        landing_fd: int | None = None,
+    ) -> Body:
         size = detail.size if detail else f.size
         whole = span is None or (span.start == 0 and span.end == size - 1)
         start, end = (0, size - 1) if span is None else (span.start, span.end)
@@ -268,11 +278,16 @@ class S3Source:
         query = [("versionId", version_id)] if version_id else []
         crt = self._crt
         if crt is not None and whole and buffer is not None and 0 < size <= len(buffer):
+            landing_fd = landing_fd if self._landing else None
             try:
-                get = crt.start(f.key, query, {"If-Match": version, "x-amz-checksum-mode": "ENABLED"}, buffer)
+                get = crt.start(
+                    f.key, query, {"If-Match": version, "x-amz-checksum-mode": "ENABLED"}, buffer, landing_fd
+                )
             except Exception as exc:  # awscrt's own error types: the request was not taken
+                if landing_fd is not None:
+                    self._stop_landing(f"the CRT could not open the file ({exc})")
                 raise RetryableError("connection", f"the CRT did not take the request: {exc}") from exc
-            return _CrtBody(self, crt, f, get, buffer)
+            return _CrtBody(self, crt, f, get, buffer, landing_fd if get.in_file else None)
         headers = {"If-Match": version}
         if whole:
             headers["x-amz-checksum-mode"] = "ENABLED"
@@ -288,12 +303,16 @@ class S3Source:
             answer.body.detail = read_detail(f, answer.headers, self._verify, self._lookups)
         return answer.body
 
-    def _crt_answer(self, crt: CrtGetter, f: RemoteFile, get: CrtGet) -> tuple[int, ObjectDetail]:
+    def _crt_answer(
+        self, crt: CrtGetter, f: RemoteFile, get: CrtGet, landing_fd: int | None
+    ) -> tuple[int, ObjectDetail]:
         """A CRT GET's outcome: its length and what its headers say of the object once it is in and checked, or the
-        failure it stands for."""
+        failure it stands for. `landing_fd`: the file the CRT wrote the body into, if it did."""
         try:
             resp = crt.finish(get, self._cancel)
         except RetryableError as exc:
+            if exc.kind == "landing":
+                self._stop_landing(str(exc))
             if exc.kind == "tls" and self._crt is crt:
                 self._crt = None  # a TLS setup the CRT's does not have: the REST transport's from now on
                 log.info("the CRT's TLS failed (%s); every GET goes through the REST transport", exc)
@@ -314,11 +333,21 @@ class S3Source:
                 raise RetryableError("crt-declined", f"HTTP {resp.status} to the CRT's request") from failure
             raise failure
         problem = _body_mismatch(resp.headers, 0, f.size - 1, f.size)
-        if problem is None and resp.length != f.size:
-            problem = RetryableError("bad-length", f"{resp.length} bytes for {f.size}")
+        length = resp.length if landing_fd is None else _file_size(landing_fd, f)
+        if problem is None and length != f.size:
+            problem = RetryableError("bad-length", f"{length} bytes for {f.size}")
+            if landing_fd is not None:
+                # The store said the size it should; the file has another (a write the CRT could not finish).
+                self._stop_landing(f"the file the CRT wrote has {length} bytes for {f.size}")
         if problem is not None:
             raise problem
-        return resp.length, read_detail(f, resp.headers, self._verify, self._lookups)
+        return f.size, read_detail(f, resp.headers, self._verify, self._lookups)
+
+    def _stop_landing(self, why: str) -> None:
+        """Bodies go into the engine's buffers from now on, where the engine's own writes say what the disk does."""
+        if self._landing:
+            self._landing = False
+            log.info("%s; the CRT's bodies go through memory from now on", why)
 
     def close(self) -> None:
         if self._crt is not None:
@@ -374,14 +403,19 @@ def _no_credentials(uri: str) -> Callable[[], Credentials]:
 
 
 class _CrtBody(Body):
-    """A whole small object through the CRT: in flight from open() on; the first read waits for it."""
+    """A whole small object through the CRT: in flight from open() on; the first read waits for it. The CRT puts the
+    body into the caller's buffer, or into the caller's file (`landing_fd`), from where reads take it back."""
 
-    def __init__(self, source: S3Source, crt: CrtGetter, f: RemoteFile, get: CrtGet, landing: memoryview) -> None:
+    def __init__(
+        self, source: S3Source, crt: CrtGetter, f: RemoteFile, get: CrtGet, landing: memoryview, landing_fd: int | None
+    ) -> None:
         self._source = source
         self._crt = crt
         self._f = f
         self._get: CrtGet | None = get
         self._landing = landing
+        self._landing_fd = landing_fd
+        self.in_file = landing_fd is not None
         self._length: int | None = None
         self._pos = 0
 
@@ -389,17 +423,33 @@ class _CrtBody(Body):
         if self._length is None:
             get, self._get = self._get, None
             assert get is not None
-            self._length, self.detail = self._source._crt_answer(self._crt, self._f, get)
+            self._length, self.detail = self._source._crt_answer(self._crt, self._f, get, self._landing_fd)
         n = min(len(buf), self._length - self._pos)
-        if n > 0:
+        if n <= 0:
+            return 0
+        if self._landing_fd is not None:
+            try:
+                n = os.preadv(self._landing_fd, [buf[:n]], self._pos)
+            except OSError as exc:
+                raise LocalStorageError(self._f.rel_path, f"reading back what the CRT wrote: {exc.strerror}") from exc
+            if n <= 0:
+                raise RetryableError("truncated", f"the file ends at byte {self._pos} of {self._length}")
+        else:
             buf[:n] = self._landing[self._pos : self._pos + n]  # the same memory when the caller reads into `landing`
-            self._pos += n
+        self._pos += n
         return n
 
     def close(self) -> None:
         get, self._get = self._get, None
         if get is not None:
-            self._crt.abandon(get)  # never read: nothing may write into the buffer after this
+            self._crt.abandon(get)  # never read: nothing may write into the buffer or the file after this
+
+
+def _file_size(fd: int, f: RemoteFile) -> int:
+    try:
+        return os.fstat(fd).st_size
+    except OSError as exc:
+        raise LocalStorageError(f.rel_path, f"the file the CRT wrote: {exc.strerror}") from exc
 
 
 def _body_mismatch(headers: Mapping[str, str], start: int, end: int, size: int) -> RetryableError | None:

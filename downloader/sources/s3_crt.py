@@ -8,6 +8,9 @@ stays within the same bound). Its own retries are off (the engine retries), requ
 credentials (a static copy, made again when they change), and its checksum validation is not used: the engine
 verifies the bytes against the answer's headers, as it does for every file.
 
+Where the caller's file for the object is open through the page cache, the CRT writes the body into it itself
+(`recv_filepath`, through /proc/self/fd, so the very file the caller holds, whatever happens to its name): no
+callback per body, no copy of it made or held under the GIL, and the caller reads the bytes back to check them.
 This module is the only one that imports awscrt. What it cannot do (a proxy) stays on the other transports;
 `CrtGetter.create` returns None when awscrt is missing or its client cannot be set up.
 """
@@ -15,6 +18,7 @@ This module is the only one that imports awscrt. What it cannot do (a proxy) sta
 from __future__ import annotations
 
 import logging
+import os
 import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
@@ -32,25 +36,35 @@ log = logging.getLogger(__name__)
 # CPU on a model of 10,000 small files, for the same wall time (BENCHMARKS.md, "Sixth round").
 CRT_EVENT_LOOP_THREADS = 1
 
+# A descriptor's own file, reopened by the kernel whatever its name is now (Linux): where the CRT writes a body.
+_FD_DIR = "/proc/self/fd"
+
+# What the CRT reports when it could not write a body into the caller's file (errno translated): not the store's fault.
+_FILE_ERRORS = frozenset(
+    {"AWS_ERROR_NO_SPACE", "AWS_ERROR_NO_PERMISSION", "AWS_ERROR_MAX_FDS_EXCEEDED", "AWS_ERROR_INVALID_FILE_HANDLE"}
+)
+
 _STATUS_OF_ERROR = {"AWS_ERROR_S3_INTERNAL_ERROR": 500, "AWS_ERROR_S3_SLOW_DOWN": 503}
 
 
 @dataclass(frozen=True)
 class CrtResponse:
-    """A GET's status, headers (names lowercased) and body length (the body is in the caller's buffer)."""
+    """A GET's status, headers (names lowercased) and body length: in the caller's buffer, or None when the CRT wrote
+    the body into the caller's file (its length is then the file's)."""
 
     status: int
     headers: dict[str, str]
-    length: int
+    length: int | None
     error_body: bytes = b""  # an error answer's document (the CRT hands it over with the failure, not as a body)
 
 
 class CrtGet:
     """One GET in flight: what its callbacks (on the CRT's threads) have seen so far."""
 
-    def __init__(self, buf: memoryview, deadline: float) -> None:
+    def __init__(self, buf: memoryview, deadline: float, in_file: bool = False) -> None:
         self.buf = buf
         self.deadline = deadline
+        self.in_file = in_file  # the CRT writes the body into the caller's file, not into `buf`
         self.request: Any = None
         self.status = 0
         self.headers: list[tuple[str, str]] = []
@@ -93,6 +107,7 @@ class CrtGetter:
         self._signing: tuple[Credentials, Any] | None = None  # (credentials, signing config)
         self._user_agent = user_agent
         self._stall_timeout = stall_timeout
+        self._files = os.path.isdir(_FD_DIR)  # whether bodies can be written into the caller's files
 
     @classmethod
     def create(
@@ -166,8 +181,16 @@ class CrtGetter:
             )
         return signing[1]
 
-    def start(self, key: str, query: Sequence[tuple[str, str]], headers: Mapping[str, str], buf: memoryview) -> CrtGet:
-        """Send a GET of the object, its body to go into the start of `buf`; `finish` waits for it."""
+    def start(
+        self,
+        key: str,
+        query: Sequence[tuple[str, str]],
+        headers: Mapping[str, str],
+        buf: memoryview,
+        landing_fd: int | None = None,
+    ) -> CrtGet:
+        """Send a GET of the object, its body to go into the file open as `landing_fd` from offset 0 where one is
+        given and this system can name it (CrtGet.in_file), else into the start of `buf`; `finish` waits for it."""
         from awscrt.http import HttpHeaders, HttpRequest
         from awscrt.s3 import S3RequestType
 
@@ -177,14 +200,18 @@ class CrtGetter:
             path,
             HttpHeaders([("Host", self._host), ("User-Agent", self._user_agent), *headers.items()]),
         )
-        get = CrtGet(buf, time.monotonic() + self._stall_timeout)
+        in_file = landing_fd is not None and self._files
+        get = CrtGet(buf, time.monotonic() + self._stall_timeout, in_file)
+        # Into the file, the CRT opens the path anew ("wb": the file is emptied first) and closes it before it reports
+        # the end; no body callback then.
+        body: dict[str, Any] = {"recv_filepath": f"{_FD_DIR}/{landing_fd}"} if in_file else {"on_body": get.on_body}
         get.request = self._client.make_request(
             type=S3RequestType.DEFAULT,
             operation_name="GetObject",
             request=request,
             signing_config=self._signing_config(),
             on_headers=get.on_headers,
-            on_body=get.on_body,
+            **body,
         )
         return get
 
@@ -225,11 +252,14 @@ class CrtGetter:
             # The CRT classifies some answers itself and then reports no status code: what they stood for.
             status = _STATUS_OF_ERROR.get(name, 0)
         if error is not None and status < 300:
-            # No answer, or the connection broke after a 2xx status line: a transport failure.
+            # No answer, the connection broke after a 2xx status line, or the body could not go into the file.
+            if get.in_file and (name in _FILE_ERRORS or name.startswith("AWS_ERROR_FILE_")):
+                raise RetryableError("landing", f"the CRT could not write the body into the file: {name}")
             kind = "tls" if "TLS" in name else "connection"
             raise RetryableError(kind, f"{name}: {getattr(error, 'message', error)}")
         document = getattr(error, "body", None) or b""
-        return CrtResponse(status, {k.lower(): v for k, v in answer_headers}, get.length, bytes(document))
+        length = None if get.in_file else get.length
+        return CrtResponse(status, {k.lower(): v for k, v in answer_headers}, length, bytes(document))
 
     def close(self) -> None:
         self._client = None
