@@ -40,7 +40,7 @@ def upload(endpoint: str, src: Path, prefix: str, files: dict[str, dict[str, Any
     import requests
 
     client = gcs_client(endpoint)
-    bucket = client.create_bucket(BUCKET)
+    bucket = client.lookup_bucket(BUCKET) or client.create_bucket(BUCKET)  # several models may share the bucket
     t0 = time.monotonic()
     for name in sorted(files):
         # One streaming simple-media upload per object: the SDK's chunked resumable upload makes the in-memory
