@@ -186,3 +186,33 @@ def test_table_cells() -> None:
     assert tables.spread_cell(1.234, 1.0, 2.0) == "1.23 (1.00-2.00)"
     assert tables.spread_cell(None, None, None) == "—"
     assert tables.header(["a", "b"]) == ["| a | b |", "|---|---|"]
+
+
+def test_ceiling_counts_each_processs_gil_apart() -> None:
+    """py-spy --subprocesses stacks start with their processes; a spawned worker's command line holds ';' and '('."""
+    from bench.ceiling.cli import worker_count
+    from bench.ceiling.sampler import parse_raw
+
+    root = "/venv/bin/aibrix-download --model-uri s3://b/m/ --workers 2"
+    worker = "/venv/bin/python -c from multiprocessing.spawn import spawn_main; spawn_main(tracker_fd=5, pipe_handle=9) --multiprocessing-fork"  # noqa: E501
+    tracker = "/venv/bin/python -c from multiprocessing.resource_tracker import main;main(4)"
+    raw = "\n".join(
+        [
+            f'process 10:"{root}";_download (downloader/run.py:120);_fetch (downloader/run.py:190) 7',
+            f'process 10:"{root}";process 11:"{worker}";thread (0x1): "fetch-0";Engine._stream (downloader/transfer.py:500) 30',  # noqa: E501
+            f'process 10:"{root}";process 12:"{worker}";_pwrite_all (downloader/transfer.py:120) 20',
+            f'process 10:"{root}";process 13:"{tracker}";main (resource_tracker.py:200) 1',
+            # a worker whose command line py-spy read between its fork and its exec: still the coordinator's
+            f'process 10:"{root}";process 14:"{root}";_pwrite_all (downloader/transfer.py:120) 5',
+            f'process 10:"{root}" 2',
+            # the coordinator's progress thread: work per second, apart
+            f'process 10:"{root}";Thread._bootstrap (threading.py:1002);Reporter._run (downloader/progress.py:250);StateDir.write_progress (downloader/state.py:650) 4',  # noqa: E501
+            # a worker importing its modules: its start, left out of the roles (in the total)
+            f'process 10:"{root}";process 12:"{worker}";<module> (x.py:1);_call_with_frames_removed (<frozen importlib._bootstrap>:241) 8',  # noqa: E501
+        ]
+    )
+    total, top, roles, workers = parse_raw(raw, 10)
+    assert total == 77 and roles == {"coordinator": 9, "coordinator-periodic": 4, "worker": 55, "other": 1}
+    assert workers == {11: 30, 12: 20, 14: 5}
+    assert top[0] == ("Engine._stream (transfer.py)", 30)
+    assert worker_count(["--page-cache", "keep", "--workers", "4"]) == 4 and worker_count(["--page-cache", "keep"]) == 1

@@ -23,7 +23,13 @@ GB = 1e9
 DEFAULT_SIZES = {"s3-ranges": (2, 6), "s3-small": (1000, 4000), "gcs": (2, 6), "hf": (2, 6)}
 # Flags of each variant measured: the page cache kept (the default where the model fits in memory, as on a
 # serving node) or bypassed (O_DIRECT), and a fixed connection count where the automatic one is not the question.
-VARIANTS = {"keep": ["--page-cache", "keep"], "bypass": ["--page-cache", "bypass"]}
+# `workers-N`: the page cache kept, N fetching processes (--workers): the GIL-held time of the coordinator and of the
+# workers is sampled apart, and the ceiling is that of the busiest GIL (BENCHMARKS.md, "The ceiling").
+VARIANTS = {
+    "keep": ["--page-cache", "keep", "--workers", "1"],
+    "bypass": ["--page-cache", "bypass", "--workers", "1"],
+    **{f"workers-{n}": ["--page-cache", "keep", "--workers", str(n)] for n in (2, 4, 8)},
+}
 COLUMNS = [
     *("path", "variant", "runs ok", "GIL-s/GiB (range)", "CPU-s/GiB (range)", "GIL share of CPU"),
     *("ceiling GB/s (1 / GIL-s per GB)", "cores at the ceiling", "MB/s here (large model)"),
@@ -37,18 +43,25 @@ def per_gib(small: list[Sample], large: list[Sample], attr: str) -> tuple[float,
     return statistics.median(pairs), min(pairs), max(pairs)
 
 
+def worker_count(flags: list[str]) -> int:
+    """The --workers of a variant's flags (1 when not given)."""
+    return int(flags[flags.index("--workers") + 1]) if "--workers" in flags else 1
+
+
 def bytes_of(samples: list[Sample]) -> int:
     return samples[0].model_bytes
 
 
-def measure(path: Path_, variant: str, flags: list[str], reps: int, rate: float, work: Path) -> dict[str, Any]:
+def measure(
+    path: Path_, variant: str, flags: list[str], reps: int, rate: float, work: Path, *, idle: bool = True
+) -> dict[str, Any]:
     runs: dict[int, list[Sample]] = {0: [], 1: []}
     for rep in range(reps):
         for i, model in enumerate(path.models):
             dest = work / "dest"
             shutil.rmtree(dest, ignore_errors=True)
             dest.mkdir(parents=True)
-            s = run_sampled(path.argv(model, dest, flags), path.env, rate, work)
+            s = run_sampled(path.argv(model, dest, flags), path.env, rate, work, idle=idle)
             s.model_bytes = model.bytes
             shutil.rmtree(dest, ignore_errors=True)
             os.sync()
@@ -88,11 +101,40 @@ def measure(path: Path_, variant: str, flags: list[str], reps: int, rate: float,
     gil = per_gib(small, large, "gil_s")
     cpu = per_gib(small, large, "cpu_s")
     gil_per_gb = gil[0] * GB / GiB
+    ceiling = 1 / gil_per_gb if gil_per_gb > 0 else None
+    workers = worker_count(flags)
+    if workers > 1:
+        # Each process has a GIL of its own, and the rate is bounded by the one that holds its GIL longest per GB:
+        # the coordinator (listing, plan, manifest: per file) or the busiest worker (its share, 1 / workers of the
+        # bytes). A worker holds its GIL per GiB of its own share `workers` times its slope here; so many workers
+        # are needed for a rate R: R x that.
+        coordinator = per_gib(small, large, "coordinator_gil_s")
+        busiest = per_gib(small, large, "busiest_worker_gil_s")
+        in_workers = per_gib(small, large, "workers_gil_s")
+        out |= {
+            "coordinator_gil_s_per_gib": coordinator,
+            "busiest_worker_gil_s_per_gib": busiest,
+            "workers_gil_s_per_gib": in_workers,
+            "workers": workers,
+            "workers_seen": [s.workers_seen for s in large],
+        }
+        # The coordinator's periodic work takes a share of its GIL whatever the rate: what is left for its work
+        # per GiB is 1 - that share.
+        periodic = statistics.median(s.coordinator_periodic_gil_s / s.wall_s for s in large)
+        out["coordinator_periodic_gil_share"] = periodic
+        coordinator_bound = coordinator[0] / max(0.01, 1 - periodic)
+        bound = max(coordinator_bound, busiest[0])
+        ceiling = 1 / (bound * GB / GiB) if bound > 0 else None
+        if busiest[0] > 0:
+            out["worker_gil_s_per_own_gib"] = busiest[0] * workers
+            out["workers_for_25_gb_s"] = 25 * busiest[0] * workers * GB / GiB
+            if coordinator_bound > 0:
+                out["ceiling_many_workers_gb_s"] = 1 / (coordinator_bound * GB / GiB)
     out |= {
         "gil_s_per_gib": gil,
         "cpu_s_per_gib": cpu,
-        "ceiling_gb_s": 1 / gil_per_gb if gil_per_gb > 0 else None,
-        "cores_at_ceiling": cpu[0] / gil[0] if gil[0] > 0 else None,
+        "ceiling_gb_s": ceiling,
+        "cores_at_ceiling": cpu[0] * ceiling * GB / GiB if ceiling else None,
         "mb_s_here": statistics.median(path.models[1].bytes / s.wall_s for s in large) / 1e6,
         # The sampling error of one run's count (binomial, about sqrt(samples)), as a share of the slope's samples
         "sampling_error": statistics.median(
@@ -105,7 +147,9 @@ def measure(path: Path_, variant: str, flags: list[str], reps: int, rate: float,
 
 def render(stamp: str, calib: dict[str, float], results: list[dict[str, Any]], args: argparse.Namespace) -> str:
     lines = [
-        f"### Ceiling per data path ({stamp}, `bench/bench_ceiling.py --reps {args.reps} --rate {args.rate:g}`)",
+        f"### Ceiling per data path ({stamp}, `bench/bench_ceiling.py --reps {args.reps} --rate {args.rate:g}"
+        + (" --on-cpu-only" if args.on_cpu_only else "")
+        + "`)",
         "",
         f"Method check: py-spy `--gil` at {args.rate:g} Hz sampled {calib['sampled_gil_s']:.2f} s of GIL-held time "
         f"where the holder's own CPU clock said {calib['true_gil_s']:.2f} s ({calib['error'] * 100:+.1f} %).",
@@ -134,6 +178,20 @@ def render(stamp: str, calib: dict[str, float], results: list[dict[str, Any]], a
         )
     lines.append("")
     for r in results:
+        if r.get("workers"):
+            c, b, w = r["coordinator_gil_s_per_gib"], r["busiest_worker_gil_s_per_gib"], r["workers_gil_s_per_gib"]
+            many = r.get("ceiling_many_workers_gb_s")
+            lines.append(
+                f"- {r['path']} {r['variant']}: GIL-held s/GiB in the coordinator {c[0]:.3f} ({c[1]:.3f}-{c[2]:.3f}), "
+                f"in the busiest worker {b[0]:.3f} ({b[1]:.3f}-{b[2]:.3f}), in all {r['workers']} workers "
+                f"{w[0]:.3f} ({w[1]:.3f}-{w[2]:.3f}); the coordinator's periodic work (progress, counters) "
+                f"{r['coordinator_periodic_gil_share'] * 100:.1f} % of its GIL; workers sampled per large run: "
+                f"{', '.join(map(str, r['workers_seen']))}; a worker's GIL-s per GiB of its own share "
+                f"{r.get('worker_gil_s_per_own_gib', 0):.3f}, so {r.get('workers_for_25_gb_s', 0):.1f} workers "
+                f"for 25 GB/s; the coordinator alone caps any number of workers at "
+                + (f"{many:.1f} GB/s" if many else "(no cost measured)")
+            )
+    for r in results:
         if r.get("runs"):
             largest = [x for x in r["runs"] if x["size"] == 1]
             if largest:
@@ -148,9 +206,23 @@ def main(argv: list[str], script: Path) -> int:
     use_project_venv(script)
     p = argparse.ArgumentParser(description=__doc__)
     p.add_argument("--paths", default=",".join(PATHS), help=f"comma list of {','.join(PATHS)}")
-    p.add_argument("--variants", default="keep,bypass", help="s3-ranges: keep, bypass or both (others: keep)")
+    p.add_argument(
+        "--variants", default="keep,bypass", help=f"comma list of {','.join(VARIANTS)} (bypass: s3-ranges only)"
+    )
+    p.add_argument(
+        "--sizes",
+        action="append",
+        default=[],
+        metavar="PATH=SMALL,LARGE",
+        help="the two model sizes of a path (shards, or files for s3-small), e.g. s3-ranges=2,10; repeatable",
+    )
     p.add_argument("--reps", type=int, default=3)
     p.add_argument("--rate", type=int, default=250, help="py-spy samples per second")
+    p.add_argument(
+        "--on-cpu-only",
+        action="store_true",
+        help="count a GIL holder only while it is on a CPU (py-spy without --idle): for more processes than cores",
+    )
     p.add_argument("--flags", default="", help="extra aibrix-download flags for every run")
     p.add_argument("--store", type=Path, default=DEFAULT_WORK.parent / ".cache" / "seaweedfs")
     p.add_argument("--results-dir", type=Path, default=DEFAULT_RESULTS)
@@ -158,6 +230,13 @@ def main(argv: list[str], script: Path) -> int:
     paths = [x.strip() for x in args.paths.split(",") if x.strip()]
     if set(paths) - set(PATHS):
         p.error(f"--paths takes {','.join(PATHS)}")
+    sizes = dict(DEFAULT_SIZES)
+    for item in args.sizes:
+        name, _, pair = item.partition("=")
+        small_large = tuple(int(x) for x in pair.split(","))
+        if name not in PATHS or len(small_large) != 2 or not 0 < small_large[0] < small_large[1]:
+            p.error(f"--sizes {item!r}: PATH=SMALL,LARGE with PATH one of {','.join(PATHS)} and 0 < SMALL < LARGE")
+        sizes[name] = (small_large[0], small_large[1])
     results_file = Results(args.results_dir, "ceiling-", utc=True)
     DEFAULT_WORK.mkdir(parents=True, exist_ok=True)
     work = Path(tempfile.mkdtemp(prefix="ceiling-", dir=DEFAULT_WORK))
@@ -168,11 +247,13 @@ def main(argv: list[str], script: Path) -> int:
         log(f"calibration: {calib}")
         record["calibration"] = calib
         for name in paths:
-            with open_path(name, args.store, work, DEFAULT_SIZES[name]) as path:
-                variants = [v.strip() for v in args.variants.split(",")] if name == "s3-ranges" else ["keep"]
+            with open_path(name, args.store, work, sizes[name]) as path:
+                variants = [v.strip() for v in args.variants.split(",") if v.strip()]
+                if name != "s3-ranges":  # O_DIRECT is measured where it matters, on the large files
+                    variants = [v for v in variants if v != "bypass"] or ["keep"]
                 for v in variants:
                     flags = VARIANTS[v] + args.flags.split()
-                    results.append(measure(path, v, flags, args.reps, args.rate, work))
+                    results.append(measure(path, v, flags, args.reps, args.rate, work, idle=not args.on_cpu_only))
                     record["results"] = results
                     results_file.save(record)
     finally:

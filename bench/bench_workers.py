@@ -1,0 +1,124 @@
+#!/usr/bin/env python3
+"""aibrix-download with one fetching process against several (--workers), interleaved, on this machine.
+
+    .venv/bin/python bench/bench_workers.py --model small --reps 3 --workers 1,2
+    .venv/bin/python bench/bench_workers.py --model 8 --reps 3 --workers 1,2      # 8 x 512 MiB shards
+
+SeaweedFS on 127.0.0.1 (the bench's store), the page cache of the host dropped before each run (the server reads
+from its disk, as a store would), each run a whole process: wall time to the download's exit, then to weights in
+memory (every file read once after it), and CPU-seconds of the download's process tree (user + sys of it and its
+reaped children: the workers). Medians and the ratio to the first count. Writes bench/results/workers-<ts>.{json,md}.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import shutil
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+if __name__ == "__main__":
+    sys.path[0] = str(Path(__file__).resolve().parent.parent)  # the repository: bench/ is a package
+
+from bench.harness.common import BUCKET, DEFAULT_AIBRIX_DOWNLOAD, DEFAULT_RESULTS, DEFAULT_WORK
+from bench.harness.model import ModelSpec, ensure_model
+from bench.harness.server import SeaweedFS, s3_tool_env
+
+
+def read_all(root: Path) -> None:
+    for dirpath, dirnames, names in os.walk(root):
+        dirnames[:] = [d for d in dirnames if d != ".aibrix"]
+        for name in names:
+            with open(os.path.join(dirpath, name), "rb") as fh:
+                while fh.read(1 << 24):
+                    pass
+
+
+def drop_caches() -> None:
+    subprocess.run(["sync"], check=True)
+    with open("/proc/sys/vm/drop_caches", "w") as fh:
+        fh.write("3")
+
+
+def one_run(uri: str, dest: Path, env: dict[str, str], workers: int) -> dict[str, float]:
+    shutil.rmtree(dest, ignore_errors=True)
+    dest.mkdir(parents=True)
+    drop_caches()
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
+    t0 = time.perf_counter()
+    argv = [str(DEFAULT_AIBRIX_DOWNLOAD), "--model-uri", uri, "--local-dir", str(dest), "--model-name", "m"]
+    r = subprocess.run(
+        [*argv, "--progress", "none", "--workers", str(workers)], env=env, capture_output=True, text=True
+    )
+    download = time.perf_counter() - t0
+    if r.returncode != 0:
+        raise SystemExit(f"--workers {workers} failed ({r.returncode}): {r.stderr[-2000:]}")
+    read_all(dest / "m")
+    in_memory = time.perf_counter() - t0
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    cpu = after.ru_utime - before.ru_utime + after.ru_stime - before.ru_stime
+    return {"download_s": download, "weights_in_memory_s": in_memory, "cpu_s": cpu}
+
+
+def main() -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--model", default="small", help="'small' (3,000 x 256 KiB) or a number of 512 MiB shards")
+    p.add_argument("--reps", type=int, default=3)
+    p.add_argument("--workers", default="1,2", help="comma list of --workers values; the first is the reference")
+    p.add_argument("--store", type=Path, default=DEFAULT_WORK.parent / ".cache" / "seaweedfs")
+    args = p.parse_args()
+    counts = [int(x) for x in args.workers.split(",")]
+    spec = ModelSpec(files=3000, file_kib=256) if args.model == "small" else ModelSpec(int(args.model), 512)
+    DEFAULT_WORK.mkdir(parents=True, exist_ok=True)
+    scratch = DEFAULT_WORK / "workers"
+    scratch.mkdir(exist_ok=True)
+    server = SeaweedFS(args.store, scratch)
+    server.start()
+    runs: dict[int, list[dict[str, float]]] = {n: [] for n in counts}
+    try:
+        ensure_model(server.endpoint, spec, scratch)
+        uri = f"s3://{BUCKET}/{spec.prefix}"
+        env = s3_tool_env(server.endpoint)
+        for rep in range(args.reps):
+            for n in counts:
+                r = one_run(uri, scratch / "dest", env, n)
+                runs[n].append(r)
+                print(f"rep {rep} --workers {n}: " + ", ".join(f"{k} {v:.2f}" for k, v in r.items()), flush=True)
+    finally:
+        server.stop()
+        shutil.rmtree(scratch / "dest", ignore_errors=True)
+    stamp = time.strftime("%Y%m%dT%H%M%S", time.gmtime())
+    keys = ("download_s", "weights_in_memory_s", "cpu_s")
+    med = {n: {k: statistics.median(r[k] for r in runs[n]) for k in keys} for n in counts}
+    ref = counts[0]
+    lines = [
+        f"### --workers on this machine ({stamp}, `bench/bench_workers.py --model {args.model} --reps {args.reps} "
+        f"--workers {args.workers}`)",
+        "",
+        f"Model {spec.prefix}; {os.cpu_count()} CPUs; medians of {args.reps} interleaved runs; "
+        f"ratio to --workers {ref}.",
+        "",
+        "| --workers | download s | weights in memory s | CPU s | ratio (download / in memory / CPU) |",
+        "|---|---|---|---|---|",
+    ]
+    for n in counts:
+        m = med[n]
+        ratio = " / ".join(f"{m[k] / med[ref][k]:.2f}" for k in keys)
+        lines.append(f"| {n} | {m['download_s']:.2f} | {m['weights_in_memory_s']:.2f} | {m['cpu_s']:.2f} | {ratio} |")
+    md = "\n".join(lines) + "\n"
+    print(md)
+    DEFAULT_RESULTS.mkdir(parents=True, exist_ok=True)
+    base = DEFAULT_RESULTS / f"workers-{stamp}"
+    base.with_suffix(".json").write_text(json.dumps({"args": vars(args) | {"store": str(args.store)}, "runs": runs}))
+    base.with_suffix(".md").write_text(md)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
