@@ -6,8 +6,9 @@
 
 SeaweedFS on 127.0.0.1 (the bench's store), the page cache of the host dropped before each run (the server reads
 from its disk, as a store would), each run a whole process: wall time to the download's exit, then to weights in
-memory (every file read once after it), and CPU-seconds of the download's process tree (user + sys of it and its
-reaped children: the workers). Medians and the ratio to the first count. Writes bench/results/workers-<ts>.{json,md}.
+memory (every file read once after it), CPU-seconds of the download's process tree (user + sys of it and its
+reaped children: the workers) and the peak RSS of its largest process. Medians and the ratio to the first count.
+Writes bench/results/workers-<ts>.{json,md}.
 """
 
 from __future__ import annotations
@@ -15,7 +16,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import resource
 import shutil
 import statistics
 import subprocess
@@ -50,20 +50,26 @@ def one_run(uri: str, dest: Path, env: dict[str, str], workers: int) -> dict[str
     shutil.rmtree(dest, ignore_errors=True)
     dest.mkdir(parents=True)
     drop_caches()
-    before = resource.getrusage(resource.RUSAGE_CHILDREN)
     t0 = time.perf_counter()
     argv = [str(DEFAULT_AIBRIX_DOWNLOAD), "--model-uri", uri, "--local-dir", str(dest), "--model-name", "m"]
-    r = subprocess.run(
-        [*argv, "--progress", "none", "--workers", str(workers)], env=env, capture_output=True, text=True
-    )
-    download = time.perf_counter() - t0
-    if r.returncode != 0:
-        raise SystemExit(f"--workers {workers} failed ({r.returncode}): {r.stderr[-2000:]}")
+    argv += ["--progress", "none", "--workers", str(workers)]
+    with open(dest.parent / "stderr.txt", "w+") as err:
+        proc = subprocess.Popen(argv, env=env, stdout=subprocess.DEVNULL, stderr=err)
+        # wait4: the download's CPU with its reaped children's (the workers), and the peak RSS of the largest of
+        # them all (ru_maxrss covers the process and its waited-for descendants: the largest one's)
+        _, status, usage = os.wait4(proc.pid, 0)
+        download = time.perf_counter() - t0
+        if os.waitstatus_to_exitcode(status) != 0:
+            err.seek(0)
+            raise SystemExit(f"--workers {workers} failed ({status}): {err.read()[-2000:]}")
     read_all(dest / "m")
     in_memory = time.perf_counter() - t0
-    after = resource.getrusage(resource.RUSAGE_CHILDREN)
-    cpu = after.ru_utime - before.ru_utime + after.ru_stime - before.ru_stime
-    return {"download_s": download, "weights_in_memory_s": in_memory, "cpu_s": cpu}
+    return {
+        "download_s": download,
+        "weights_in_memory_s": in_memory,
+        "cpu_s": usage.ru_utime + usage.ru_stime,
+        "largest_rss_mib": usage.ru_maxrss / 1024,
+    }
 
 
 def main() -> int:
@@ -94,7 +100,7 @@ def main() -> int:
         server.stop()
         shutil.rmtree(scratch / "dest", ignore_errors=True)
     stamp = time.strftime("%Y%m%dT%H%M%S", time.gmtime())
-    keys = ("download_s", "weights_in_memory_s", "cpu_s")
+    keys = ("download_s", "weights_in_memory_s", "cpu_s", "largest_rss_mib")
     med = {n: {k: statistics.median(r[k] for r in runs[n]) for k in keys} for n in counts}
     ref = counts[0]
     lines = [
@@ -104,13 +110,15 @@ def main() -> int:
         f"Model {spec.prefix}; {os.cpu_count()} CPUs; medians of {args.reps} interleaved runs; "
         f"ratio to --workers {ref}.",
         "",
-        "| --workers | download s | weights in memory s | CPU s | ratio (download / in memory / CPU) |",
-        "|---|---|---|---|---|",
+        "| --workers | download s | weights in memory s | CPU s | the largest process's peak RSS, MiB "
+        "| ratio (download / in memory / CPU / RSS) |",
+        "|---|---|---|---|---|---|",
     ]
     for n in counts:
         m = med[n]
         ratio = " / ".join(f"{m[k] / med[ref][k]:.2f}" for k in keys)
-        lines.append(f"| {n} | {m['download_s']:.2f} | {m['weights_in_memory_s']:.2f} | {m['cpu_s']:.2f} | {ratio} |")
+        cells = " | ".join(f"{m[k]:.2f}" for k in keys[:3]) + f" | {m['largest_rss_mib']:.0f}"
+        lines.append(f"| {n} | {cells} | {ratio} |")
     md = "\n".join(lines) + "\n"
     print(md)
     DEFAULT_RESULTS.mkdir(parents=True, exist_ok=True)
