@@ -10,14 +10,15 @@ request, and the gate's limit follows the aggregate rate measured over windows o
   holds the last setting that helped;
 - every HOLD_WINDOWS it tries a step up (x PROBE_UP), later a step down (x PROBE_DOWN), and keeps the step when the
   rate rose (up) or did not fall (down): the count follows a path that changes, and comes down when more
-  connections stopped helping;
+  connections stopped helping; a step down that was refused doubles the wait before the next (MAX_DOWN_BACKOFF);
 - a throttled answer cuts it (x THROTTLE_CUT) at once, at most once a window, and holds it there longer.
 
 A window counts only when the limit bound in it (every permit was taken, or a worker had a request waiting for
 the gate; at the cap no worker waits, as there are no more workers than permits): near the end of a download, or
 on a model of few ranges, the rate says nothing about the limit. The first window after a change is not measured
 (the new GETs are still waiting for their first bytes), and a step is judged on the mean of the next
-MEASURE_WINDOWS (on a busy 2-core machine one window's rate varied by more than a step could change it).
+MEASURE_WINDOWS (on a busy 2-core machine one window's rate varied by more than a step could change it); the first
+setting, stepped up from whatever it measures, takes one window.
 `--num-threads` caps the limit, and in auto mode so does AUTO_BUFFER_BUDGET, through the worker count (one buffer
 per request in flight). Buffers go with permits (`BufferPool`): a worker takes one after its permit and gives it back
 before the permit, so no more buffers are ever touched than requests were in flight at once; were each worker to own
@@ -69,6 +70,10 @@ PROBE_UP = 1.25
 PROBE_DOWN = 0.8
 THROTTLE_CUT = 0.7
 HOLD_WINDOWS = 6  # windows at a setting before the next probe
+# A probe down that was refused (fewer were slower) costs a dip in the rate each time; where the path is steady it is
+# refused again and again: the wait before the next probe down doubles with each refusal, up to this many doublings
+# (probes up keep their pace: they cost nothing where more do not help, and find capacity that comes back).
+MAX_DOWN_BACKOFF = 3
 THROTTLE_HOLD_WINDOWS = 12
 # A step up is kept when the rate rose by at least this share of the proportional gain (doubling the connections
 # can at most double the rate), and by at least MIN_GAIN; a step down is kept when the rate fell by less than
@@ -126,6 +131,7 @@ class ConnectionGate:
         self._held_rate = 0.0  # their mean rate
         self._before: tuple[int, float] = (self.limit, 0.0)  # (limit, rate) before the step being measured
         self._next_probe = Phase.PROBE_UP
+        self._downs_refused = 0  # probes down refused in a row (MAX_DOWN_BACKOFF)
         self._last_cut = -math.inf
 
     # ------------------------------------------------------------------------------------------ permits
@@ -194,7 +200,9 @@ class ConnectionGate:
         if not bound:
             return None
         self._rates.append(rate)
-        if self.phase is not Phase.HOLD and len(self._rates) < MEASURE_WINDOWS:
+        # The first setting has nothing to be compared with and is always stepped up from: one window measures it.
+        first = self.phase is Phase.SLOW_START and not self.changes
+        if self.phase is not Phase.HOLD and len(self._rates) < (1 if first else MEASURE_WINDOWS):
             return None
         rate = sum(self._rates) / len(self._rates)
         self._rates.clear()
@@ -204,6 +212,7 @@ class ConnectionGate:
         new = max(1, math.floor(self.limit * THROTTLE_CUT))
         self.phase, self._held, self._held_rate = Phase.HOLD, -THROTTLE_HOLD_WINDOWS, 0.0
         self._next_probe = Phase.PROBE_UP
+        self._downs_refused = 0
         return self._set(now, new, 0.0, "throttled")
 
     def _decide(self, now: float, rate: float) -> Change | None:
@@ -218,20 +227,27 @@ class ConnectionGate:
                 self.phase, self._held, self._held_rate = Phase.HOLD, 0, 0.0
                 return None
             factor = SLOW_START_FACTOR if self.phase is Phase.SLOW_START else PROBE_UP
+            if self.limit > before_limit:
+                self._downs_refused = 0  # more helped: the path changed, and fewer may do again later
             self._before = (self.limit, rate)
             return self._set(now, min(self.cap, max(self.limit + 1, math.ceil(self.limit * factor))), rate, "gain")
         if self.phase is Phase.PROBE_DOWN:
             self.phase, self._held, self._held_rate = Phase.HOLD, 0, 0.0
             self._next_probe = Phase.PROBE_UP
             if rate < before_rate * (1 - MIN_GAIN):
+                self._downs_refused += 1
                 return self._set(now, before_limit, rate, "fewer were slower")
+            self._downs_refused = 0
             return None  # as fast with fewer: keep them
         # HOLD: measure this setting, then probe
         self._held += 1
         if self._held <= 0:  # after throttling: only wait
             return None
         self._held_rate += (rate - self._held_rate) / self._held
-        if self._held < HOLD_WINDOWS:
+        wait = HOLD_WINDOWS
+        if self._next_probe is Phase.PROBE_DOWN:
+            wait <<= min(self._downs_refused, MAX_DOWN_BACKOFF)
+        if self._held < wait:
             return None
         self.phase = self._next_probe
         self._before = (self.limit, self._held_rate)

@@ -7,6 +7,7 @@ answers 503 SlowDown above a number of requests at once."""
 
 from __future__ import annotations
 
+import itertools
 import random
 import re
 import threading
@@ -18,6 +19,8 @@ import pytest
 from downloader.concurrency import (
     AUTO_BUFFER_BUDGET,
     FIXED_REQUESTS,
+    MEASURE_WINDOWS,
+    WINDOW_S,
     BufferPool,
     ConnectionGate,
     ConnectionsMode,
@@ -101,6 +104,34 @@ def test_per_connection_caps_raise_the_count_to_the_aggregate_cap() -> None:
     assert sum(min(n * 10 * MB, 600 * MB) for n in settled) / len(settled) >= 0.9 * 600 * MB
     assert max(settled) <= 128  # and not the cap: more stopped helping
     assert gate.changes and gate.changes[0].reason == "gain"
+
+
+def test_the_first_setting_is_stepped_up_from_after_one_window() -> None:
+    # Nothing is compared with the first setting: it is measured in one window, where every later step takes the
+    # first window after it (skipped) and two more
+    clock = Clock()
+    gate = ConnectionGate(128, ConnectionsMode.AUTO, clock=clock)
+    drive(gate, clock, capped(3 * MB, 190 * MB), 10)
+    first, second = gate.changes[:2]
+    assert (first.limit, first.reason) == (2 * FIXED_REQUESTS, "gain") and first.at <= WINDOW_S + TICK
+    assert second.at - first.at >= (1 + MEASURE_WINDOWS) * WINDOW_S
+
+
+def test_on_a_steady_path_refused_probes_down_come_less_and_less_often() -> None:
+    # 3 MB/s per connection, 190 MB/s in all (the bench's emulated link): 64 fill it, and every probe down to fewer
+    # costs rate; each one refused doubles the wait before the next
+    clock = Clock()
+    gate = ConnectionGate(80, ConnectionsMode.AUTO, clock=clock)
+    drive(gate, clock, capped(3 * MB, 190 * MB), 240)
+    downs = [
+        c.at
+        for c, after in itertools.pairwise(gate.changes)
+        if (c.reason, after.reason) == ("probe", "fewer were slower")
+    ]
+    assert len(downs) >= 3
+    gaps = [b - a for a, b in itertools.pairwise(downs)]
+    assert gaps[1] > gaps[0]
+    assert all(c.limit >= 51 for c in gate.changes[1:])  # never below one step down from what fills the link
 
 
 def test_auto_starts_where_fixed_mode_stays_within_the_cap() -> None:
