@@ -6,8 +6,9 @@
 
 SeaweedFS on 127.0.0.1 (the bench's store), the page cache of the host dropped before each run (the server reads
 from its disk, as a store would), each run a whole process: wall time to the download's exit, then to weights in
-memory (every file read once after it), CPU-seconds of the download's process tree (user + sys of it and its
-reaped children: the workers) and the peak RSS of its largest process. Medians and the ratio to the first count.
+memory (the weight files read after it as bench/harness/reader.py reads them: mmap, every page once), CPU-seconds
+of the download's process tree (user + sys of it and its reaped children: the workers) and the peak RSS of its
+largest process. Medians and the ratio to the first count.
 Writes bench/results/workers-<ts>.{json,md}.
 """
 
@@ -26,30 +27,18 @@ from pathlib import Path
 if __name__ == "__main__":
     sys.path[0] = str(Path(__file__).resolve().parent.parent)  # the repository: bench/ is a package
 
+from bench.harness import reader
 from bench.harness.common import BUCKET, DEFAULT_AIBRIX_DOWNLOAD, DEFAULT_RESULTS, DEFAULT_WORK
+from bench.harness.measure import drop_page_cache
 from bench.harness.model import ModelSpec, ensure_model
 from bench.harness.server import SeaweedFS, s3_tool_env
 
 
-def read_all(root: Path) -> None:
-    for dirpath, dirnames, names in os.walk(root):
-        dirnames[:] = [d for d in dirnames if d != ".aibrix"]
-        for name in names:
-            with open(os.path.join(dirpath, name), "rb") as fh:
-                while fh.read(1 << 24):
-                    pass
-
-
-def drop_caches() -> None:
-    subprocess.run(["sync"], check=True)
-    with open("/proc/sys/vm/drop_caches", "w") as fh:
-        fh.write("3")
-
-
-def one_run(uri: str, dest: Path, env: dict[str, str], workers: int) -> dict[str, float]:
+def one_run(uri: str, spec: ModelSpec, dest: Path, env: dict[str, str], workers: int) -> dict[str, float]:
     shutil.rmtree(dest, ignore_errors=True)
     dest.mkdir(parents=True)
-    drop_caches()
+    os.sync()
+    drop_page_cache()
     t0 = time.perf_counter()
     argv = [str(DEFAULT_AIBRIX_DOWNLOAD), "--model-uri", uri, "--local-dir", str(dest), "--model-name", "m"]
     argv += ["--progress", "none", "--workers", str(workers)]
@@ -62,7 +51,10 @@ def one_run(uri: str, dest: Path, env: dict[str, str], workers: int) -> dict[str
         if os.waitstatus_to_exitcode(status) != 0:
             err.seek(0)
             raise SystemExit(f"--workers {workers} failed ({status}): {err.read()[-2000:]}")
-    read_all(dest / "m")
+    # The weights reader in its own process, as the bench's harness runs it: this one stays small, and the RSS that
+    # wait4 reports of the next download (whose child starts as a copy of this process) is the download's own.
+    subprocess.run([sys.executable, reader.__file__, str(dest / "m"), "--glob", spec.weights_glob], check=True,
+                   stdout=subprocess.DEVNULL)  # fmt: skip
     in_memory = time.perf_counter() - t0
     return {
         "download_s": download,
@@ -93,7 +85,7 @@ def main() -> int:
         env = s3_tool_env(server.endpoint)
         for rep in range(args.reps):
             for n in counts:
-                r = one_run(uri, scratch / "dest", env, n)
+                r = one_run(uri, spec, scratch / "dest", env, n)
                 runs[n].append(r)
                 print(f"rep {rep} --workers {n}: " + ", ".join(f"{k} {v:.2f}" for k, v in r.items()), flush=True)
     finally:

@@ -21,9 +21,10 @@ from .coop.source import CoopSource
 from .errors import Interrupted, NotFoundError, UnsafePathError
 from .layout import Manifest, ManifestFile, Phase, read_manifest
 from .lease import Lease
-from .pagecache import decide, read_memory_room
+from .pagecache import decide
 from .plan import Plan, check_free_space, check_layout, dropped_load_critical, plan_downloads, safe_parts, select
 from .progress import Reporter, Stats, human_bytes
+from .resources import read_memory_room
 from .sources import RemoteFile, Source, open_source
 from .state import DoneRecord, Journal, LocalStat, ModelTree, StateDir
 from .transfer import Engine, Halted, tune_gc

@@ -36,8 +36,8 @@ from typing import Any
 from .concurrency import auto_workers
 from .config import Settings
 from .errors import DownloaderError
-from .pagecache import read_cpu_room
 from .progress import Stats
+from .resources import read_cpu_room
 from .sources import RemoteFile, open_source
 from .state import DoneRecord, Journal, ModelTree, StateDir
 from .transfer import Engine, Halted, tune_gc
@@ -92,7 +92,7 @@ def deal(files: Sequence[RemoteFile], count: int) -> list[list[RemoteFile]]:
 class _Worker:
     index: int
     process: Any  # multiprocessing's SpawnProcess
-    control: Connection  # coordinator -> worker: "stop"
+    control: Connection  # coordinator -> worker: its Share, then "stop"
     reports: Connection  # worker -> coordinator: ("counters" | "done" | "halted" | "failed", payload)
     outcome: str | None = None
 

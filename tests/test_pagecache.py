@@ -12,7 +12,8 @@ import pytest
 
 from downloader.config import load_settings
 from downloader.errors import ConfigError
-from downloader.pagecache import KEEP_FRACTION, MemoryRoom, PageCache, decide, read_memory_room
+from downloader.pagecache import KEEP_FRACTION, PageCache, decide
+from downloader.resources import MemoryRoom, read_memory_room
 from tests import cgroups
 from tests.conftest import REPO, cli_env, read_tree
 from tests.synthetic import MiB, random_bytes, upload

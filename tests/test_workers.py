@@ -11,8 +11,8 @@ import pytest
 
 from downloader import errors, read_manifest, read_progress
 from downloader.concurrency import AUTO_WORKERS_MAX, AUTO_WORKERS_MIN_BYTES, CPUS_PER_WORKER, auto_workers
-from downloader.pagecache import read_cpu_room
 from downloader.progress import Counters, Stats
+from downloader.resources import read_cpu_room
 from downloader.sources import RemoteFile
 from downloader.workers import deal
 from tests.conftest import Gate, journal_ranges, popen_cli, read_tree, run_cli, wait_until
