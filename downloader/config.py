@@ -15,6 +15,7 @@ from enum import Enum
 from typing import Any
 
 from . import __version__
+from .allocator import user_sets_allocator
 from .concurrency import (
     AUTO_BUFFER_BUDGET,
     AUTO_MAX_REQUESTS,
@@ -155,6 +156,7 @@ class Settings:
     cache_max_size: int | None = None  # the node cache's budget for every model under local_dir; None: no budget
     hold: bool = False  # after the download, hold a lease on the model until SIGTERM/SIGINT
     peers: PeerSettings | None = None  # None: no cooperation, every byte from the source
+    tune_allocator: bool = True  # set glibc's malloc thresholds (downloader/allocator.py); off where the user does
     warnings: tuple[str, ...] = ()
 
     @property
@@ -733,6 +735,7 @@ def settings_from(args: argparse.Namespace, env: Mapping[str, str]) -> Settings:
         cache_max_size=get.value("cache_max_size"),
         hold=hold,
         peers=peers,
+        tune_allocator=not user_sets_allocator(env),
         warnings=tuple(warnings),
     )
 

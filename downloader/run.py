@@ -12,12 +12,12 @@ import threading
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import TextIO
+from typing import TYPE_CHECKING, TextIO
 
 from . import __version__
+from .allocator import tune_allocator
 from .cache import CacheRoot, drop_reservation
 from .config import Settings
-from .coop.source import CoopSource
 from .errors import Interrupted, NotFoundError, UnsafePathError
 from .layout import Manifest, ManifestFile, Phase, read_manifest
 from .lease import Lease
@@ -29,6 +29,9 @@ from .sources import RemoteFile, Source, open_source
 from .state import DoneRecord, Journal, LocalStat, ModelTree, StateDir
 from .transfer import Engine, Halted, tune_gc
 from .workers import fetch_in_workers, worker_count
+
+if TYPE_CHECKING:
+    from .coop.source import CoopSource
 
 log = logging.getLogger(__name__)
 
@@ -45,12 +48,17 @@ class Result:
 
 def download(settings: Settings, cancel: threading.Event, out: TextIO, err: TextIO) -> Result:
     started = time.monotonic()
+    if settings.tune_allocator:
+        tune_allocator()  # before the source's client makes its threads and their heaps
     source: Source = open_source(settings, cancel)
+    coop: CoopSource | None = None
     if settings.peers is not None:  # a cooperative download: the origin, wrapped (downloader/coop)
-        source = CoopSource(source, settings.peers, verify=settings.verify, num_threads=settings.num_threads)
+        from .coop.source import CoopSource  # loaded only here: the cooperation's code is a tenth of the imports
+
+        source = coop = CoopSource(source, settings.peers, verify=settings.verify, num_threads=settings.num_threads)
     tune_gc()
     try:
-        return _download(settings, source, cancel, out, err, started)
+        return _download(settings, source, coop, cancel, out, err, started)
     finally:
         source.close()
 
@@ -61,6 +69,7 @@ class _Run:
 
     settings: Settings
     source: Source
+    coop: CoopSource | None  # the source, when it is a cooperative download's
     tree: ModelTree
     state: StateDir
     stats: Stats
@@ -73,12 +82,18 @@ class _Run:
 
 
 def _download(
-    settings: Settings, source: Source, cancel: threading.Event, out: TextIO, err: TextIO, started: float
+    settings: Settings,
+    source: Source,
+    coop: CoopSource | None,
+    cancel: threading.Event,
+    out: TextIO,
+    err: TextIO,
+    started: float,
 ) -> Result:
     model_dir = settings.model_dir
     stats = Stats(source.display_uri, model_dir)
-    if isinstance(source, CoopSource):
-        stats.cooperation = lambda: source.report().to_dict()
+    if coop is not None:
+        stats.cooperation = lambda: coop.report().to_dict()
     reporter = Reporter(stats, "none" if settings.dry_run else settings.progress, settings.progress_interval, err)
 
     stats.set_phase(Phase.LISTING)
@@ -133,7 +148,7 @@ def _download(
                 log.info("waiting for %s, which is downloading this model (%.0fs so far)", owner, waited)
 
         state.acquire_lock(cancel, settings.lock_timeout, on_wait)
-        run = _Run(settings, source, tree, state, stats, reporter, cancel, started)
+        run = _Run(settings, source, coop, tree, state, stats, reporter, cancel, started)
         try:
             if settings.uri.scheme == "file" and settings.local_mode == "link":
                 return _link_in_place(run, selected)
@@ -191,9 +206,8 @@ def _fetch(run: _Run, selected: list[RemoteFile]) -> Result:
                 workers, settings, plan.fetch, journals, keep_pages=pages.keep, stats=stats, cancel=run.cancel
             )
         else:
-            steering = run.source if isinstance(run.source, CoopSource) else None
             engine = Engine(
-                run.source, run.tree, state, settings, stats, run.cancel, keep_pages=pages.keep, steering=steering
+                run.source, run.tree, state, settings, stats, run.cancel, keep_pages=pages.keep, steering=run.coop
             )
             new_records = engine.run(plan.fetch, journals)
     except Halted as exc:

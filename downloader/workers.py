@@ -33,6 +33,7 @@ from multiprocessing.connection import Connection, wait
 from types import FrameType
 from typing import Any
 
+from .allocator import tune_allocator
 from .concurrency import auto_workers
 from .config import Settings
 from .errors import DownloaderError
@@ -250,6 +251,8 @@ def worker_main(spec: WorkerSpec, control: Connection, reports: Connection) -> N
 
 def _fetch(spec: WorkerSpec, share: Share, stats: Stats, cancel: threading.Event) -> list[DoneRecord]:
     settings = spec.settings
+    if settings.tune_allocator:
+        tune_allocator()
     source = open_source(settings, cancel)
     tune_gc()
     tree = ModelTree(settings.model_dir)

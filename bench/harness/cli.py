@@ -23,6 +23,7 @@ from .common import (
     log,
     machine_info,
 )
+from .destfs import open_loop_filesystem
 from .endpoints import Then, runs_needed
 from .env import Environment
 from .model import ModelSpec
@@ -41,7 +42,9 @@ class Bench:
         self.args = args
         root = Path(args.work_dir)
         root.mkdir(parents=True, exist_ok=True)
-        self.scratch = Path(tempfile.mkdtemp(prefix="aibrix-bench-", dir=root))
+        self.destfs = open_loop_filesystem(root) if args.dest_fs == "loop" else None
+        where = self.destfs.mount_point if self.destfs else root
+        self.scratch = Path(tempfile.mkdtemp(prefix="aibrix-bench-", dir=where))
         self.results: Results | None = None
         self.record: dict[str, Any] = {}
         self.env = Environment(args, self.scratch, self.record, self.save)
@@ -51,6 +54,8 @@ class Bench:
         self.runner.kill_current()
         self.env.stop()
         shutil.rmtree(self.scratch, ignore_errors=True)
+        if self.destfs is not None:
+            self.destfs.close()
         with contextlib.suppress(OSError):
             Path(self.args.work_dir).rmdir()  # only if empty
 
@@ -131,6 +136,8 @@ class Bench:
                 runnable.append(t)
         if not runnable:
             raise SystemExit("no runnable tools")
+        for t in runnable:
+            tools_all[t].prepare(probe)
 
         self.results = Results(Path(a.results_dir))
         ts = self.results.stamp
@@ -163,6 +170,7 @@ class Bench:
                 "order": "repetition r runs the (variant, then) slots rotated by r; in its j-th slot the tools start "
                 "at tool (r + j) mod n",
                 "destination_root": str(self.scratch),
+                "destination_fs": self.destfs.describe() if self.destfs else "the work directory's own filesystem",
                 "store_dir": str(self.scratch / "store" if a.fresh_store else Path(a.store_dir)),
                 "sweep": {
                     "conns": a.sweep_conns_list,

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 
 from .common import ALL_TOOLS, DEFAULT_AIBRIX_DOWNLOAD, DEFAULT_RESULTS, DEFAULT_STORE, DEFAULT_WORK
 from .endpoints import EndPoint
@@ -71,6 +72,13 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
         help="use a throw-away store in the scratch dir (no model cache)",
     )
     p.add_argument("--work-dir", default=str(DEFAULT_WORK), help="where scratch/download dirs are made")
+    p.add_argument(
+        "--dest-fs",
+        choices=["loop", "work-dir"],
+        default="loop" if os.geteuid() == 0 else "work-dir",
+        help="where the tools write: 'loop', a journaled ext4 on a loop device made in --work-dir (as a node's "
+        "model directory; needs root; the default as root), or 'work-dir' itself (bench/harness/destfs.py)",
+    )
     p.add_argument("--results-dir", default=str(DEFAULT_RESULTS))
     p.add_argument("--aibrix-download-bin", default=str(DEFAULT_AIBRIX_DOWNLOAD))
     p.add_argument(

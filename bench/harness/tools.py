@@ -35,6 +35,7 @@ from pathlib import Path
 
 from .common import BENCH_DIR, BUCKET, VENV, VENV_AIBRIX, MiB, cmd_out, git_rev
 from .model import ModelSpec
+from .venvs import byte_compile
 
 # each tool's own defaults (see the module docstring); aibrix-download's are read from its --help
 S5CMD_DEFAULT_WORKERS = 256
@@ -121,6 +122,7 @@ class Tool:
     build: Callable[[Ctx, Path], Invocation]
     setup: Callable[[Ctx], Setup]
     version: Callable[[Ctx], dict[str, str]]
+    prepare: Callable[[Ctx], None] = lambda _ctx: None  # once, before the first run (as an install would)
 
 
 # ------------------------------------------------------------------------------------- in-flight bounds
@@ -252,7 +254,19 @@ def _aibrix_download_tool(name: str, binary: Callable[[Ctx], Path | None]) -> To
         )
         return v
 
-    return Tool(name=name, available=lambda c: _reason_for(binary(c)), build=build, setup=setup, version=version)
+    def prepare(ctx: Ctx) -> None:
+        b = binary(ctx)
+        assert b is not None
+        byte_compile(b.parent / "python")
+
+    return Tool(
+        name=name,
+        available=lambda c: _reason_for(binary(c)),
+        build=build,
+        setup=setup,
+        version=version,
+        prepare=prepare,
+    )
 
 
 # ------------------------------------------------------------------------------------- the peers
