@@ -18,6 +18,7 @@ import pytest
 
 from downloader.concurrency import (
     AUTO_BUFFER_BUDGET,
+    FIRST_WINDOW_S,
     FIXED_REQUESTS,
     MEASURE_WINDOWS,
     WINDOW_S,
@@ -106,15 +107,32 @@ def test_per_connection_caps_raise_the_count_to_the_aggregate_cap() -> None:
     assert gate.changes and gate.changes[0].reason == "gain"
 
 
-def test_the_first_setting_is_stepped_up_from_after_one_window() -> None:
-    # Nothing is compared with the first setting: it is measured in one window, where every later step takes the
-    # first window after it (skipped) and two more
+def test_the_first_setting_is_stepped_up_from_after_one_short_window_from_the_first_byte() -> None:
+    # Nothing is compared with the first setting: it is measured in one window of FIRST_WINDOW_S that opens at the
+    # first byte (here 1.5 s after the start: the GETs' wait for their first bytes says nothing of the rate), where
+    # every later step takes the first window after it (skipped) and two more
     clock = Clock()
     gate = ConnectionGate(128, ConnectionsMode.AUTO, clock=clock)
+    gate.observe(0)
+    for _ in range(int(1.5 / TICK)):
+        demand(gate, True)
+        clock.now += TICK
+        assert gate.observe(0) is None
     drive(gate, clock, capped(3 * MB, 190 * MB), 10)
     first, second = gate.changes[:2]
-    assert (first.limit, first.reason) == (2 * FIXED_REQUESTS, "gain") and first.at <= WINDOW_S + TICK
+    assert (first.limit, first.reason) == (2 * FIXED_REQUESTS, "gain")
+    assert 1.5 + FIRST_WINDOW_S <= first.at <= 1.5 + TICK + FIRST_WINDOW_S + TICK
     assert second.at - first.at >= (1 + MEASURE_WINDOWS) * WINDOW_S
+
+
+def test_a_store_that_throttles_before_any_byte_is_cut_at_once() -> None:
+    clock = Clock()
+    gate = ConnectionGate(128, ConnectionsMode.AUTO, clock=clock)
+    gate.observe(0)
+    gate.throttled()
+    clock.now += TICK
+    change = gate.observe(0)
+    assert change is not None and change.reason == "throttled" and gate.limit < FIXED_REQUESTS
 
 
 def test_on_a_steady_path_refused_probes_down_come_less_and_less_often() -> None:
