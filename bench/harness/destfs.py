@@ -78,6 +78,12 @@ def open_loop_filesystem(work_dir: Path) -> LoopFilesystem:
     fs = LoopFilesystem(Path(tempfile.mkdtemp(prefix="destfs-", dir=work_dir)))
     try:
         return fs.open()
+    except subprocess.CalledProcessError as exc:
+        fs.close()
+        said = (exc.stderr or "").strip() or f"exit {exc.returncode}"
+        raise SystemExit(
+            f"--dest-fs loop: `{' '.join(exc.cmd)}` failed ({said}); --dest-fs work-dir writes into {work_dir} instead"
+        ) from exc
     except BaseException:
         fs.close()
         raise
