@@ -129,8 +129,7 @@ class ConnectionGate:
         self.phase = Phase.SLOW_START
         self._t0: float | None = None  # the current window's start; None until the first byte
         self._origin = clock()
-        self._bytes0 = 0
-        self._initial: int | None = None  # bytes received when first observed
+        self._bytes0 = 0  # bytes received when the current window opened
         self._skip = 0  # windows not to measure (the first after a change)
         self._rates: list[float] = []  # rates of the windows measured since the last decision
         self._held = 0  # windows measured at this setting in HOLD
@@ -192,9 +191,7 @@ class ConnectionGate:
             self._bound = False
             return self._throttle(now)
         if self._t0 is None:
-            if self._initial is None:
-                self._initial = received
-            if received > self._initial:  # the first bytes: the first window opens
+            if received > self._bytes0:  # the first bytes: the first window opens
                 self._t0, self._bytes0 = now, received
             return None
         first = self.phase is Phase.SLOW_START and not self.changes

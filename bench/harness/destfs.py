@@ -55,19 +55,20 @@ class LoopFilesystem:
 
     def close(self) -> None:
         if self.mounted:
-            with contextlib.suppress(subprocess.CalledProcessError):
+            try:
                 _out(["umount", str(self.mount_point)])
-                self.mounted = False
-        if self.device and not self.mounted:
+            except subprocess.CalledProcessError:
+                return  # still in use: the device and the image stay
+            self.mounted = False
+        if self.device:
             with contextlib.suppress(subprocess.CalledProcessError):
                 _out(["losetup", "--detach", self.device])
                 self.device = ""
-        if not self.mounted:
-            with contextlib.suppress(OSError):
-                self.mount_point.rmdir()
-            self.image.unlink(missing_ok=True)
-            with contextlib.suppress(OSError):
-                self.base.rmdir()
+        with contextlib.suppress(OSError):
+            self.mount_point.rmdir()
+        self.image.unlink(missing_ok=True)
+        with contextlib.suppress(OSError):
+            self.base.rmdir()
 
     def describe(self) -> str:
         return f"journaled ext4 (mkfs.ext4 defaults) on a loop device with direct I/O, image in {self.image.parent}"

@@ -65,15 +65,10 @@ def use_project_venv(script: Path) -> None:
         _reexec_in(PROJECT_VENV, script)
 
 
-_COMPILED: set[Path] = set()
-
-
 def byte_compile(python: Path, packages: tuple[str, ...] = ("downloader",)) -> None:
     """Write the bytecode of ``packages`` as ``python`` imports them, as ``pip install`` does for an installed package:
     in an editable install (the project's .venv) nothing does, and where ``PYTHONDONTWRITEBYTECODE`` is set (this
     sandbox sets it) every run compiled the whole package again, ~0.2 CPU-s that no installed tool pays."""
-    if python in _COMPILED:
-        return
     code = (
         "import importlib, os, sys; "
         "print(*(os.path.dirname(importlib.import_module(m).__file__) for m in sys.argv[1:]))"
@@ -81,4 +76,3 @@ def byte_compile(python: Path, packages: tuple[str, ...] = ("downloader",)) -> N
     found = subprocess.run([str(python), "-c", code, *packages], check=True, capture_output=True, text=True)
     dirs = found.stdout.split()
     subprocess.run([str(python), "-m", "compileall", "-q", "-j", "0", *dirs], check=True)
-    _COMPILED.add(python)
