@@ -216,6 +216,8 @@ def _fetch(run: _Run, selected: list[RemoteFile]) -> Result:
         run.reporter.stop()
 
     stats.set_phase(Phase.VERIFYING)
+    # Recorded before the manifest lands, so that a reader who finds the model complete finds where the fetch ended.
+    state.write_progress(stats.snapshot())
     for rec in new_records:
         records[rec.rel_path] = rec
     _write_manifest(run, selected, records)

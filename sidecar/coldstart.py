@@ -72,13 +72,16 @@ class ColdStart:
         out: dict[Step, float | None] = dict.fromkeys(Step)
         listing = starts.get(Phase.LISTING.value)
         listed = _first(starts, Phase.WAITING, Phase.DOWNLOADING, Phase.VERIFYING, Phase.READY)
-        fetched = _first(starts, Phase.VERIFYING, Phase.READY)
         # The manifest lands a moment before progress.json says ready: the earlier of the two is when the model was
         # complete (and a sidecar started later, or with no record of the download, has only what it saw).
         ready = _earliest(starts.get(Phase.READY.value), model_seen)
+        # A complete model has been fetched, even where the record read last is from before the fetch ended (it is
+        # rewritten about once a second): the step then ends where the model was seen complete, until the record
+        # says better.
+        fetched = _earliest(_first(starts, Phase.VERIFYING, Phase.READY), ready)
         out[Step.LISTING] = _span(listing, listed)
         out[Step.DOWNLOAD] = _span(listed, fetched)
-        out[Step.VERIFICATION] = _span(starts.get(Phase.VERIFYING.value), ready)
+        out[Step.VERIFICATION] = _span(fetched, ready)
         after_model = ready
         if self.watch_ray:
             out[Step.RAY] = _span(ready, ray_at)

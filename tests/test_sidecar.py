@@ -660,3 +660,35 @@ def test_the_models_phase_is_the_downloads_where_they_are_the_same_thing(tmp_pat
         snap = Snapshot(settings, model=NO_MANIFEST, progress=progress)
         assert snap.phase is phase, download
         assert json.loads(json.dumps(snap.status()))["phase"] == phase.value
+
+
+def test_cold_start_of_a_complete_model_whose_record_still_says_downloading() -> None:
+    """progress.json is rewritten about once a second, so the sidecar can find the manifest before the record that
+    says the fetch ended: the download step then ends where the model was seen complete (never None), and the
+    record's own moments take over once it is read."""
+    from downloader import Phase as DownloadPhase
+    from sidecar.coldstart import ColdStart, Step
+
+    clock = [1000.0]
+    cold = ColdStart(watch_ray=False, watch_engine=False, clock=lambda: clock[0])
+    base = {"source": "s3://b/m/", "model_dir": "/m", "pid": 1, "host": "h", "started_at": 990.0, "updated_at": 999.0}
+    downloading = Progress(phase=DownloadPhase.DOWNLOADING.value, **base,  # type: ignore[arg-type]
+                           phase_started={"listing": 990.0, "downloading": 991.0})  # fmt: skip
+    cold.observe(downloading, model_ready=False, ray_complete=False, engine_up=False)
+    assert cold.durations()[Step.DOWNLOAD] is None  # not complete, not fetched
+
+    cold.observe(None, model_ready=True, ray_complete=False, engine_up=False)  # the manifest, the old record
+    steps = cold.durations()
+    assert (steps[Step.LISTING], steps[Step.DOWNLOAD], steps[Step.VERIFICATION]) == (1.0, 9.0, 0.0)
+    assert steps[Step.TOTAL] == 10.0
+
+    clock[0] = 1001.0
+    ready = Progress(
+        phase=DownloadPhase.READY.value,
+        **base,  # type: ignore[arg-type]
+        phase_started={"listing": 990.0, "downloading": 991.0, "verifying": 998.5, "ready": 999.5},
+    )
+    cold.observe(ready, model_ready=True, ray_complete=False, engine_up=False)
+    steps = cold.durations()
+    assert (steps[Step.LISTING], steps[Step.DOWNLOAD], steps[Step.VERIFICATION]) == (1.0, 7.5, 1.0)
+    assert steps[Step.TOTAL] == 9.5
