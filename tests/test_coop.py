@@ -38,14 +38,22 @@ class Member:
     `url` (its own port, or a proxy in front of it)."""
 
     def __init__(
-        self, port: int, urls: list[str], uri: str, local_dir: Path, endpoint: str, url: str = "", **env: str
+        self,
+        port: int,
+        urls: list[str],
+        uri: str,
+        local_dir: Path,
+        endpoint: str,
+        url: str = "",
+        stall_timeout: float = 5,
+        **env: str,
     ) -> None:
         self.port = port
         self.url = url or f"http://127.0.0.1:{port}"
         self.model_dir = local_dir / "m"
         args = [sys.executable, "-m", "sidecar", "--host", "127.0.0.1", "--port", str(port), "--poll-interval", "0.2"]
         args += ["--", "--model-uri", uri, "--local-dir", str(local_dir), *RANGED]
-        args += ["--peers", ",".join(urls), "--peer-self", self.url, "--peer-stall-timeout", "5"]
+        args += ["--peers", ",".join(urls), "--peer-self", self.url, "--peer-stall-timeout", f"{stall_timeout:g}"]
         self.proc = subprocess.Popen(
             args,
             env=cli_env(endpoint, **{"DOWNLOADER_PEER_TOKEN": TOKEN, **env}),
@@ -101,11 +109,14 @@ class Member:
                 self.kill()
 
 
-def group(uri: str, tmp_path: Path, endpoints: list[str]) -> list[Member]:
+def group(uri: str, tmp_path: Path, endpoints: list[str], stall_timeout: float = 5) -> list[Member]:
     """One member per entry of `endpoints` (where that member reaches the origin), each knowing every other."""
     ports = [free_port() for _ in endpoints]
     urls = [f"http://127.0.0.1:{p}" for p in ports]
-    return [Member(p, urls, uri, tmp_path / f"member{i}", endpoints[i]) for i, p in enumerate(ports)]
+    return [
+        Member(p, urls, uri, tmp_path / f"member{i}", endpoints[i], stall_timeout=stall_timeout)
+        for i, p in enumerate(ports)
+    ]
 
 
 @pytest.fixture
@@ -128,7 +139,9 @@ def origin_body_bytes(proxy: FaultProxy) -> int:
 @pytest.mark.slow
 def test_members_share_the_download_and_end_with_identical_bytes(proxy: FaultProxy, model, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
     bucket, files = model
-    members = group(f"s3://{bucket}/m/", tmp_path, [proxy.url] * 3)
+    # A peer's share is waited for (and a peer that is still starting asked again) for up to this long before its
+    # ranges come from the origin: long enough that a busy machine's slow start or slow share is waited for.
+    members = group(f"s3://{bucket}/m/", tmp_path, [proxy.url] * 3, stall_timeout=60)
     try:
         for m in members:
             wait_until(f"{m.url} ready\n{m.text()}", m.ready)
@@ -136,9 +149,10 @@ def test_members_share_the_download_and_end_with_identical_bytes(proxy: FaultPro
             assert read_tree(str(m.model_dir)) == files
         total = model_bytes(files)
         origin = origin_body_bytes(proxy)
-        # Every byte from the origin once, plus at most a few ranges fetched again where a peer was not ready in
-        # time (the small files always come from the origin: each member fetches config.json itself).
-        assert origin <= total + 3 * len(files["config.json"]) + 3 * MiB, (origin, total)
+        # Every byte from the origin once, plus at most a few ranges fetched again where a peer broke off (the small
+        # files always come from the origin: each member fetches config.json itself).
+        reports = [m.status()["cooperation"] for m in members]
+        assert origin <= total + 3 * len(files["config.json"]) + 3 * MiB, (origin, total, reports)
         from_peers = 0
         for m in members:
             status = m.status()
