@@ -10,7 +10,7 @@ import logging
 import os
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, TextIO
 
@@ -168,14 +168,18 @@ def _download(
         lease.release()
 
 
-def _local_stats(tree: ModelTree, files: Sequence[RemoteFile]) -> dict[str, LocalStat | None]:
-    return {f.rel_path: tree.lstat(safe_parts(f.key, f.rel_path)) for f in files}
+def _local_stats(
+    tree: ModelTree, files: Sequence[RemoteFile], records: Mapping[str, DoneRecord]
+) -> dict[str, LocalStat | None]:
+    """The local files the plan asks about: only those with a record of being finished can be kept (a fresh
+    download of thousands of files looks up none)."""
+    return {f.rel_path: tree.lstat(safe_parts(f.key, f.rel_path)) for f in files if f.rel_path in records}
 
 
 def _fetch(run: _Run, selected: list[RemoteFile]) -> Result:
     settings, state, stats = run.settings, run.state, run.stats
     records = state.read_done()
-    plan = plan_downloads(selected, records, _local_stats(run.tree, selected), force=settings.force_download)
+    plan = plan_downloads(selected, records, _local_stats(run.tree, selected, records), force=settings.force_download)
     total = sum(f.size for f in selected)
     stats.set_totals(total, len(selected), plan.skip_bytes, len(plan.skip))
 
@@ -327,7 +331,8 @@ def _dry_run(
 ) -> Result:
     if os.path.isdir(settings.model_dir):
         tree.open_root(create=False)
-        plan = plan_downloads(selected, state.read_done(), _local_stats(tree, selected), force=settings.force_download)
+        records = state.read_done()
+        plan = plan_downloads(selected, records, _local_stats(tree, selected, records), force=settings.force_download)
     else:
         plan = Plan(fetch=list(selected), skip=[])
     skip = {f.rel_path for f in plan.skip}

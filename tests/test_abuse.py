@@ -649,3 +649,28 @@ def test_sidecar_exposes_no_file_and_no_write_endpoint(sidecar: SidecarProcess, 
     assert sidecar.proc.poll() is None
     status, _ = sidecar.get("/readyz")
     assert status == 200
+
+
+@pytest.mark.parametrize("xmlns", [' xmlns="http://s3.amazonaws.com/doc/2006-03-01/"', ""])
+def test_a_listing_page_is_read_in_its_namespace_or_none(xmlns: str) -> None:
+    """Keys percent-decoded (a form encoding: '+' is a space), sizes and ETags per entry, the continuation token only
+    while the page says it is truncated, and a truncated page with an empty token ends the listing (never asks for
+    the first page again)."""
+    from downloader.sources.s3_rest import parse_list
+
+    def page(truncated: str, token: str | None) -> bytes:
+        return (
+            f'<?xml version="1.0" encoding="UTF-8"?><ListBucketResult{xmlns}><Name>b</Name><EncodingType>url'
+            f"</EncodingType><IsTruncated>{truncated}</IsTruncated><Contents><Key>m/a%2Bb+c.json</Key>"
+            "<ETag>&quot;e1&quot;</ETag><Size>12</Size><Owner><ID>x</ID></Owner></Contents><Contents><Key>m/d</Key>"
+            "<Size></Size><ETag>&quot;e2&quot;</ETag></Contents>"
+            + (f"<NextContinuationToken>{token}</NextContinuationToken>" if token is not None else "")
+            + "</ListBucketResult>"
+        ).encode()
+
+    listed = parse_list(page("true", "t-2"))
+    assert listed.objects == [("m/a+b c.json", 12, '"e1"'), ("m/d", 0, '"e2"')]
+    assert listed.next_token == "t-2"
+    assert parse_list(page("false", "t-2")).next_token is None
+    assert parse_list(page("true", "")).next_token is None
+    assert parse_list(page("true", None)).next_token is None

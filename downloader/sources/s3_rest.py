@@ -373,27 +373,26 @@ def _local(tag: str) -> str:
 
 
 def parse_list(document: bytes) -> ListPage:
-    """A ListObjectsV2 answer (encoding-type=url: keys are percent-encoded, which keeps control characters safe)."""
+    """A ListObjectsV2 answer (encoding-type=url: keys are percent-encoded, which keeps control characters safe).
+
+    Elements are found by their full names in the document's namespace (the root's), not by stripping each tag's:
+    a page has a thousand entries of seven or so elements each."""
     try:
         root = ET.fromstring(document)
     except ET.ParseError as exc:
         raise RetryableError("bad-listing", f"the listing is not XML ({exc})") from exc
-    encoded = any(_local(el.tag) == "EncodingType" and (el.text or "").lower() == "url" for el in root)
+    ns = root.tag[: root.tag.index("}") + 1] if root.tag.startswith("{") else ""
+    encoded = (root.findtext(ns + "EncodingType") or "").lower() == "url"
+    key_tag, size_tag, etag_tag = ns + "Key", ns + "Size", ns + "ETag"
     objects: list[tuple[str, int, str]] = []
-    token: str | None = None
-    truncated = False
-    for el in root:
-        tag = _local(el.tag)
-        if tag == "Contents":
-            fields = {_local(c.tag): c.text or "" for c in el}
-            # S3's URL encoding of keys is a form encoding: '+' is a space (a '+' comes as %2B)
-            key = unquote_plus(fields.get("Key", "")) if encoded else fields.get("Key", "")
-            objects.append((key, int(fields.get("Size", "0") or 0), fields.get("ETag", "")))
-        elif tag == "NextContinuationToken":
-            token = el.text
-        elif tag == "IsTruncated":
-            truncated = (el.text or "").lower() == "true"
-    return ListPage(objects, token if truncated else None)
+    for el in root.iterfind(ns + "Contents"):
+        key = el.findtext(key_tag) or ""
+        # S3's URL encoding of keys is a form encoding: '+' is a space (a '+' comes as %2B)
+        objects.append(
+            (unquote_plus(key) if encoded else key, int(el.findtext(size_tag) or 0), el.findtext(etag_tag) or "")
+        )
+    truncated = (root.findtext(ns + "IsTruncated") or "").lower() == "true"
+    return ListPage(objects, (root.findtext(ns + "NextContinuationToken") or None) if truncated else None)
 
 
 def parse_attributes(document: bytes) -> tuple[str | None, int | None]:
