@@ -20,8 +20,8 @@ disk and are sent with sendfile(2), so the server is not the bottleneck of a ben
 
 Test hooks: a required token (401 without it or with a wrong one), `log` of every request per port with
 the Authorization header it carried, `push()` to move a branch to a new commit, `hidden` to make a listed
-file 404 at resolve time, `cdn_base` to put a proxy in front of the CDN, `cdn_url_ttl` to expire
-redirect URLs.
+file 404 at resolve time, `cdn_base` to put a proxy in front of the CDN, `expire_issued_urls()` to expire
+every redirect URL issued so far (as a signed URL's expiry would).
 """
 
 from __future__ import annotations
@@ -102,7 +102,8 @@ class FakeHub:
         self.lfs_min_size = lfs_min_size
         self.page_size = page_size
         self.cdn_base: str | None = None  # where redirects point; default: the CDN port itself
-        self.cdn_url_ttl: float | None = None  # redirect URLs older than this answer 403, like a signed URL
+        self._expired_up_to = 0  # redirect URLs numbered up to this answer 403, like an expired signed URL
+        self._issued = 0  # redirect URLs issued so far (each carries its number)
         self.hidden: set[tuple[str, str]] = set()  # (repo, path): listed, but 404 at resolve time
         self._lock = threading.Lock()
         self._repos: dict[str, _Repo] = {}
@@ -245,11 +246,22 @@ class FakeHub:
         with self._lock:
             self._log.append(req)
 
+    def expire_issued_urls(self) -> None:
+        """Every redirect URL issued so far answers 403 from now on; the ones issued later are good."""
+        with self._lock:
+            self._expired_up_to = self._issued
+
+    def _expired(self, number: int) -> bool:
+        with self._lock:
+            return number <= self._expired_up_to
+
     def _sign(self, sha: str) -> str:
-        expires = time.time() + (self.cdn_url_ttl if self.cdn_url_ttl is not None else 3600)
-        sig = hashlib.sha256(f"{sha}:{expires:.3f}".encode()).hexdigest()[:16]
+        with self._lock:
+            self._issued += 1
+            number = self._issued
+        sig = hashlib.sha256(f"{sha}:{number}".encode()).hexdigest()[:16]
         base = (self.cdn_base or self.cdn_url).rstrip("/")
-        return f"{base}/blobs/{sha}?expires={expires:.3f}&sig={sig}"
+        return f"{base}/blobs/{sha}?n={number}&sig={sig}"
 
 
 class _Server(socketserver.ThreadingTCPServer):
@@ -446,8 +458,7 @@ class _Handler(BaseHTTPRequestHandler):
         self._bytes(blob, headers)
 
     def _cdn(self, sha: str, query: dict[str, list[str]]) -> None:
-        expires = float(query.get("expires", ["0"])[0])
-        if expires < time.time():
+        if self.server.hub._expired(int(query.get("n", ["0"])[0])):
             return self._error(403, None, "Request has expired")
         disk = os.path.join(self.server.hub._dir, sha)
         if not os.path.exists(disk):

@@ -18,7 +18,7 @@ import pytest
 from downloader import read_manifest, read_progress
 from tests.conftest import Gate, journal_ranges, popen_cli, read_tree, run_cli, wait_until
 from tests.fakehub import FakeHub
-from tests.faultproxy import Callback, Delay, FaultProxy, FlipBit, RequestRecord, RewriteHeader, Rule, Stall, Status
+from tests.faultproxy import Callback, FaultProxy, FlipBit, RequestRecord, RewriteHeader, Rule, Stall, Status
 from tests.synthetic import MiB, model_files, random_bytes
 
 TOKEN = "hf_TESTtoken_q7Zx3Lm9Pw2Rk5"
@@ -277,8 +277,9 @@ def test_branch_moving_mid_download_stays_pinned(hub, cdn_proxy, shard_repo, tmp
 def test_expired_storage_url_is_resolved_again(hub, cdn_proxy, shard_repo, tmp_path) -> None:  # type: ignore[no-untyped-def]
     """Signed CDN URLs expire (about an hour on huggingface.co); a long download asks the Hub for a new one."""
     _, files = shard_repo
-    hub.cdn_url_ttl = 0.6
-    cdn_proxy.add_rule(Rule(Delay(0.3), match_method="GET", only_ranged=True, times=-1))
+    # The third ranged GET finds every URL issued so far expired (itself included): the URLs in use then answer 403.
+    expire = Callback(lambda _: hub.expire_issued_urls())
+    cdn_proxy.add_rule(Rule(expire, match_method="GET", only_ranged=True, skip=2, times=1))
     r = hf_cli(hub, REPO, tmp_path, *RANGED)
     assert r.returncode == 0, r.stderr
     assert read_tree(str(tmp_path / "acme" / "llama-demo")) == files
@@ -292,7 +293,7 @@ def test_expired_storage_url_is_resolved_again(hub, cdn_proxy, shard_repo, tmp_p
 def test_stalled_cdn_read_is_abandoned_and_retried(hub, cdn_proxy, shard_repo, tmp_path) -> None:  # type: ignore[no-untyped-def]
     _, files = shard_repo
     rule = cdn_proxy.add_rule(Rule(Stall(seconds=60, after_bytes=10_000), match_method="GET", only_ranged=True))
-    r = hf_cli(hub, REPO, tmp_path, *RANGED, "--stall-timeout", "1.5")
+    r = hf_cli(hub, REPO, tmp_path, *RANGED, "--stall-timeout", "5")
     assert r.returncode == 0, r.stderr
     assert rule.fired == 1  # the 60 s stall was abandoned: counted as a stall below
     model_dir = tmp_path / "acme" / "llama-demo"

@@ -92,7 +92,7 @@ def test_broken_answers_are_retried(proxy: FaultProxy, small_model, tmp_path, ac
 def test_a_stalled_get_is_abandoned_and_retried(proxy: FaultProxy, small_model, tmp_path) -> None:  # type: ignore[no-untyped-def]
     bucket, files = small_model
     rule = proxy.add_rule(Rule(Stall(seconds=60, after_bytes=10_000), match_method="GET", match_path=TOKENIZER))
-    r = download(proxy, bucket, tmp_path, "--stall-timeout", "1.5")
+    r = download(proxy, bucket, tmp_path, "--stall-timeout", "5")
     assert r.returncode == 0, r.stderr
     assert rule.fired == 1  # the 60 s stall was abandoned: counted as a stall below
     assert read_tree(str(tmp_path / "m")) == files

@@ -99,7 +99,7 @@ def test_models_come_from_the_engine_and_are_a_clear_503_without_one(
 ) -> None:
     engine_url = f"http://127.0.0.1:{engine.server_address[1]}"
     base = [console_script("aibrix-sidecar"), "--host", "127.0.0.1", "--port", "0", "--model-dir", str(tmp_path)]
-    with_engine = Running([*base, "--engine-url", engine_url, "--engine-timeout", "1"])
+    with_engine = Running([*base, "--engine-url", engine_url, "--engine-timeout", "10"])  # a refused port is at once
     without = Running(base)
     try:
         r = with_engine.models()
