@@ -287,10 +287,12 @@ def test_plan_for_100k_objects_is_fast_and_memory_bounded() -> None:
     seconds = {}
     for n in (10_000, 100_000):
         files = synthetic_listing(n)
-        gc.collect()
-        started = time.perf_counter()
-        selected, fetch, skip = plan_everything(files)
-        seconds[n] = time.perf_counter() - started
+        # the best of three: one run can lose a second to the scheduler on 2 shared cores
+        for _ in range(3):
+            gc.collect()
+            started = time.perf_counter()
+            selected, fetch, skip = plan_everything(files)
+            seconds[n] = min(seconds.get(n, float("inf")), time.perf_counter() - started)
         assert selected == fetch + skip == sum(1 for i in range(n) if i % 5 in (0, 1, 3) and i // 1000 != 99)
         assert skip == (selected + 1) // 2
     # memory in a second pass: tracemalloc slows Python code down about 4x, so it must not skew the timing

@@ -13,6 +13,7 @@ import signal
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -377,14 +378,22 @@ def test_the_sidecar_holds_its_model_and_shows_the_nodes_inventory(
         s3_server.url,
     )
     try:
+        seen: list[dict[str, Any]] = []
 
-        def inventory_with_m() -> dict[str, object] | None:
-            cache = sidecar.get("/status").json().get("cache")
+        def status_with_m() -> bool:
+            # The sidecar reads the inventory every few seconds: wait for a reading from after the download's last
+            # write into the model's directory (its state files change size until it exits).
+            status = sidecar.get("/status").json()
+            cache = status.get("cache")
             names = [(m["name"], m["state"]) for m in cache["models"]] if cache else []
-            return cache if names == [("m", "complete")] and sidecar.get("/readyz").status_code == 200 else None
+            settled = bool(cache) and cache["bytes_used"] == read_inventory(str(root)).bytes_used
+            ready = names == [("m", "complete")] and sidecar.get("/readyz").status_code == 200
+            if ready and settled:
+                seen.append(status)
+            return ready and settled
 
-        wait_until("the inventory to show m complete and old evicted", inventory_with_m)
-        status = sidecar.get("/status").json()
+        wait_until("the inventory to show m complete and old evicted", status_with_m)
+        status = seen[-1]
         assert status["lease_held"] is True
         cache = status["cache"]
         (m,) = cache["models"]
