@@ -87,6 +87,9 @@ class PeerRoute:
         deadline = time.monotonic() + wait
         asker = request.headers.get(FROM_HEADER, "")
         while True:
+            # Asked before the reading that the answer rests on: a download that ended after a reading leaves files
+            # done that the reading does not show, and a refusal is only given on a reading from after this.
+            running, asked = self._running(), time.monotonic()
             await self._refresh()
             found = self.holdings.lookup(rel_path, version, start, end)
             if found.other_version is not None:
@@ -100,7 +103,10 @@ class PeerRoute:
                     self._refreshed = -1.0
                     continue
                 return self._send(fd, piece, start, end, asker)
-            if not self._running() or (found.grid is not None and self._report is not None and not mine):
+            if not running or (found.grid is not None and self._report is not None and not mine):
+                if self._refreshed < asked:  # the reading is older than what it is judged with: read again first
+                    self._refreshed = -1.0
+                    continue
                 return self._refuse(Refusal.NOT_MINE if found.known or mine else Refusal.UNKNOWN)
             # Its share, or the download has not started the file or said what its share is: worth waiting for.
             if time.monotonic() >= deadline or await request.is_disconnected():
@@ -116,11 +122,14 @@ class PeerRoute:
         return file_owners(report.members, rel_path, file_ends(*grid)).get(end) == report.self_url
 
     async def _refresh(self) -> None:
+        """Read the model directory's state again, unless a reading started less than REFRESH_EVERY ago.
+        `_refreshed` is when the last reading started: what it shows is at least that recent."""
         async with self._refreshing:
-            if time.monotonic() - self._refreshed < REFRESH_EVERY:
+            started = time.monotonic()
+            if started - self._refreshed < REFRESH_EVERY:
                 return
             await anyio.to_thread.run_sync(self._read)
-            self._refreshed = time.monotonic()
+            self._refreshed = started
 
     def _read(self) -> None:
         self.holdings.refresh()

@@ -152,7 +152,7 @@ def test_members_share_the_download_and_end_with_identical_bytes(proxy: FaultPro
         # Every byte from the origin once, plus at most a few ranges fetched again where a peer broke off (the small
         # files always come from the origin: each member fetches config.json itself).
         reports = [m.status()["cooperation"] for m in members]
-        assert origin <= total + 3 * len(files["config.json"]) + 3 * MiB, (origin, total, reports)
+        assert origin <= total + 3 * len(files["config.json"]) + 3 * MiB, f"{origin} {total} {json.dumps(reports)}"
         from_peers = 0
         for m in members:
             status = m.status()
@@ -391,3 +391,72 @@ def test_dns_members_are_every_address_of_the_name() -> None:
         assert group.current() == ("http://10.0.0.2:8080", "http://10.0.0.3:8080")
     finally:
         group.close()
+
+
+def test_a_member_whose_download_just_ended_serves_what_it_finished(tmp_path: Path) -> None:
+    """The peer route shares one reading of the model directory for REFRESH_EVERY. A download that ends within that
+    time leaves a file complete that the reading still shows unfinished: the route reads again before it refuses
+    ("nobody here fetches it"), and serves the file."""
+    import asyncio
+
+    from starlette.requests import Request
+
+    from downloader.state import DoneRecord, JournalHeader, StateDir, temp_name
+    from sidecar.peers import PeerRoute
+
+    name, version = "w.safetensors", '"v1"'
+    data = random_bytes(256 * 1024, 5)
+    model_dir = tmp_path / "m"
+    state = StateDir(str(model_dir))
+    state.ensure()
+    temp = temp_name(name, "tok")
+    layout = f"v1 step={len(data)} part=0 digest=-"
+    state.start_journal("tok", JournalHeader(name, f"m/{name}", version, None, len(data), temp, layout))
+    (model_dir / temp).write_bytes(bytes(len(data)))  # being fetched: no range done yet
+    running = [True]
+    route = PeerRoute(str(model_dir), TOKEN, lambda: running[0])
+
+    async def ask() -> tuple[int, bytes]:
+        headers = {"authorization": f"Bearer {TOKEN}", "range": "bytes=0-99", VERSION_HEADER: version}
+        scope = {
+            "type": "http",
+            "method": "GET",
+            "path": file_target(name),
+            "headers": [(k.encode(), v.encode()) for k, v in headers.items()],  # no wait: answer at once
+            "query_string": b"",
+            "path_params": {"path": name},
+        }
+
+        requested = [False]
+
+        async def receive() -> dict[str, object]:
+            if not requested[0]:
+                requested[0] = True
+                return {"type": "http.request", "body": b"", "more_body": False}
+            await asyncio.Event().wait()  # the client stays connected; cancelled once the answer is sent
+            return {"type": "http.disconnect"}
+
+        sent: list[dict[str, object]] = []
+
+        async def send(message: dict[str, object]) -> None:
+            sent.append(message)
+
+        response = await route.handle(Request(scope, receive))
+        await response(scope, receive, send)
+        status = next(int(m["status"]) for m in sent if m["type"] == "http.response.start")  # type: ignore[call-overload]
+        return status, b"".join(bytes(m.get("body", b"")) for m in sent if m["type"] == "http.response.body")  # type: ignore[arg-type]
+
+    async def scenario() -> tuple[tuple[int, bytes], tuple[int, bytes]]:
+        first = await ask()  # its share may still come: not yet
+        # The download finishes the file (renamed, recorded, journal gone) and exits, within the shared reading.
+        (model_dir / temp).write_bytes(data)
+        (model_dir / temp).rename(model_dir / name)
+        mtime = (model_dir / name).stat().st_mtime_ns
+        state.append_done([DoneRecord(name, version, None, len(data), mtime, None, "size")])
+        state.drop_journal("tok")
+        running[0] = False
+        return first, await ask()
+
+    first, second = asyncio.run(scenario())
+    assert first[0] == 503
+    assert second == (206, data[:100])
