@@ -918,18 +918,11 @@ def run_head(fakes: dict[str, Any], *extra: str, env: dict[str, str] | None = No
     return subprocess.Popen(argv, env=full_env, cwd=REPO, stderr=subprocess.PIPE, stdout=subprocess.DEVNULL, text=True)
 
 
-def finish(proc: subprocess.Popen[str], timeout: float = 60) -> tuple[int, str]:
-    try:
-        _, err = proc.communicate(timeout=timeout)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-        _, err = proc.communicate()
-        raise AssertionError("the runtime did not exit in time:\n" + err) from None
-    return proc.returncode, err
-
-
-def finish_read(proc: subprocess.Popen[str], lines: StderrLines, timeout: float = 60) -> tuple[int, str]:
-    """`finish` for a runtime whose stderr a StderrLines reads."""
+def finish(proc: subprocess.Popen[str], lines: StderrLines | None = None, timeout: float = 60) -> tuple[int, str]:
+    """The runtime's exit code and stderr once it has exited. `lines`: the reader of its stderr where the test made one
+    (to wait for a line before this); otherwise one is made here."""
+    if lines is None:
+        lines = StderrLines(proc)
     try:
         proc.wait(timeout=timeout)
     except subprocess.TimeoutExpired:
@@ -961,7 +954,7 @@ def test_head_waits_for_the_gpus_then_serves_and_sigterm_stops_vllm_before_ray(f
     wait_log(fakes, "vllm start serve")
     lines.wait_for("vLLM is serving")
     proc.send_signal(signal.SIGTERM)
-    code, err = finish_read(proc, lines)
+    code, err = finish(proc, lines)
     assert code == 143, err
     log = fakes["log"].read_text()
     assert "ray env health=1000 vllm_ip=127.0.0.1 nccl=eth9" in log  # NCCL_* passes through untouched
@@ -1031,14 +1024,14 @@ def test_head_exits_18_when_vllm_health_fails_and_waits_out_a_short_failure(fake
     lines.wait_for("is answering 503; failing if it does not answer 200 within 30s")
     assert proc.poll() is None
     proc.send_signal(signal.SIGTERM)
-    code, err = finish_read(proc, lines)
+    code, err = finish(proc, lines)
     assert code == 143, err
     sick.unlink()
     proc = run_head(fakes, "--engine-lost-timeout", "1", env=env)
     lines = StderrLines(proc)
     lines.wait_for("vLLM is serving")
     sick.touch()
-    code, err = finish_read(proc, lines)
+    code, err = finish(proc, lines)
     assert code == 18 and "(answering 503) after it had served" in err, err
 
 
@@ -1051,7 +1044,7 @@ def test_vllm_exiting_because_a_node_died_is_reported_as_the_lost_node(fakes: di
     lines = StderrLines(proc)
     lines.wait_for("checking Ray's node states for 4s")  # vLLM has exited; Ray has not said anything yet
     _Nodes.nodes = [_node("h", head=True), _node("w", "DEAD")]
-    code, err = finish_read(proc, lines)
+    code, err = finish(proc, lines)
     assert code == 14, err
     assert "checking Ray's node states for 4s" in err
     assert "Ray node lost: 127.0.0.1 [1 GPU] is DEAD; vLLM had already exited (exit code 0)" in err
