@@ -11,7 +11,11 @@ request, and the gate's limit follows the aggregate rate measured over windows o
 - every HOLD_WINDOWS it tries a step up (x PROBE_UP), later a step down (x PROBE_DOWN), and keeps the step when the
   rate rose (up) or did not fall (down): the count follows a path that changes, and comes down when more
   connections stopped helping; a step down that was refused doubles the wait before the next (MAX_DOWN_BACKOFF);
-- a throttled answer cuts it (x THROTTLE_CUT) at once, at most once a window, and holds it there longer.
+- a throttled answer cuts it (x THROTTLE_CUT) at once, at most once a window, and holds it there longer;
+- no step up is taken while the CPUs the process may use had less spare time in the window than the step would need
+  (SPARE_CPU): a faster download costs the process CPU in proportion to its rate, so with the CPUs busy (on a store
+  over loopback, the store's work shares them) more requests cannot raise the rate a step is judged on, and cost CPU
+  of their own. The step is then counted as one that did not pay.
 
 A window counts only when the limit bound in it (every permit was taken, or a worker had a request waiting for
 the gate; at the cap no worker waits, as there are no more workers than permits): near the end of a download, or
@@ -34,8 +38,11 @@ import math
 import mmap
 import threading
 import time
+from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
+
+from .resources import CpuTimes, spare_cpus
 
 log = logging.getLogger(__name__)
 
@@ -85,6 +92,12 @@ THROTTLE_HOLD_WINDOWS = 12
 # MIN_GAIN. Below MIN_GAIN a window's rate is noise (other processes, the disk's writeback).
 GAIN_SHARE = 0.25
 MIN_GAIN = 0.05
+# A step up is taken only when the windows that decide it left at least this share of the process's own CPU use
+# times the gain the step must bring (GAIN_SHARE, MIN_GAIN) idle on the CPUs it may use: 1.0 is the CPU the higher
+# rate would cost at the CPU per byte measured. On a 2-core VM with the store on loopback, 0-0.1 CPUs sat idle
+# while the process used ~1 at 32 requests in flight, and the step to 64 cost 16 % more CPU per GiB for no gain
+# (BENCHMARKS.md, "Connections" 2.3).
+SPARE_CPU = 1.0
 
 
 class ConnectionsMode(str, enum.Enum):
@@ -115,11 +128,24 @@ class ConnectionGate:
     """Permits for requests in flight; in auto mode their number follows the measured aggregate rate."""
 
     def __init__(
-        self, cap: int, mode: ConnectionsMode, *, start: int = START, clock: Callable[[], float] = time.monotonic
+        self,
+        cap: int,
+        mode: ConnectionsMode,
+        *,
+        start: int = START,
+        clock: Callable[[], float] = time.monotonic,
+        cpu: Callable[[], CpuTimes | None] | None = None,
     ) -> None:
+        """`cpu` reads the CPU times (resources.CpuMeter) that a step up needs spare; without it, steps up are judged
+        on the rate alone."""
         self.cap = max(1, cap)
         self.mode = mode
         self._clock = clock
+        self._cpu = cpu
+        self._cpu0: CpuTimes | None = None  # the CPU times when the current window opened
+        # (spare CPUs, CPUs the process used) in the last windows measured at this setting
+        self._cpu_use: deque[tuple[float, float]] = deque(maxlen=MEASURE_WINDOWS)
+        self.steps_without_cpu = 0  # steps up not taken for want of spare CPU
         self._cv = threading.Condition()
         self._in_use = 0
         self._bound = False  # a request waited for a permit in this window
@@ -187,12 +213,12 @@ class ConnectionGate:
         if throttled and now - self._last_cut >= WINDOW_S:
             # (throttled answers within a window of the last cut answer requests sent before it)
             self._last_cut = now
-            self._t0, self._bytes0 = now, received
+            self._open(now, received)
             self._bound = False
             return self._throttle(now)
         if self._t0 is None:
             if received > self._bytes0:  # the first bytes: the first window opens
-                self._t0, self._bytes0 = now, received
+                self._open(now, received)
             return None
         first = self.phase is Phase.SLOW_START and not self.changes
         if now - self._t0 < (FIRST_WINDOW_S if first else WINDOW_S):
@@ -200,19 +226,50 @@ class ConnectionGate:
         rate = (received - self._bytes0) / (now - self._t0)
         with self._cv:
             bound, self._bound = self._bound, False
-        self._t0, self._bytes0 = now, received
+        cpu0 = self._cpu0
+        self._open(now, received)
         if self._skip:
             self._skip -= 1
             return None
         if not bound:
             return None
         self._rates.append(rate)
+        if cpu0 is not None and self._cpu0 is not None:
+            self._cpu_use.append(spare_cpus(cpu0, self._cpu0))
         # The first setting has nothing to be compared with and is always stepped up from: one window measures it.
         if self.phase is not Phase.HOLD and len(self._rates) < (1 if first else MEASURE_WINDOWS):
             return None
         rate = sum(self._rates) / len(self._rates)
         self._rates.clear()
         return self._decide(now, rate)
+
+    def _open(self, now: float, received: int) -> None:
+        """A window opens: what it is measured from."""
+        self._t0, self._bytes0 = now, received
+        if self._cpu is not None:
+            self._cpu0 = self._cpu()
+
+    def _cpu_allows(self, limit: int) -> bool:
+        """Whether the windows just measured left the CPU a step up to `limit` needs (SPARE_CPU); counted and logged
+        when not."""
+        if not self._cpu_use:
+            return True
+        spare = sum(s for s, _ in self._cpu_use) / len(self._cpu_use)
+        used = sum(u for _, u in self._cpu_use) / len(self._cpu_use)
+        needed = SPARE_CPU * used * max(MIN_GAIN, GAIN_SHARE * (limit / self.limit - 1))
+        if spare >= needed:
+            return True
+        self.steps_without_cpu += 1
+        log.log(
+            logging.INFO if self.steps_without_cpu == 1 else logging.DEBUG,
+            "requests in flight stay at %d: %.2f CPUs idle, a step to %d needs %.2f (the process uses %.2f)",
+            self.limit,
+            spare,
+            limit,
+            needed,
+            used,
+        )
+        return False
 
     def _throttle(self, now: float) -> Change | None:
         new = max(1, math.floor(self.limit * THROTTLE_CUT))
@@ -235,8 +292,14 @@ class ConnectionGate:
             factor = SLOW_START_FACTOR if self.phase is Phase.SLOW_START else PROBE_UP
             if self.limit > before_limit:
                 self._downs_refused = 0  # more helped: the path changed, and fewer may do again later
+            new = min(self.cap, max(self.limit + 1, math.ceil(self.limit * factor)))
+            if not self._cpu_allows(new):
+                # As a step that did not pay: hold here, and try fewer first.
+                self.phase, self._held, self._held_rate = Phase.HOLD, 0, 0.0
+                self._next_probe = Phase.PROBE_DOWN
+                return None
             self._before = (self.limit, rate)
-            return self._set(now, min(self.cap, max(self.limit + 1, math.ceil(self.limit * factor))), rate, "gain")
+            return self._set(now, new, rate, "gain")
         if self.phase is Phase.PROBE_DOWN:
             self.phase, self._held, self._held_rate = Phase.HOLD, 0, 0.0
             self._next_probe = Phase.PROBE_UP
@@ -258,11 +321,12 @@ class ConnectionGate:
         self.phase = self._next_probe
         self._before = (self.limit, self._held_rate)
         if self.phase is Phase.PROBE_UP:
-            if self.limit >= self.cap:
+            new = min(self.cap, max(self.limit + 1, math.ceil(self.limit * PROBE_UP)))
+            if self.limit >= self.cap or not self._cpu_allows(new):
                 self.phase, self._held, self._held_rate = Phase.HOLD, 0, 0.0
                 self._next_probe = Phase.PROBE_DOWN
                 return None
-            return self._set(now, min(self.cap, max(self.limit + 1, math.ceil(self.limit * PROBE_UP))), rate, "probe")
+            return self._set(now, new, rate, "probe")
         if self.limit <= 1:
             self.phase, self._held, self._held_rate = Phase.HOLD, 0, 0.0
             self._next_probe = Phase.PROBE_UP
@@ -279,6 +343,7 @@ class ConnectionGate:
         self.limit = limit
         self._skip = 1
         self._rates.clear()
+        self._cpu_use.clear()
         change = Change(now - self._origin, limit, rate, reason)
         self.changes.append(change)
         log.info("requests in flight: %d (%s%s)", limit, reason, f"; {rate / 1e6:.0f} MB/s" if rate else "")

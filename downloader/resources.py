@@ -1,11 +1,13 @@
 """What the calling process may use, as the kernel says: the memory its page cache can fill (for --page-cache auto,
-downloader/pagecache.py) and the CPUs it can keep busy (for --workers auto, downloader/workers.py), from /proc and
-every cgroup above it, v1 or v2. The roots are arguments so that tests can build a tree."""
+downloader/pagecache.py), the CPUs it can keep busy (for --workers auto, downloader/workers.py) and how many of
+them sit idle (for --connections auto, downloader/concurrency.py), from /proc and every cgroup above it, v1 or v2.
+The roots are arguments so that tests can build a tree."""
 
 from __future__ import annotations
 
 import os
-from collections.abc import Iterator
+import time
+from collections.abc import Callable, Collection, Iterator
 from dataclasses import dataclass
 
 # cgroup v1 writes "no limit" as the largest page-aligned signed 64-bit number; anything this large is none.
@@ -166,3 +168,61 @@ def _v1_cpu_quotas(mount: str, path: str) -> Iterator[float]:
         p = _int(_read(os.path.join(here, "cpu.cfs_period_us")))
         if q is not None and q > 0 and p:
             yield q / p
+
+
+@dataclass(frozen=True)
+class CpuTimes:
+    """Cumulative seconds at one moment (CpuMeter): of the clock, of the CPUs the process may run on spent idle (idle
+    and iowait in /proc/stat), and of CPU the process used (every thread, the native clients' own included); `room`
+    is the number of CPUs it may keep busy (read_cpu_room)."""
+
+    wall: float
+    idle: float
+    own: float
+    room: int
+
+
+def spare_cpus(before: CpuTimes, after: CpuTimes) -> tuple[float, float]:
+    """(CPUs that sat idle and the process could have used, CPUs the process used), on average between two readings.
+    Idle CPUs beyond a container's quota are not the process's to use: the spare is at most its room less its use."""
+    seconds = after.wall - before.wall
+    if seconds <= 0:
+        return 0.0, 0.0
+    own = max(0.0, (after.own - before.own) / seconds)
+    idle = max(0.0, (after.idle - before.idle) / seconds)
+    return max(0.0, min(idle, after.room - own)), own
+
+
+class CpuMeter:
+    """Reads CpuTimes: a callable, None when /proc/stat cannot be read."""
+
+    def __init__(
+        self,
+        proc: str = "/proc",
+        cpus: Collection[int] | None = None,
+        room: int | None = None,
+        own: Callable[[], float] = time.process_time,
+    ) -> None:
+        self._stat = os.path.join(proc, "stat")
+        self._names = {f"cpu{n}" for n in (os.sched_getaffinity(0) if cpus is None else cpus)}
+        self._room = read_cpu_room() if room is None else room
+        self._own = own
+        self._tick = os.sysconf("SC_CLK_TCK")
+
+    def __call__(self) -> CpuTimes | None:
+        idle = 0
+        seen = False
+        try:
+            with open(self._stat, encoding="ascii") as fh:
+                for line in fh:
+                    if not line.startswith("cpu"):
+                        break  # the per-CPU lines come first
+                    fields = line.split()
+                    if fields[0] in self._names:
+                        idle += int(fields[4]) + int(fields[5])  # idle, iowait (USER_HZ ticks)
+                        seen = True
+        except (OSError, ValueError, IndexError, UnicodeDecodeError):
+            return None
+        if not seen:
+            return None
+        return CpuTimes(time.monotonic(), idle / self._tick, self._own(), self._room)

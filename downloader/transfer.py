@@ -53,6 +53,7 @@ from .jobs import (
 )
 from .plan import ByteRange, is_complete_on_disk, safe_parts, split_ranges
 from .progress import Stats
+from .resources import CpuMeter
 from .retry import backoff_delay
 from .sources.base import Body, ObjectDetail, RemoteFile, Source, Span
 from .state import (
@@ -207,7 +208,8 @@ class Engine:
         if self.settings.connections is ConnectionsMode.AUTO:
             count = auto_cap(count, self._slot * self._depth)
         # One worker per request the gate may let through: the worker count is the cap, the gate the number in flight.
-        self._gate = ConnectionGate(count, self.settings.connections)
+        auto = self.settings.connections is ConnectionsMode.AUTO
+        self._gate = ConnectionGate(count, self.settings.connections, cpu=CpuMeter() if auto else None)
         self._buffers = BufferPool(self._slot * self._depth)
         workers = [threading.Thread(target=self._worker, name=f"fetch-{i}", daemon=True) for i in range(count)]
         for w in workers:

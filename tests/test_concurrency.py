@@ -8,6 +8,7 @@ answers 503 SlowDown above a number of requests at once."""
 from __future__ import annotations
 
 import itertools
+import os
 import random
 import re
 import threading
@@ -25,8 +26,10 @@ from downloader.concurrency import (
     BufferPool,
     ConnectionGate,
     ConnectionsMode,
+    Phase,
     auto_cap,
 )
+from downloader.resources import CpuMeter, CpuTimes, spare_cpus
 from tests.conftest import read_tree, run_cli
 from tests.faultproxy import FaultProxy, OverCapacity, Rule, Status, Throttle
 from tests.synthetic import MiB, random_bytes, upload
@@ -88,6 +91,22 @@ def drive(
     return limits, throttled
 
 
+class Cpus:
+    """The CPU times of a machine on the test's clock: `idle` CPUs sit idle and the process uses `used`, from now
+    on (each may be changed during a test)."""
+
+    def __init__(self, clock: Clock, idle: float, used: float, room: int = 2) -> None:
+        self.clock, self.idle, self.used, self.room = clock, idle, used, room
+        self._at = clock.now
+        self._idle_s = self._used_s = 0.0
+
+    def __call__(self) -> CpuTimes:
+        elapsed, self._at = self.clock.now - self._at, self.clock.now
+        self._idle_s += self.idle * elapsed
+        self._used_s += self.used * elapsed
+        return CpuTimes(self.clock.now, self._idle_s, self._used_s, self.room)
+
+
 def capped(per_connection: float, aggregate: float) -> Callable[[int], float]:
     return lambda n: min(n * per_connection, aggregate)
 
@@ -123,6 +142,64 @@ def test_the_first_setting_is_stepped_up_from_after_one_short_window_from_the_fi
     assert (first.limit, first.reason) == (2 * FIXED_REQUESTS, "gain")
     assert 1.5 + FIRST_WINDOW_S <= first.at <= 1.5 + TICK + FIRST_WINDOW_S + TICK
     assert second.at - first.at >= (1 + MEASURE_WINDOWS) * WINDOW_S
+
+
+def test_without_spare_cpu_no_step_up_is_taken_and_with_it_the_same_path_is_climbed() -> None:
+    # 3 MB/s per connection, 600 MB/s in all: by the rate alone more connections would pay. With the CPUs busy
+    # (0.05 idle, the process using 1) no step up is taken, from the first setting or later: a faster download would
+    # need CPU there is not. Once CPUs sit idle, the next probe up is taken and the climb resumes.
+    clock = Clock()
+    cpus = Cpus(clock, idle=0.05, used=1.0)
+    gate = ConnectionGate(128, ConnectionsMode.AUTO, clock=clock, cpu=cpus)
+    limits, _ = drive(gate, clock, capped(3 * MB, 600 * MB), 30)
+    assert max(limits) == FIXED_REQUESTS
+    assert all(c.limit <= FIXED_REQUESTS for c in gate.changes)  # at most probes down, undone
+    assert gate.steps_without_cpu >= 2  # the first step and a later probe up
+    cpus.idle = 1.0
+    limits, _ = drive(gate, clock, capped(3 * MB, 600 * MB), 60)
+    assert limits[-1] > FIXED_REQUESTS
+
+
+def test_spare_cpu_that_covers_the_step_lets_the_first_step_be_taken() -> None:
+    # The step from the first setting (x 2) must bring a quarter more rate: with the process using 1 CPU, 0.3 CPUs
+    # idle are enough, 0.2 are not.
+    for idle, stepped in ((0.3, True), (0.2, False)):
+        clock = Clock()
+        gate = ConnectionGate(128, ConnectionsMode.AUTO, clock=clock, cpu=Cpus(clock, idle=idle, used=1.0))
+        drive(gate, clock, capped(3 * MB, 600 * MB), 2)
+        assert (gate.limit == 2 * FIXED_REQUESTS) is stepped, idle
+        assert gate.phase is (Phase.SLOW_START if stepped else Phase.HOLD)
+
+
+def test_spare_cpus_are_idle_cpus_within_the_process_room(tmp_path: Path) -> None:
+    # /proc/stat's per-CPU lines: idle and iowait of the CPUs the process may run on count, others do not
+    proc = tmp_path / "proc"
+    proc.mkdir()
+    tick = os.sysconf("SC_CLK_TCK")
+
+    def stat(idle0: int, iowait0: int, idle1: int) -> None:
+        (proc / "stat").write_text(
+            f"cpu  10 0 10 {idle0 + idle1} {iowait0} 0 0 0 0 0\n"
+            f"cpu0 5 0 5 {idle0} {iowait0} 0 0 0 0 0\n"
+            f"cpu1 5 0 5 {idle1} 0 0 0 0 0 0\n"
+            "intr 1 2 3\nctxt 99\n"
+        )
+
+    own = [0.0]
+    meter = CpuMeter(str(proc), cpus={0}, room=4, own=lambda: own[0])
+    stat(0, 0, 0)
+    before = meter()
+    stat(tick, tick, 50 * tick)  # cpu0: 1 s idle and 1 s iowait; cpu1 (not ours) 50 s idle
+    own[0] = 1.0
+    after = meter()
+    assert before is not None and after is not None
+    assert after.idle - before.idle == pytest.approx(2.0)
+    moved = CpuTimes(before.wall + 2.0, after.idle, after.own, after.room)
+    assert spare_cpus(before, moved) == pytest.approx((1.0, 0.5))  # 2 idle CPU-s over 2 s; 1 CPU-s used
+    # a container's quota bounds the spare: at room 1 with half a CPU used, half a CPU is left
+    assert spare_cpus(before, CpuTimes(moved.wall, moved.idle, moved.own, 1)) == pytest.approx((0.5, 0.5))
+    (proc / "stat").write_text("intr 1\n")
+    assert meter() is None  # no CPU lines of ours: the gate judges on the rate alone
 
 
 def test_a_store_that_throttles_before_any_byte_is_cut_at_once() -> None:
