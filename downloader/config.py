@@ -300,7 +300,7 @@ OPTIONS = Options(
         default="auto",
         parse=lambda setting, raw: ConnectionsMode(parse_choice(setting, raw, [m.value for m in ConnectionsMode])),
         doc="`auto`: start at 32 requests in flight (what `fixed` keeps; fewer under a smaller cap) and raise the "
-        "number while the aggregate rate rises with it, "
+        "number while the aggregate rate rises with it and the CPUs have spare time for a higher rate, "
         "lower it on throttling (503 SlowDown, 429) or where fewer are as fast, never above `--num-threads` nor "
         f"above {AUTO_BUFFER_BUDGET // MiB} MiB of `--buffer-size` buffers "
         f"({AUTO_BUFFER_BUDGET // MiB} requests at 1 MiB); "
