@@ -4,7 +4,8 @@
     <model dir>/<sub>/.<name>.<token>.aibrix-tmp   a temporary file being filled (never a reader's business)
     <model dir>/.aibrix/manifest.json  written last, atomically: THE readiness signal
     <model dir>/.aibrix/done.jsonl     one line per verified file (resume without a manifest)
-    <model dir>/.aibrix/journal/<token>.jsonl  per temp file: header, then one line per finished range
+    <model dir>/.aibrix/journal/<token>.jsonl  per temp file: header, one line per finished range, then the done
+                                       record, just before the rename
     <model dir>/.aibrix/progress.json  live progress, rewritten about once a second
     <model dir>/.aibrix/lock           flock(2): one download per node; correctness never depends on it
 

@@ -176,9 +176,38 @@ def _local_stats(
     return {f.rel_path: tree.lstat(safe_parts(f.key, f.rel_path)) for f in files if f.rel_path in records}
 
 
+def _placed(tree: ModelTree, journals: Sequence[Journal], records: Mapping[str, DoneRecord]) -> list[Journal]:
+    """The journals of files that were renamed into place by a process that died before it wrote their done records:
+    the file under the name is still the one the journal's `placed` record describes (a regular file of that size and
+    that mtime, which no other write leaves; done.jsonl then holds an older record at most)."""
+    found = []
+    for j in journals:
+        rec = j.placed
+        if rec is None or records.get(rec.rel_path) == rec:
+            continue
+        try:
+            local = tree.lstat(safe_parts(j.header.key, rec.rel_path))
+        except UnsafePathError:
+            continue
+        if local is not None and local.is_regular and (local.size, local.mtime_ns) == (rec.size, rec.mtime_ns):
+            found.append(j)
+    return found
+
+
 def _fetch(run: _Run, selected: list[RemoteFile]) -> Result:
     settings, state, stats = run.settings, run.state, run.stats
     records = state.read_done()
+    journals = [] if settings.force_download else state.journals()
+    placed = _placed(run.tree, journals, records)
+    if placed:
+        # Their records, written now as the dead process would have (then the journals go, as after any file).
+        state.append_done([j.placed for j in placed if j.placed is not None])
+        for j in placed:
+            assert j.placed is not None
+            records[j.placed.rel_path] = j.placed
+            state.drop_journal(j.token)
+            log.info("%s: in place, recorded now (the last run ended before it recorded the file)", j.placed.rel_path)
+        journals = [j for j in journals if j not in placed]
     plan = plan_downloads(selected, records, _local_stats(run.tree, selected, records), force=settings.force_download)
     total = sum(f.size for f in selected)
     stats.set_totals(total, len(selected), plan.skip_bytes, len(plan.skip))
@@ -193,7 +222,6 @@ def _fetch(run: _Run, selected: list[RemoteFile]) -> Result:
 
     # From here on files of the model change: readers must not see the old manifest.
     state.remove_manifest()
-    journals = [] if settings.force_download else state.journals()
     _check_space(run, plan, journals)
 
     stats.set_phase(Phase.DOWNLOADING)
@@ -332,6 +360,8 @@ def _dry_run(
     if os.path.isdir(settings.model_dir):
         tree.open_root(create=False)
         records = state.read_done()
+        journals = [] if settings.force_download else state.journals()
+        records.update({j.placed.rel_path: j.placed for j in _placed(tree, journals, records) if j.placed is not None})
         plan = plan_downloads(selected, records, _local_stats(tree, selected, records), force=settings.force_download)
     else:
         plan = Plan(fetch=list(selected), skip=[])

@@ -434,6 +434,9 @@ class Journal:
     token: str
     header: JournalHeader
     done: dict[int, list[str]]  # range index -> per-part digests (hex) computed while streaming
+    # The file's done record, written just before its temp file is renamed into place: where a process dies between
+    # that rename and the record's line in done.jsonl, the next run finds the file here (see placed_records).
+    placed: DoneRecord | None = None
 
 
 class StateDir:
@@ -599,13 +602,17 @@ class StateDir:
         except (ValueError, TypeError):
             return None
         done: dict[int, list[str]] = {}
+        placed = None
         for line in lines[1:]:
             try:
                 entry = json.loads(line)
-                done[int(entry["r"])] = [str(d) for d in entry.get("d", [])]
+                if "placed" in entry:
+                    placed = DoneRecord(**entry["placed"])
+                else:
+                    done[int(entry["r"])] = [str(d) for d in entry.get("d", [])]
             except (ValueError, TypeError, KeyError):
-                continue
-        return Journal(token, header, done)
+                continue  # a torn last line after a crash
+        return Journal(token, header, done, placed)
 
     def start_journal(self, token: str, header: JournalHeader) -> Journal:
         path = os.path.join(self.journal_path, token + ".jsonl")
@@ -616,6 +623,11 @@ class StateDir:
 
     def record_range(self, token: str, index: int, digests: list[str]) -> None:
         self._append(os.path.join(self.journal_path, token + ".jsonl"), {"r": index, "d": digests}, create=False)
+
+    def record_placing(self, token: str, record: DoneRecord) -> None:
+        """The file's done record, into its journal before its temp file is renamed into place (Journal.placed). Not
+        flushed: after a power cut either line may be gone, and the file is then fetched again (see placed_records)."""
+        self._append(os.path.join(self.journal_path, token + ".jsonl"), {"placed": vars(record)}, create=False)
 
     def drop_journal(self, token: str) -> None:
         with contextlib.suppress(OSError):

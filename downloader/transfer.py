@@ -681,8 +681,12 @@ class Engine:
 
     def _place(self, done: Finished, *, durable: bool) -> tuple[DoneRecord, bool] | None:
         """Give a finished file its name: (its record, whether the record is new); None if it starts over."""
-        job, f = done.job, done.job.f
-        mtime_ns = self.tree.commit(job.parts, done.attempt.temp, durable=durable, mtime_ns=done.attempt.mtime_ns)
+        job, f, attempt = done.job, done.job.f, done.attempt
+        if attempt.journaled and attempt.mtime_ns is not None:
+            # A process that dies between the rename and the done record leaves this line for the next run, which
+            # then finds the file in place instead of fetching it again (run._placed).
+            self.state.record_placing(attempt.token, self._record(done, attempt.mtime_ns))
+        mtime_ns = self.tree.commit(job.parts, attempt.temp, durable=durable, mtime_ns=attempt.mtime_ns)
         if mtime_ns is None:
             # Our temp file vanished: a process that did not see our lock finished this file and cleaned up.
             adopted = self.state.read_done().get(f.rel_path)
@@ -692,8 +696,13 @@ class Engine:
                 return None
             return adopted, False
         log.debug("done %s (%s)", f.rel_path, done.verified)
+        return self._record(done, mtime_ns), True
+
+    @staticmethod
+    def _record(done: Finished, mtime_ns: int) -> DoneRecord:
+        job, f = done.job, done.job.f
         version_id = job.detail.version_id if job.detail else None
-        return DoneRecord(f.rel_path, f.version, version_id, f.size, mtime_ns, done.checksum, done.verified), True
+        return DoneRecord(f.rel_path, f.version, version_id, f.size, mtime_ns, done.checksum, done.verified)
 
     def _complete(self, records: list[DoneRecord]) -> None:
         for r in records:

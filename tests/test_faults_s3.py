@@ -13,7 +13,8 @@ from pathlib import Path
 import pytest
 
 from downloader import read_manifest, read_progress
-from downloader.state import open_direct
+from downloader.layout import DONE_NAME
+from downloader.state import JournalHeader, StateDir, new_token, open_direct, temp_name
 from downloader.transfer import READ_STEP
 from tests.conftest import Gate, StderrLines, journal_ranges, popen_cli, read_tree, run_cli, wait_until
 from tests.faultproxy import (
@@ -188,6 +189,68 @@ def test_kill_9_then_resume_fetches_only_what_is_missing(proxy: FaultProxy, shar
     assert read_tree(str(model_dir)) == files
     leftovers = [n for n in os.listdir(model_dir) if n.endswith(".aibrix-tmp")]
     assert leftovers == []
+
+
+@pytest.mark.parametrize("touched", [False, True], ids=["in-place", "touched-since"])
+def test_a_file_renamed_into_place_before_its_record_is_found_by_the_next_run(  # type: ignore[no-untyped-def]
+    proxy: FaultProxy, shard_model, tmp_path, touched: bool
+) -> None:
+    # A process killed between a large file's rename into place and its line in done.jsonl leaves the file under its
+    # name, no record of it, no manifest, and its journal with the record it was about to write (Journal.placed).
+    # The next run records the file and fetches none of it; a file under the name that is not that one (here the same
+    # bytes with another mtime) is fetched again.
+    bucket, files = shard_model
+    assert download(proxy, bucket, tmp_path).returncode == 0
+    model_dir = tmp_path / "m"
+    state = StateDir(str(model_dir))
+    records = state.read_done()
+    record = records[SHARD]
+    state.remove_manifest()
+    os.unlink(os.path.join(state.path, DONE_NAME))
+    state.append_done([r for path, r in records.items() if path != SHARD])
+    state.close()
+    os.makedirs(state.journal_path, exist_ok=True)
+    token = new_token()
+    header = JournalHeader(
+        SHARD, f"m/{SHARD}", record.version, record.version_id, record.size, temp_name(SHARD, token), "v1"
+    )
+    state.start_journal(token, header)
+    state.record_placing(token, record)
+    if touched:
+        os.utime(model_dir / SHARD, ns=(record.mtime_ns, record.mtime_ns + 1_000_000))
+
+    proxy.reset_counters()
+    r = download(proxy, bucket, tmp_path)
+    assert r.returncode == 0, r.stderr
+    assert object_get_bytes(proxy, SHARD) == (len(files[SHARD]) if touched else 0)
+    assert ("in place, recorded now" in r.stderr) is not touched
+    assert read_tree(str(model_dir)) == files
+    manifest = read_manifest(str(model_dir))
+    assert manifest is not None
+    shard = next(f for f in manifest.files if f.path == SHARD)
+    assert (shard.mtime_ns == record.mtime_ns) is not touched
+    assert os.listdir(state.journal_path) == []
+
+
+def test_a_run_that_fails_after_the_rename_leaves_the_record_it_was_about_to_write(  # type: ignore[no-untyped-def]
+    proxy: FaultProxy, s3, bucket, tmp_path
+) -> None:
+    # The window for real: done.jsonl cannot be written (a directory stands at its name), so the run fails right after
+    # it renamed the file into place. Once the directory is gone, the next run finds the file by its journal.
+    data = random_bytes(6 * MiB, 11)
+    upload(s3, bucket, "solo", {SHARD: data})
+    model_dir = tmp_path / "solo"
+    os.makedirs(model_dir / ".aibrix" / DONE_NAME)
+    r = run_cli(["--model-uri", f"s3://{bucket}/solo/", "--local-dir", str(tmp_path), *RANGED], proxy.url)
+    assert r.returncode != 0 and DONE_NAME in r.stderr, r.stderr
+    assert (model_dir / SHARD).read_bytes() == data and read_manifest(str(model_dir)) is None
+    os.rmdir(model_dir / ".aibrix" / DONE_NAME)
+    proxy.reset_counters()
+    r = run_cli(["--model-uri", f"s3://{bucket}/solo/", "--local-dir", str(tmp_path), *RANGED], proxy.url)
+    assert r.returncode == 0, r.stderr
+    assert "in place, recorded now" in r.stderr
+    assert object_get_bytes(proxy, SHARD) == 0
+    assert read_tree(str(model_dir)) == {SHARD: data} and read_manifest(str(model_dir)) is not None
 
 
 def test_sigterm_stops_cleanly_and_the_next_run_resumes(proxy: FaultProxy, shard_model, tmp_path) -> None:  # type: ignore[no-untyped-def]
