@@ -194,20 +194,25 @@ def _placed(tree: ModelTree, journals: Sequence[Journal], records: Mapping[str, 
     return found
 
 
+def _record_placed(run: _Run, journals: list[Journal], records: dict[str, DoneRecord]) -> list[Journal]:
+    """Record the files a dead process renamed into place (_placed), as it would have, into `records` too, and drop
+    their journals, as after any file; the journals left."""
+    placed = [(j, j.placed) for j in _placed(run.tree, journals, records) if j.placed is not None]
+    if not placed:
+        return journals
+    run.state.append_done([rec for _, rec in placed])
+    for j, rec in placed:
+        records[rec.rel_path] = rec
+        run.state.drop_journal(j.token)
+        log.info("%s: in place, recorded now (the last run ended before it recorded the file)", rec.rel_path)
+    tokens = {j.token for j, _ in placed}
+    return [j for j in journals if j.token not in tokens]
+
+
 def _fetch(run: _Run, selected: list[RemoteFile]) -> Result:
     settings, state, stats = run.settings, run.state, run.stats
     records = state.read_done()
-    journals = [] if settings.force_download else state.journals()
-    placed = _placed(run.tree, journals, records)
-    if placed:
-        # Their records, written now as the dead process would have (then the journals go, as after any file).
-        state.append_done([j.placed for j in placed if j.placed is not None])
-        for j in placed:
-            assert j.placed is not None
-            records[j.placed.rel_path] = j.placed
-            state.drop_journal(j.token)
-            log.info("%s: in place, recorded now (the last run ended before it recorded the file)", j.placed.rel_path)
-        journals = [j for j in journals if j not in placed]
+    journals = _record_placed(run, [] if settings.force_download else state.journals(), records)
     plan = plan_downloads(selected, records, _local_stats(run.tree, selected, records), force=settings.force_download)
     total = sum(f.size for f in selected)
     stats.set_totals(total, len(selected), plan.skip_bytes, len(plan.skip))

@@ -435,7 +435,7 @@ class Journal:
     header: JournalHeader
     done: dict[int, list[str]]  # range index -> per-part digests (hex) computed while streaming
     # The file's done record, written just before its temp file is renamed into place: where a process dies between
-    # that rename and the record's line in done.jsonl, the next run finds the file here (see placed_records).
+    # that rename and the record's line in done.jsonl, the next run finds the file here (run._placed).
     placed: DoneRecord | None = None
 
 
@@ -626,7 +626,7 @@ class StateDir:
 
     def record_placing(self, token: str, record: DoneRecord) -> None:
         """The file's done record, into its journal before its temp file is renamed into place (Journal.placed). Not
-        flushed: after a power cut either line may be gone, and the file is then fetched again (see placed_records)."""
+        flushed: after a power cut either line may be gone, and the file is then fetched again (run._placed)."""
         self._append(os.path.join(self.journal_path, token + ".jsonl"), {"placed": vars(record)}, create=False)
 
     def drop_journal(self, token: str) -> None:

@@ -219,6 +219,10 @@ def test_a_file_renamed_into_place_before_its_record_is_found_by_the_next_run(  
     if touched:
         os.utime(model_dir / SHARD, ns=(record.mtime_ns, record.mtime_ns + 1_000_000))
 
+    dry = download(proxy, bucket, tmp_path, "--dry-run")
+    assert dry.returncode == 0, dry.stderr
+    shown = next(line for line in dry.stdout.splitlines() if line.endswith(SHARD))
+    assert shown.split()[0] == ("fetch" if touched else "present")
     proxy.reset_counters()
     r = download(proxy, bucket, tmp_path)
     assert r.returncode == 0, r.stderr
