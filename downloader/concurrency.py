@@ -292,7 +292,7 @@ class ConnectionGate:
             factor = SLOW_START_FACTOR if self.phase is Phase.SLOW_START else PROBE_UP
             if self.limit > before_limit:
                 self._downs_refused = 0  # more helped: the path changed, and fewer may do again later
-            new = min(self.cap, max(self.limit + 1, math.ceil(self.limit * factor)))
+            new = self._up(factor)
             if not self._cpu_allows(new):
                 # As a step that did not pay: hold here, and try fewer first.
                 self.phase, self._held, self._held_rate = Phase.HOLD, 0, 0.0
@@ -321,7 +321,7 @@ class ConnectionGate:
         self.phase = self._next_probe
         self._before = (self.limit, self._held_rate)
         if self.phase is Phase.PROBE_UP:
-            new = min(self.cap, max(self.limit + 1, math.ceil(self.limit * PROBE_UP)))
+            new = self._up(PROBE_UP)
             if self.limit >= self.cap or not self._cpu_allows(new):
                 self.phase, self._held, self._held_rate = Phase.HOLD, 0, 0.0
                 self._next_probe = Phase.PROBE_DOWN
@@ -332,6 +332,10 @@ class ConnectionGate:
             self._next_probe = Phase.PROBE_UP
             return None
         return self._set(now, max(1, math.floor(self.limit * PROBE_DOWN)), rate, "probe")
+
+    def _up(self, factor: float) -> int:
+        """The limit one step up by `factor`: at least one more, at most the cap."""
+        return min(self.cap, max(self.limit + 1, math.ceil(self.limit * factor)))
 
     def _rose(self, before_limit: int, before_rate: float, rate: float) -> bool:
         possible = self.limit / before_limit - 1

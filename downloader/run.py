@@ -176,10 +176,12 @@ def _local_stats(
     return {f.rel_path: tree.lstat(safe_parts(f.key, f.rel_path)) for f in files if f.rel_path in records}
 
 
-def _placed(tree: ModelTree, journals: Sequence[Journal], records: Mapping[str, DoneRecord]) -> list[Journal]:
-    """The journals of files that were renamed into place by a process that died before it wrote their done records:
-    the file under the name is still the one the journal's `placed` record describes (a regular file of that size and
-    that mtime, which no other write leaves; done.jsonl then holds an older record at most)."""
+def _placed(
+    tree: ModelTree, journals: Sequence[Journal], records: Mapping[str, DoneRecord]
+) -> list[tuple[Journal, DoneRecord]]:
+    """The journals, and their `placed` records, of files that were renamed into place by a process that died before
+    it wrote their done records: the file under the name is still the one the record describes (a regular file of
+    that size and that mtime, which no other write leaves; done.jsonl then holds an older record at most)."""
     found = []
     for j in journals:
         rec = j.placed
@@ -190,14 +192,14 @@ def _placed(tree: ModelTree, journals: Sequence[Journal], records: Mapping[str, 
         except UnsafePathError:
             continue
         if local is not None and local.is_regular and (local.size, local.mtime_ns) == (rec.size, rec.mtime_ns):
-            found.append(j)
+            found.append((j, rec))
     return found
 
 
 def _record_placed(run: _Run, journals: list[Journal], records: dict[str, DoneRecord]) -> list[Journal]:
     """Record the files a dead process renamed into place (_placed), as it would have, into `records` too, and drop
     their journals, as after any file; the journals left."""
-    placed = [(j, j.placed) for j in _placed(run.tree, journals, records) if j.placed is not None]
+    placed = _placed(run.tree, journals, records)
     if not placed:
         return journals
     run.state.append_done([rec for _, rec in placed])
@@ -366,7 +368,7 @@ def _dry_run(
         tree.open_root(create=False)
         records = state.read_done()
         journals = [] if settings.force_download else state.journals()
-        records.update({j.placed.rel_path: j.placed for j in _placed(tree, journals, records) if j.placed is not None})
+        records.update((rec.rel_path, rec) for _, rec in _placed(tree, journals, records))
         plan = plan_downloads(selected, records, _local_stats(tree, selected, records), force=settings.force_download)
     else:
         plan = Plan(fetch=list(selected), skip=[])

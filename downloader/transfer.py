@@ -205,10 +205,10 @@ class Engine:
             self._slot = max(page, -(-max(f.size for f in files) // page) * page)
             self._depth, count = whole_concurrency(count, self._slot, WHOLE_BUDGET_BUFFERS * self.settings.buffer_size)
             self._depth = min(self._depth, self.source.open_ahead)
-        if self.settings.connections is ConnectionsMode.AUTO:
+        auto = self.settings.connections is ConnectionsMode.AUTO
+        if auto:
             count = auto_cap(count, self._slot * self._depth)
         # One worker per request the gate may let through: the worker count is the cap, the gate the number in flight.
-        auto = self.settings.connections is ConnectionsMode.AUTO
         self._gate = ConnectionGate(count, self.settings.connections, cpu=CpuMeter() if auto else None)
         self._buffers = BufferPool(self._slot * self._depth)
         workers = [threading.Thread(target=self._worker, name=f"fetch-{i}", daemon=True) for i in range(count)]
