@@ -245,12 +245,13 @@ def test_a_run_that_fails_after_the_rename_leaves_the_record_it_was_about_to_wri
     upload(s3, bucket, "solo", {SHARD: data})
     model_dir = tmp_path / "solo"
     os.makedirs(model_dir / ".aibrix" / DONE_NAME)
-    r = run_cli(["--model-uri", f"s3://{bucket}/solo/", "--local-dir", str(tmp_path), *RANGED], proxy.url)
+    args = ["--model-uri", f"s3://{bucket}/solo/", "--local-dir", str(tmp_path), *RANGED]
+    r = run_cli(args, proxy.url)
     assert r.returncode != 0 and DONE_NAME in r.stderr, r.stderr
     assert (model_dir / SHARD).read_bytes() == data and read_manifest(str(model_dir)) is None
     os.rmdir(model_dir / ".aibrix" / DONE_NAME)
     proxy.reset_counters()
-    r = run_cli(["--model-uri", f"s3://{bucket}/solo/", "--local-dir", str(tmp_path), *RANGED], proxy.url)
+    r = run_cli(args, proxy.url)
     assert r.returncode == 0, r.stderr
     assert "in place, recorded now" in r.stderr
     assert object_get_bytes(proxy, SHARD) == 0
